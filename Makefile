@@ -1,0 +1,50 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# kmcl: VMBus Kernel Mode Client Library for Rust drivers.
+#
+#   make run     build what is needed, boot the test VM, show kmcl at work
+#   make check   the full test run: build with clippy, rustfmt, host tests,
+#                KUnit in the VM on a debug kernel; ends 'N passed, N failed'
+#
+# Everything downloaded or built outside this tree lives in $(KMCL_CACHE).
+# KDIR=/path/to/built/kernel builds the modules against your own kernel tree
+# instead of the cached test kernel (it must be built with CONFIG_RUST=y by
+# the same rustc).
+
+KMCL_CACHE ?= $(HOME)/.cache/kmcl
+export KMCL_CACHE
+ifneq ($(KDIR),)
+export KMCL_KDIR := $(KDIR)
+endif
+
+.PHONY: all setup kernel modules fmt fmt-check host-test check run clean
+
+all: modules
+
+setup:
+	tools/setup/install-deps.sh
+
+kernel: setup
+	tools/setup/build-kernel.sh
+
+modules: kernel
+	tools/testing/build-modules.sh
+
+fmt:
+	tools/testing/rustfmt.sh
+
+fmt-check:
+	tools/testing/rustfmt.sh --check
+
+host-test:
+	cd tools/kmcl-wire && cargo test
+
+check:
+	tools/testing/check.sh
+
+run:
+	tools/vm/demo.sh
+
+clean:
+	rm -rf build
+	cd tools/kmcl-wire && cargo clean

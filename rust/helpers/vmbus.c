@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * C half of kmcl's VMBus bus abstraction (rust/kmcl/vmbus.rs).
+ *
+ * The kernel crate has no bindings for <linux/hyperv.h>. Rather than
+ * generating bindings for the whole header, kmcl keeps every access to hv
+ * structures in this file and gives Rust a narrow interface of opaque
+ * pointers and plain integers. The static inlines and macros of hyperv.h
+ * (vmbus_driver_register, hv_get_drvdata, hv_set_drvdata, ...) have no symbol
+ * to link against anyway, so they would need wrappers here in any case.
+ */
+
+#include <linux/hyperv.h>
+#include <linux/mod_devicetable.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/stddef.h>
+
+#include "vmbus.h"
+
+/* Rust mirrors struct hv_vmbus_device_id as { [u8; 16], usize }. */
+static_assert(sizeof(struct hv_vmbus_device_id) == 16 + sizeof(kernel_ulong_t));
+static_assert(offsetof(struct hv_vmbus_device_id, driver_data) == 16);
+static_assert(sizeof(guid_t) == 16);
+
+struct kmcl_vmbus_driver {
+	struct hv_driver drv;
+	const struct kmcl_vmbus_driver_ops *ops;
+};
+
+static const struct kmcl_vmbus_driver_ops *kmcl_ops_of(struct hv_device *dev)
+{
+	struct hv_driver *drv = drv_to_hv_drv(dev->device.driver);
+
+	return container_of(drv, struct kmcl_vmbus_driver, drv)->ops;
+}
+
+static int kmcl_vmbus_probe(struct hv_device *dev,
+			    const struct hv_vmbus_device_id *id)
+{
+	return kmcl_ops_of(dev)->probe(dev, id);
+}
+
+static void kmcl_vmbus_remove(struct hv_device *dev)
+{
+	kmcl_ops_of(dev)->remove(dev);
+}
+
+static void kmcl_vmbus_shutdown(struct hv_device *dev)
+{
+	kmcl_ops_of(dev)->shutdown(dev);
+}
+
+static int kmcl_vmbus_suspend(struct hv_device *dev)
+{
+	return kmcl_ops_of(dev)->suspend(dev);
+}
+
+static int kmcl_vmbus_resume(struct hv_device *dev)
+{
+	return kmcl_ops_of(dev)->resume(dev);
+}
+
+struct hv_driver *kmcl_vmbus_driver_alloc(const char *name,
+					  const struct hv_vmbus_device_id *ids,
+					  const struct kmcl_vmbus_driver_ops *ops)
+{
+	struct kmcl_vmbus_driver *d = kzalloc(sizeof(*d), GFP_KERNEL);
+
+	if (!d)
+		return NULL;
+	d->ops = ops;
+	d->drv.name = name;
+	d->drv.id_table = ids;
+	d->drv.probe = kmcl_vmbus_probe;
+	d->drv.remove = kmcl_vmbus_remove;
+	d->drv.shutdown = kmcl_vmbus_shutdown;
+	d->drv.suspend = kmcl_vmbus_suspend;
+	d->drv.resume = kmcl_vmbus_resume;
+	return &d->drv;
+}
+
+void kmcl_vmbus_driver_free(struct hv_driver *drv)
+{
+	kfree(container_of(drv, struct kmcl_vmbus_driver, drv));
+}
+
+int kmcl_vmbus_driver_register(struct hv_driver *drv, struct module *owner,
+			       const char *mod_name)
+{
+	return __vmbus_driver_register(drv, owner, mod_name);
+}
+
+void kmcl_vmbus_driver_unregister(struct hv_driver *drv)
+{
+	vmbus_driver_unregister(drv);
+}
+
+void *kmcl_hv_get_drvdata(struct hv_device *dev)
+{
+	return hv_get_drvdata(dev);
+}
+
+void kmcl_hv_set_drvdata(struct hv_device *dev, void *data)
+{
+	hv_set_drvdata(dev, data);
+}
+
+struct device *kmcl_hv_device_dev(struct hv_device *dev)
+{
+	return &dev->device;
+}
+
+struct vmbus_channel *kmcl_hv_device_channel(struct hv_device *dev)
+{
+	return dev->channel;
+}
+
+void kmcl_hv_device_ids(struct hv_device *dev, guid_t *type, guid_t *instance)
+{
+	*type = dev->dev_type;
+	*instance = dev->dev_instance;
+}
+
+void kmcl_vmbus_channel_offer_ids(struct vmbus_channel *chan, guid_t *type,
+				  guid_t *instance)
+{
+	*type = chan->offermsg.offer.if_type;
+	*instance = chan->offermsg.offer.if_instance;
+}
+
+bool kmcl_vmbus_channel_rescinded(struct vmbus_channel *chan)
+{
+	return READ_ONCE(chan->rescind);
+}
+
+/* For the KUnit suites: the kernel's own GUID parser and constants. */
+int kmcl_guid_parse(const char *s, guid_t *out)
+{
+	return guid_parse(s, out);
+}
+
+void kmcl_hv_heartbeat_guid(guid_t *out)
+{
+	static const struct hv_vmbus_device_id id = { HV_HEART_BEAT_GUID };
+
+	*out = id.guid;
+}

@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Interface between kmcl's Rust code and its C helper for hv_vmbus. Rust
+ * declares the same functions in rust/kmcl/vmbus.rs (module `ffi`); keep the
+ * two in step.
+ */
+#ifndef KMCL_HELPERS_VMBUS_H
+#define KMCL_HELPERS_VMBUS_H
+
+#include <linux/types.h>
+#include <linux/uuid.h>
+
+struct device;
+struct hv_device;
+struct hv_driver;
+struct hv_vmbus_device_id;
+struct module;
+struct vmbus_channel;
+
+/*
+ * Callbacks of one Rust driver type. Rust owns a static instance per driver
+ * type; the trampolines below find it through the hv_driver.
+ */
+struct kmcl_vmbus_driver_ops {
+	int (*probe)(struct hv_device *dev, const struct hv_vmbus_device_id *id);
+	void (*remove)(struct hv_device *dev);
+	void (*shutdown)(struct hv_device *dev);
+	int (*suspend)(struct hv_device *dev);
+	int (*resume)(struct hv_device *dev);
+};
+
+struct hv_driver *kmcl_vmbus_driver_alloc(const char *name,
+					  const struct hv_vmbus_device_id *ids,
+					  const struct kmcl_vmbus_driver_ops *ops);
+void kmcl_vmbus_driver_free(struct hv_driver *drv);
+int kmcl_vmbus_driver_register(struct hv_driver *drv, struct module *owner,
+			       const char *mod_name);
+void kmcl_vmbus_driver_unregister(struct hv_driver *drv);
+
+void *kmcl_hv_get_drvdata(struct hv_device *dev);
+void kmcl_hv_set_drvdata(struct hv_device *dev, void *data);
+struct device *kmcl_hv_device_dev(struct hv_device *dev);
+struct vmbus_channel *kmcl_hv_device_channel(struct hv_device *dev);
+void kmcl_hv_device_ids(struct hv_device *dev, guid_t *type, guid_t *instance);
+
+void kmcl_vmbus_channel_offer_ids(struct vmbus_channel *chan, guid_t *type,
+				  guid_t *instance);
+bool kmcl_vmbus_channel_rescinded(struct vmbus_channel *chan);
+
+/* Used by the KUnit suites. */
+int kmcl_guid_parse(const char *s, guid_t *out);
+void kmcl_hv_heartbeat_guid(guid_t *out);
+
+#endif /* KMCL_HELPERS_VMBUS_H */

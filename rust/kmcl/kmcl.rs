@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! kmcl: the VMBus Kernel Mode Client Library for Rust drivers.
+//!
+//! kmcl gives Rust kernel drivers on Hyper-V guests the channel and packet
+//! model of the Windows VMBus Kernel Mode Client Library: channels with a
+//! lifecycle and state callbacks, packet objects with completions and
+//! transaction ids, quotas, synchronous requests, GPADLs and save/restore.
+//! Channels run over one of two transports: real VMBus channels of
+//! `hv_vmbus`, or an in-kernel loopback that connects a client and a server
+//! endpoint, so that drivers can be tested under KUnit without Hyper-V.
+//!
+//! See `Documentation/` for the guide.
+
+use kernel::prelude::*;
+
+pub mod vmbus;
+pub mod wire;
+
+mod hv;
+#[cfg(CONFIG_KUNIT)]
+mod tests;
+
+module! {
+    type: Kmcl,
+    name: "kmcl",
+    authors: ["The kmcl developers"],
+    description: "VMBus Kernel Mode Client Library for Rust drivers",
+    license: "GPL",
+}
+
+/// This module, for registrations made outside `init`.
+pub(crate) static THIS_MODULE: ThisModule = <Kmcl as kernel::ModuleMetadata>::THIS_MODULE;
+
+/// The module state: kmcl's VMBus driver, when the machine has a VMBus.
+struct Kmcl {
+    _hv: Option<hv::Transport>,
+}
+
+impl kernel::Module for Kmcl {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        let hv = hv::Transport::register(module)?;
+        match &hv {
+            Some(_) => pr_info!("transport vmbus: available\n"),
+            None => pr_info!("transport vmbus: absent (no VMBus on this machine)\n"),
+        }
+        pr_info!("kmcl loaded\n");
+        Ok(Kmcl { _hv: hv })
+    }
+}
+
+impl Drop for Kmcl {
+    fn drop(&mut self) {
+        pr_info!("kmcl unloaded\n");
+    }
+}

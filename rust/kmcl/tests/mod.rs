@@ -1,0 +1,7 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! KUnit suites of kmcl. They run when `kmcl.ko` is loaded into a kernel
+//! built with `CONFIG_KUNIT`.
+
+mod guid;
+mod vmbus;

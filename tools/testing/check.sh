@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# The body of `make check`: set-up, kernel (cached), modules with clippy and
+# -Dwarnings, rustfmt, host tests, then the VM run judged by check-log.py.
+# Ends with the line 'N passed, N failed'.
+
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+t0=$(date +%s)
+step() { printf '\n==> [%4ds] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
+
+step "set-up (apt packages, kernel source, rust-src, bindgen, libclang)"
+"$top/tools/setup/install-deps.sh"
+. "$top/tools/setup/env.sh"
+
+step "kernel (cached by key in $KMCL_KBUILD)"
+"$top/tools/setup/build-kernel.sh"
+
+step "modules (CLIPPY=1, warnings are errors)"
+"$here/build-modules.sh"
+
+step "rustfmt --check"
+"$here/rustfmt.sh" --check
+
+host_passed=0 host_failed=0
+step "host tests (cargo test)"
+for crate in "$top"/tools/*/Cargo.toml; do
+	[ -f "$crate" ] || continue
+	dir=$(dirname "$crate")
+	log=$(mktemp)
+	if (cd "$dir" && cargo test --quiet 2>&1) | tee "$log"; then :; fi
+	p=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^passed;?$/) s += $(i-1) } END { print s + 0 }' "$log")
+	f=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^failed;?$/) s += $(i-1) } END { print s + 0 }' "$log")
+	if ! grep -q '^test result:' "$log" || grep -qE '^error(\[|:)' "$log"; then
+		f=$((f + 1))
+	fi
+	host_passed=$((host_passed + p))
+	host_failed=$((host_failed + f))
+	rm -f "$log"
+done
+echo "host: $host_passed passed, $host_failed failed"
+
+step "VM: boot, load, KUnit, kmemleak, unload"
+out="$top/build"
+mods=$("$here/module-list.sh")
+"$top/tools/vm/mkinitramfs.sh" "$out/initramfs-check.cpio.gz" $mods
+set +e
+"$top/tools/vm/run-vm.sh" "$KMCL_KBUILD/arch/x86/boot/bzImage" \
+	"$out/initramfs-check.cpio.gz" "$out/console-check.log" check 900 >/dev/null
+vm_rc=$?
+set -e
+echo "console log: $out/console-check.log (qemu exit $vm_rc)"
+
+step "results"
+set +e
+python3 "$here/check-log.py" "$KMCL_KSRC" "$out/console-check.log" \
+	--suites "$here/kunit-suites" --host-passed "$host_passed" --host-failed "$host_failed"
+rc=$?
+set -e
+echo "make check took $(( $(date +%s) - t0 )) s"
+exit $rc
