@@ -8,3 +8,5 @@
 //! writes is treated as untrusted here.
 
 pub mod guid;
+pub mod packet;
+pub mod ring;

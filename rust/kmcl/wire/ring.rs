@@ -1,0 +1,432 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One direction of a VMBus channel: a ring buffer in the VMBus format.
+//!
+//! A ring is a control page followed by a data area. The control page holds
+//! the write index (owned by the writer), the read index (owned by the
+//! reader), the reader's interrupt mask, the writer's pending send size, and
+//! the feature bits. Packets are written into the data area as a descriptor
+//! and payload, padded to 8 bytes, followed by an 8-byte trailer that holds
+//! the write index at which the packet started, shifted left by 32.
+//!
+//! The rules both ends follow:
+//! - the ring is never filled completely: a write needs strictly more free
+//!   bytes than it writes, so a full ring never looks empty;
+//! - the writer signals the reader only when the ring goes from empty to
+//!   non-empty, and only when the reader's interrupt mask is clear;
+//! - a writer that finds no room stores the size it needs in
+//!   `pending_send_sz`; the reader signals the writer when its reads make the
+//!   free space cross that size.
+//!
+//! Each end keeps private copies of the indices it owns and never trusts the
+//! values the peer writes: an index from the peer is read once, checked
+//! against the ring size and alignment, and a bad one fails the operation
+//! without moving anything.
+
+use core::{
+    ptr::NonNull,
+    sync::atomic::{
+        fence,
+        AtomicU32,
+        Ordering, //
+    },
+};
+
+/// Size of the control page that precedes the data area.
+pub const CONTROL_SIZE: usize = 4096;
+
+/// Size of the trailer that follows every packet.
+pub const TRAILER_SIZE: u32 = 8;
+
+const WRITE_INDEX: usize = 0;
+const READ_INDEX: usize = 4;
+const INTERRUPT_MASK: usize = 8;
+const PENDING_SEND_SZ: usize = 12;
+const FEATURE_BITS: usize = 64;
+const FEAT_PENDING_SEND_SZ: u32 = 1;
+
+/// Why a ring operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingError {
+    /// The ring has no room for the write; `needed` is the free space the
+    /// write requires, to be stored as the pending send size.
+    Full {
+        /// Bytes of free space the write requires (strictly more than it writes).
+        needed: u32,
+    },
+    /// The peer's index is out of range or unaligned.
+    BadIndex,
+    /// The next packet's descriptor is malformed: its lengths do not fit
+    /// what is in the ring, or it changed while it was being copied.
+    BadPacket,
+    /// The next packet is larger than the buffer it would be copied into.
+    TooLarge {
+        /// The packet's total length in bytes, trailer excluded.
+        len: u32,
+    },
+    /// A packet to write is empty, unaligned, or larger than the ring.
+    BadWrite,
+}
+
+/// The memory of one ring: control page and data area.
+///
+/// # Invariants
+///
+/// `control` is valid for [`CONTROL_SIZE`] bytes and `data` for `size` bytes,
+/// both 8-byte aligned, for as long as this value exists; `size` is a
+/// non-zero multiple of 8. The peer may write to both concurrently, so the
+/// memory is only accessed through atomics and volatile copies.
+pub struct RingMemory {
+    control: NonNull<u8>,
+    data: NonNull<u8>,
+    size: u32,
+}
+
+// SAFETY: the ring memory is shared by design; every access is atomic or volatile.
+unsafe impl Send for RingMemory {}
+// SAFETY: as above.
+unsafe impl Sync for RingMemory {}
+
+impl RingMemory {
+    /// Describes a ring at `control` (one control page) and `data` (`size` bytes).
+    ///
+    /// Returns `None` unless `size` is a non-zero multiple of 8 below 2^31 and
+    /// both pointers are 8-byte aligned.
+    ///
+    /// # Safety
+    ///
+    /// `control` must be valid for reads and writes of [`CONTROL_SIZE`] bytes and
+    /// `data` of `size` bytes, for the whole life of the returned value and of
+    /// every reader and writer built on it.
+    pub unsafe fn new(control: NonNull<u8>, data: NonNull<u8>, size: u32) -> Option<Self> {
+        if size == 0 || size % 8 != 0 || size >= 1 << 31 {
+            return None;
+        }
+        if control.as_ptr() as usize % 8 != 0 || data.as_ptr() as usize % 8 != 0 {
+            return None;
+        }
+        // INVARIANT: checked above; validity is the caller's promise.
+        Some(Self {
+            control,
+            data,
+            size,
+        })
+    }
+
+    /// The size of the data area in bytes.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    fn ctl(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: `offset` is one of the constant field offsets, all below
+        // `CONTROL_SIZE` and 4-byte aligned; the page is valid by the invariant.
+        unsafe { AtomicU32::from_ptr(self.control.as_ptr().add(offset).cast()) }
+    }
+
+    /// Initialises the control page of a new ring: indices zero, interrupts
+    /// unmasked, no pending send, and `feat_pending_send_sz` set.
+    pub fn reset(&self) {
+        for off in (0..FEATURE_BITS + 4).step_by(4) {
+            self.ctl(off).store(0, Ordering::Relaxed);
+        }
+        self.ctl(FEATURE_BITS)
+            .store(FEAT_PENDING_SEND_SZ, Ordering::Release);
+    }
+
+    /// Reads `dst.len()` bytes (a multiple of 8) starting at data offset `off`
+    /// (a multiple of 8 below `size`), wrapping at the end of the data area.
+    fn copy_out(&self, mut off: u32, dst: &mut [u8]) {
+        debug_assert!(off < self.size && off % 8 == 0 && dst.len() % 8 == 0);
+        for chunk in dst.chunks_exact_mut(8) {
+            // SAFETY: `off < size` and 8-aligned, so 8 bytes at `data + off` are in
+            // the data area by the invariant.
+            let v = unsafe {
+                self.data
+                    .as_ptr()
+                    .add(off as usize)
+                    .cast::<u64>()
+                    .read_volatile()
+            };
+            chunk.copy_from_slice(&v.to_ne_bytes());
+            off += 8;
+            if off == self.size {
+                off = 0;
+            }
+        }
+    }
+
+    /// Writes `src` (a multiple of 8 bytes long) at data offset `off` (a
+    /// multiple of 8 below `size`), wrapping; returns the offset after it.
+    fn copy_in(&self, mut off: u32, src: &[u8]) -> u32 {
+        debug_assert!(off < self.size && off % 8 == 0 && src.len() % 8 == 0);
+        for chunk in src.chunks_exact(8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            // SAFETY: as in `copy_out`.
+            unsafe {
+                self.data
+                    .as_ptr()
+                    .add(off as usize)
+                    .cast::<u64>()
+                    .write_volatile(u64::from_ne_bytes(w))
+            };
+            off += 8;
+            if off == self.size {
+                off = 0;
+            }
+        }
+        off
+    }
+
+    /// Reads a peer-owned index once and checks it.
+    fn load_index(&self, offset: usize) -> Result<u32, RingError> {
+        let v = self.ctl(offset).load(Ordering::Acquire);
+        if v >= self.size || v % 8 != 0 {
+            return Err(RingError::BadIndex);
+        }
+        Ok(v)
+    }
+
+    fn used(&self, write: u32, read: u32) -> u32 {
+        if write >= read {
+            write - read
+        } else {
+            self.size - read + write
+        }
+    }
+
+    /// The raw control fields, for observability: write index, read index,
+    /// interrupt mask, pending send size.
+    pub fn snapshot(&self) -> [u32; 4] {
+        [
+            self.ctl(WRITE_INDEX).load(Ordering::Relaxed),
+            self.ctl(READ_INDEX).load(Ordering::Relaxed),
+            self.ctl(INTERRUPT_MASK).load(Ordering::Relaxed),
+            self.ctl(PENDING_SEND_SZ).load(Ordering::Relaxed),
+        ]
+    }
+
+    /// Test and fault-injection access: stores a raw control field. `field` is
+    /// 0 (write index), 1 (read index), 2 (interrupt mask), 3 (pending send
+    /// size) or 4 (feature bits).
+    pub fn poke_control(&self, field: usize, value: u32) {
+        let off = match field {
+            0 => WRITE_INDEX,
+            1 => READ_INDEX,
+            2 => INTERRUPT_MASK,
+            3 => PENDING_SEND_SZ,
+            _ => FEATURE_BITS,
+        };
+        self.ctl(off).store(value, Ordering::Release);
+    }
+
+    /// Test and fault-injection access: overwrites data bytes at `off`.
+    pub fn poke_data(&self, off: u32, src: &[u8]) {
+        if off < self.size && off % 8 == 0 && src.len() % 8 == 0 && src.len() as u32 <= self.size {
+            self.copy_in(off, src);
+        }
+    }
+}
+
+/// The writing end of a ring.
+///
+/// # Invariants
+///
+/// `write` is the private write index: below `mem.size()` and 8-aligned.
+pub struct RingWriter {
+    mem: RingMemory,
+    write: u32,
+}
+
+/// What a successful write asks of the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct WriteOutcome {
+    /// The reader must be signalled.
+    pub signal: bool,
+}
+
+impl RingWriter {
+    /// Takes the writing end of `mem`, starting at the current write index.
+    pub fn new(mem: RingMemory) -> Result<Self, RingError> {
+        let write = mem.load_index(WRITE_INDEX)?;
+        Ok(Self { mem, write })
+    }
+
+    /// The ring memory.
+    pub fn memory(&self) -> &RingMemory {
+        &self.mem
+    }
+
+    /// Free bytes as of the reader's last published read index.
+    pub fn free(&self) -> Result<u32, RingError> {
+        let read = self.mem.load_index(READ_INDEX)?;
+        Ok(self.mem.size - self.mem.used(self.write, read))
+    }
+
+    /// Writes one packet made of `parts` (each a multiple of 8 bytes long),
+    /// then the trailer, and publishes the new write index.
+    pub fn write(&mut self, parts: &[&[u8]]) -> Result<WriteOutcome, RingError> {
+        let mut len: u32 = 0;
+        for p in parts {
+            if p.len() % 8 != 0 {
+                return Err(RingError::BadWrite);
+            }
+            len = u32::try_from(p.len())
+                .ok()
+                .and_then(|l| len.checked_add(l))
+                .ok_or(RingError::BadWrite)?;
+        }
+        let total = len.checked_add(TRAILER_SIZE).ok_or(RingError::BadWrite)?;
+        if len == 0 || total >= self.mem.size {
+            return Err(RingError::BadWrite);
+        }
+        let read = self.mem.load_index(READ_INDEX)?;
+        let free = self.mem.size - self.mem.used(self.write, read);
+        if free <= total {
+            return Err(RingError::Full { needed: total + 1 });
+        }
+        let start = self.write;
+        let mut off = start;
+        for p in parts {
+            off = self.mem.copy_in(off, p);
+        }
+        let trailer = u64::from(start) << 32;
+        off = self.mem.copy_in(off, &trailer.to_ne_bytes());
+        // Publish: the data must be visible before the index.
+        self.mem.ctl(WRITE_INDEX).store(off, Ordering::Release);
+        self.write = off;
+
+        // Signal only on empty to non-empty, and only if the reader wants it.
+        fence(Ordering::SeqCst);
+        if self.mem.ctl(INTERRUPT_MASK).load(Ordering::Relaxed) != 0 {
+            return Ok(WriteOutcome { signal: false });
+        }
+        let read_now = self.mem.ctl(READ_INDEX).load(Ordering::Acquire);
+        Ok(WriteOutcome {
+            signal: read_now == start,
+        })
+    }
+
+    /// Stores the free space the writer waits for (0: not waiting).
+    pub fn set_pending_send_size(&self, needed: u32) {
+        self.mem
+            .ctl(PENDING_SEND_SZ)
+            .store(needed, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// The reading end of a ring.
+///
+/// # Invariants
+///
+/// `read` (private read index) and `published` (last read index stored in the
+/// control page) are below `mem.size()` and 8-aligned.
+pub struct RingReader {
+    mem: RingMemory,
+    read: u32,
+    published: u32,
+}
+
+impl RingReader {
+    /// Takes the reading end of `mem`, starting at the current read index.
+    pub fn new(mem: RingMemory) -> Result<Self, RingError> {
+        let read = mem.load_index(READ_INDEX)?;
+        Ok(Self {
+            mem,
+            read,
+            published: read,
+        })
+    }
+
+    /// The ring memory.
+    pub fn memory(&self) -> &RingMemory {
+        &self.mem
+    }
+
+    /// Bytes written by the peer and not yet read privately.
+    pub fn available(&self) -> Result<u32, RingError> {
+        let write = self.mem.load_index(WRITE_INDEX)?;
+        Ok(self.mem.used(write, self.read))
+    }
+
+    /// Masks the peer's signals while this end drains the ring.
+    pub fn begin_read(&self) {
+        self.mem.ctl(INTERRUPT_MASK).store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Unmasks signals. Returns `true` if data arrived meanwhile, which the
+    /// caller must then read, since no signal will come for it.
+    pub fn end_read(&self) -> Result<bool, RingError> {
+        self.mem.ctl(INTERRUPT_MASK).store(0, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        Ok(self.available()? != 0)
+    }
+
+    /// Copies the next packet (descriptor, payload, padding; trailer
+    /// excluded) into `buf` and moves the private read index past it.
+    ///
+    /// Returns `Ok(None)` on an empty ring. On any error nothing moves.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
+        let avail = self.available()?;
+        if avail == 0 {
+            return Ok(None);
+        }
+        let mut desc = [0u8; 16];
+        if avail < 16 + TRAILER_SIZE {
+            return Err(RingError::BadPacket);
+        }
+        self.mem.copy_out(self.read, &mut desc);
+        let len8 = u16::from_le_bytes([desc[4], desc[5]]);
+        let len = u32::from(len8) * 8;
+        if len < 16 || len + TRAILER_SIZE > avail {
+            return Err(RingError::BadPacket);
+        }
+        let Some(dst) = buf.get_mut(..len as usize) else {
+            return Err(RingError::TooLarge { len });
+        };
+        self.mem.copy_out(self.read, dst);
+        // The copy is what gets parsed: if the peer changed the length meanwhile,
+        // the copy is inconsistent with what was sized, and it is refused.
+        if dst[4..6] != desc[4..6] {
+            return Err(RingError::BadPacket);
+        }
+        self.read = (self.read + len + TRAILER_SIZE) % self.mem.size;
+        Ok(Some(len as usize))
+    }
+
+    /// Publishes the private read index. Returns `true` if the writer must be
+    /// signalled because the free space crossed its pending send size.
+    pub fn commit(&mut self) -> bool {
+        if self.read == self.published {
+            return false;
+        }
+        let freed = self.mem.used(self.read, self.published);
+        // All reads of packet data complete before the writer may reuse the space.
+        fence(Ordering::Release);
+        self.mem.ctl(READ_INDEX).store(self.read, Ordering::Release);
+        self.published = self.read;
+        fence(Ordering::SeqCst);
+
+        if self.mem.ctl(FEATURE_BITS).load(Ordering::Relaxed) & FEAT_PENDING_SEND_SZ == 0 {
+            return false;
+        }
+        let pending = self.mem.ctl(PENDING_SEND_SZ).load(Ordering::Relaxed);
+        if pending == 0 || pending > self.mem.size {
+            return false;
+        }
+        let Ok(write) = self.mem.load_index(WRITE_INDEX) else {
+            // A corrupt index will fail the next read; waking the writer is harmless.
+            return true;
+        };
+        let free_now = self.mem.size - self.mem.used(write, self.read);
+        if free_now < pending {
+            return false;
+        }
+        // Signal only when this commit made the free space cross the pending size.
+        free_now.saturating_sub(freed) < pending
+    }
+}

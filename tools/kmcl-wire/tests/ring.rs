@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: GPL-2.0
+
+mod common;
+
+use std::collections::VecDeque;
+
+use common::{Rng, TestRing};
+use kmcl_wire::{
+    packet::{self, Descriptor, Limits},
+    ring::{RingError, RingReader, RingWriter},
+};
+
+fn inband(trans_id: u64, payload: &[u8]) -> Vec<u8> {
+    let d = packet::encode_simple(packet::TYPE_DATA_INBAND, 0, trans_id, payload.len()).unwrap();
+    let mut v = d.encode().to_vec();
+    v.extend_from_slice(payload);
+    v.resize(packet::DESCRIPTOR_SIZE + packet::align8(payload.len()), 0);
+    v
+}
+
+const LIMITS: Limits = Limits {
+    max_payload: 4096,
+    max_ranges: 4,
+    max_external_bytes: 1 << 20,
+};
+
+#[test]
+fn write_then_read_round_trips_payload_and_trailer() {
+    let ring = TestRing::new(4096);
+    let mut w = RingWriter::new(ring.mem()).unwrap();
+    let mut r = RingReader::new(ring.mem()).unwrap();
+    let pkt = inband(7, b"hello, vmbus");
+    assert!(w.write(&[&pkt]).unwrap().signal);
+    let mut buf = [0u8; 256];
+    let n = r.read(&mut buf).unwrap().unwrap();
+    assert_eq!(n, pkt.len());
+    let p = packet::parse(&buf[..n], &LIMITS).unwrap();
+    assert_eq!(p.desc.trans_id, 7);
+    assert_eq!(&p.payload[..12], b"hello, vmbus");
+    // The trailer holds the start index shifted by 32.
+    let mem = ring.mem();
+    let [write, ..] = mem.snapshot();
+    assert_eq!(write as usize, pkt.len() + 8);
+    assert_eq!(r.read(&mut buf).unwrap(), None);
+}
+
+#[test]
+fn signals_only_on_empty_to_non_empty() {
+    let ring = TestRing::new(4096);
+    let mut w = RingWriter::new(ring.mem()).unwrap();
+    let mut r = RingReader::new(ring.mem()).unwrap();
+    let pkt = inband(1, &[0xaa; 24]);
+    assert!(w.write(&[&pkt]).unwrap().signal);
+    assert!(!w.write(&[&pkt]).unwrap().signal, "ring was not empty");
+    let mut buf = [0u8; 64];
+    r.read(&mut buf).unwrap().unwrap();
+    r.read(&mut buf).unwrap().unwrap();
+    // Read privately but not yet published: the writer still sees a non-empty ring.
+    assert!(!w.write(&[&pkt]).unwrap().signal);
+    r.read(&mut buf).unwrap().unwrap();
+    let _ = r.commit();
+    assert!(w.write(&[&pkt]).unwrap().signal, "published empty ring");
+}
+
+#[test]
+fn no_signal_while_reader_masks_interrupts() {
+    let ring = TestRing::new(4096);
+    let mut w = RingWriter::new(ring.mem()).unwrap();
+    let r = RingReader::new(ring.mem()).unwrap();
+    r.begin_read();
+    assert!(!w.write(&[&inband(1, &[1; 8])]).unwrap().signal);
+    // Data that arrived while masked is reported by end_read.
+    assert!(r.end_read().unwrap());
+}
+
+#[test]
+fn never_fills_completely() {
+    let ring = TestRing::new(4096);
+    let mut w = RingWriter::new(ring.mem()).unwrap();
+    // Each packet: 16 + 40 + 8 trailer = 64 bytes; 4096 / 64 = 64, but the last
+    // one would fill the ring exactly and must be refused.
+    let pkt = inband(1, &[3; 40]);
+    let mut n = 0;
+    loop {
+        match w.write(&[&pkt]) {
+            Ok(_) => n += 1,
+            Err(RingError::Full { needed }) => {
+                assert_eq!(needed, 65);
+                break;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(n, 63);
+    assert_eq!(w.free().unwrap(), 64);
+}
+
+#[test]
+fn wraps_around_the_end() {
+    let ring = TestRing::new(4096);
+    let mut w = RingWriter::new(ring.mem()).unwrap();
+    let mut r = RingReader::new(ring.mem()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    for i in 0..500u64 {
+        let payload: Vec<u8> = (0..(i % 300) as usize)
+            .map(|b| (b as u8) ^ (i as u8))
+            .collect();
+        let pkt = inband(i, &payload);
+        let _ = w.write(&[&pkt]).unwrap();
+        let n = r.read(&mut buf).unwrap().unwrap();
+        assert_eq!(&buf[..n], &pkt[..]);
+        let _ = r.commit();
+    }
+}
+
+#[test]
+fn pending_send_size_signals_on_crossing_only() {
+    let ring = TestRing::new(4096);
+    let mut w = RingWriter::new(ring.mem()).unwrap();
+    let mut r = RingReader::new(ring.mem()).unwrap();
+    let pkt = inband(1, &[3; 40]); // 64 bytes with trailer
+    while w.write(&[&pkt]).is_ok() {}
+    let big = inband(2, &[4; 232]); // 248 + 8 = 256 bytes: needs 257 free
+    let Err(RingError::Full { needed }) = w.write(&[&big]) else {
+        panic!("ring should be full");
+    };
+    w.set_pending_send_size(needed);
+    let mut buf = [0u8; 128];
+    let mut signals = vec![];
+    for _ in 0..6 {
+        r.read(&mut buf).unwrap().unwrap();
+        signals.push(r.commit());
+    }
+    // free: 64 -> 128 -> 192 -> 256 -> 320 (crosses 257) -> 384 -> 448
+    assert_eq!(signals, [false, false, false, true, false, false]);
+    w.set_pending_send_size(0);
+    let _ = w.write(&[&big]).unwrap();
+}
+
+#[test]
+fn bogus_pending_send_size_never_signals() {
+    let ring = TestRing::new(4096);
+    let mut w = RingWriter::new(ring.mem()).unwrap();
+    let mut r = RingReader::new(ring.mem()).unwrap();
+    let mut buf = [0u8; 128];
+    for bogus in [0, 4097, u32::MAX] {
+        w.set_pending_send_size(bogus);
+        let _ = w.write(&[&inband(1, &[0; 8])]).unwrap();
+        r.read(&mut buf).unwrap().unwrap();
+        assert!(!r.commit(), "pending {bogus}");
+    }
+}
+
+#[test]
+fn bad_indices_fail_closed() {
+    let ring = TestRing::new(4096);
+    let mut w = RingWriter::new(ring.mem()).unwrap();
+    let mut r = RingReader::new(ring.mem()).unwrap();
+    let _ = w.write(&[&inband(1, &[0; 8])]).unwrap();
+    let mem = ring.mem();
+    let mut buf = [0u8; 128];
+    for bad in [4096, 4097, 12, u32::MAX] {
+        mem.poke_control(0, bad);
+        assert_eq!(
+            r.read(&mut buf),
+            Err(RingError::BadIndex),
+            "write index {bad}"
+        );
+        mem.poke_control(1, bad);
+        assert_eq!(
+            w.write(&[&inband(1, &[0; 8])]),
+            Err(RingError::BadIndex),
+            "read index {bad}"
+        );
+    }
+    // Nothing moved: restoring the indices makes the packet readable again.
+    mem.poke_control(0, 32);
+    mem.poke_control(1, 0);
+    assert_eq!(r.read(&mut buf), Ok(Some(24)));
+}
+
+#[test]
+fn descriptor_longer_than_available_is_refused() {
+    let ring = TestRing::new(4096);
+    let mut w = RingWriter::new(ring.mem()).unwrap();
+    let mut r = RingReader::new(ring.mem()).unwrap();
+    let mut pkt = inband(1, &[0; 8]);
+    let mut d = Descriptor::decode(pkt[..16].try_into().unwrap());
+    d.len8 = 100;
+    pkt[..16].copy_from_slice(&d.encode());
+    let _ = w.write(&[&pkt]).unwrap();
+    let mut buf = [0u8; 2048];
+    assert_eq!(r.read(&mut buf), Err(RingError::BadPacket));
+    assert_eq!(
+        r.read(&mut buf),
+        Err(RingError::BadPacket),
+        "still refused, nothing skipped"
+    );
+}
+
+#[test]
+fn packet_larger_than_buffer_is_refused_without_advancing() {
+    let ring = TestRing::new(4096);
+    let mut w = RingWriter::new(ring.mem()).unwrap();
+    let mut r = RingReader::new(ring.mem()).unwrap();
+    let _ = w.write(&[&inband(1, &[0; 100])]).unwrap();
+    let mut small = [0u8; 64];
+    assert_eq!(r.read(&mut small), Err(RingError::TooLarge { len: 120 }));
+    let mut big = [0u8; 128];
+    assert_eq!(r.read(&mut big), Ok(Some(120)));
+}
+
+/// A model check: random writes and reads against a queue of expected packets.
+#[test]
+fn random_traffic_matches_a_fifo_model() {
+    for seed in 1..=20 {
+        let mut rng = Rng::new(seed);
+        let ring = TestRing::new(8192);
+        let mut w = RingWriter::new(ring.mem()).unwrap();
+        let mut r = RingReader::new(ring.mem()).unwrap();
+        let mut model: VecDeque<Vec<u8>> = VecDeque::new();
+        let mut buf = vec![0u8; 8192];
+        let mut id = 0u64;
+        for _ in 0..5000 {
+            if rng.below(2) == 0 {
+                let len = rng.below(1500) as usize;
+                let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                id += 1;
+                let pkt = inband(id, &payload);
+                match w.write(&[&pkt]) {
+                    Ok(_) => model.push_back(pkt),
+                    Err(RingError::Full { .. }) => {}
+                    Err(e) => panic!("seed {seed}: {e:?}"),
+                }
+            } else {
+                match r.read(&mut buf).unwrap() {
+                    Some(n) => {
+                        let want = model.pop_front().expect("read more than written");
+                        assert_eq!(&buf[..n], &want[..], "seed {seed}");
+                    }
+                    None => assert!(model.is_empty(), "seed {seed}: lost packets"),
+                }
+                if rng.below(3) == 0 {
+                    let _ = r.commit();
+                }
+            }
+        }
+    }
+}
