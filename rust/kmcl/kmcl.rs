@@ -14,6 +14,9 @@
 
 use kernel::prelude::*;
 
+pub mod channel;
+pub mod sys;
+pub mod transport;
 pub mod vmbus;
 pub mod wire;
 
@@ -35,17 +38,20 @@ pub(crate) static THIS_MODULE: ThisModule = <Kmcl as kernel::ModuleMetadata>::TH
 /// The module state: kmcl's VMBus driver, when the machine has a VMBus.
 struct Kmcl {
     _hv: Option<hv::Transport>,
+    _wq: sys::Workqueues,
 }
 
 impl kernel::Module for Kmcl {
     fn init(module: &'static ThisModule) -> Result<Self> {
+        let wq = sys::Workqueues::new()?;
         let hv = hv::Transport::register(module)?;
         match &hv {
             Some(_) => pr_info!("transport vmbus: available\n"),
             None => pr_info!("transport vmbus: absent (no VMBus on this machine)\n"),
         }
         pr_info!("kmcl loaded\n");
-        Ok(Kmcl { _hv: hv })
+        pr_info!("transport loopback: available\n");
+        Ok(Kmcl { _hv: hv, _wq: wq })
     }
 }
 

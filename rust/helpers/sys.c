@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Kernel facilities for kmcl's Rust code; see sys.h.
+ */
+
+#include <linux/bottom_half.h>
+#include <linux/debugfs.h>
+#include <linux/err.h>
+#include <linux/jiffies.h>
+#include <linux/mm.h>
+#include <linux/preempt.h>
+#include <linux/seq_file.h>
+#include <linux/vmalloc.h>
+#include <linux/workqueue.h>
+
+#include "sys.h"
+
+static struct workqueue_struct *kmcl_wq;
+static struct workqueue_struct *kmcl_bh_wq;
+static struct dentry *kmcl_debugfs_root;
+
+int kmcl_sys_init(void)
+{
+	/*
+	 * Process-context work: state callbacks, passive delivery, deferred
+	 * packets. Unbound, so that a callback that blocks on its peer (a
+	 * synchronous request in PostStarted) never stalls the work that
+	 * would answer it.
+	 */
+	kmcl_wq = alloc_workqueue("kmcl", WQ_UNBOUND, 0);
+	if (!kmcl_wq)
+		return -ENOMEM;
+	/* Softirq-context work: the channel interrupt, like hv's tasklet. */
+	kmcl_bh_wq = alloc_workqueue("kmcl_bh", WQ_BH, 0);
+	if (!kmcl_bh_wq) {
+		destroy_workqueue(kmcl_wq);
+		return -ENOMEM;
+	}
+	/* Observability only: kmcl works without debugfs. */
+	kmcl_debugfs_root = debugfs_create_dir("kmcl", NULL);
+	return 0;
+}
+
+void kmcl_sys_exit(void)
+{
+	debugfs_remove_recursive(kmcl_debugfs_root);
+	/* destroy_workqueue() drains what is still queued. */
+	destroy_workqueue(kmcl_wq);
+	destroy_workqueue(kmcl_bh_wq);
+}
+
+struct workqueue_struct *kmcl_sys_wq(void)
+{
+	return kmcl_wq;
+}
+
+struct workqueue_struct *kmcl_sys_bh_wq(void)
+{
+	return kmcl_bh_wq;
+}
+
+void kmcl_sys_flush(void)
+{
+	flush_workqueue(kmcl_wq);
+	flush_workqueue(kmcl_bh_wq);
+}
+
+void kmcl_local_bh_disable(void)
+{
+	local_bh_disable();
+}
+
+void kmcl_local_bh_enable(void)
+{
+	local_bh_enable();
+}
+
+bool kmcl_in_serving_softirq(void)
+{
+	return in_serving_softirq();
+}
+
+bool kmcl_in_task(void)
+{
+	return in_task();
+}
+
+bool kmcl_preemptible(void)
+{
+	return preemptible();
+}
+
+u64 kmcl_virt_to_pfn(const void *addr)
+{
+	if (is_vmalloc_addr(addr))
+		return vmalloc_to_pfn(addr);
+	return page_to_pfn(virt_to_page(addr));
+}
+
+u64 kmcl_page_to_pfn(struct page *page)
+{
+	return page_to_pfn(page);
+}
+
+void *kmcl_pfn_to_virt(u64 pfn)
+{
+	if (!pfn_valid(pfn))
+		return NULL;
+	return page_address(pfn_to_page(pfn));
+}
+
+unsigned long kmcl_jiffies(void)
+{
+	return jiffies;
+}
+
+static int kmcl_status_open(struct inode *inode, struct file *file)
+{
+	return single_open(file, kmcl_status_show, inode->i_private);
+}
+
+static const struct file_operations kmcl_status_fops = {
+	.owner = THIS_MODULE,
+	.open = kmcl_status_open,
+	.read = seq_read,
+	.llseek = seq_lseek,
+	.release = single_release,
+};
+
+struct dentry *kmcl_debugfs_add(const char *name, void *data)
+{
+	struct dentry *d;
+
+	if (IS_ERR_OR_NULL(kmcl_debugfs_root))
+		return NULL;
+	d = debugfs_create_file(name, 0444, kmcl_debugfs_root, data,
+				&kmcl_status_fops);
+	return IS_ERR(d) ? NULL : d;
+}
+
+/* Returns once no reader is inside kmcl_status_show() for this file. */
+void kmcl_debugfs_remove(struct dentry *d)
+{
+	debugfs_remove(d);
+}

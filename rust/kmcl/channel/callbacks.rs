@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The driver's side of a channel: packet and state callbacks.
+//!
+//! A driver implements [`ProcessPacket`] (required to receive anything) and,
+//! as it needs them, [`StateChange`] and [`SaveRestorePacket`], then hands an
+//! `Arc` of each to the channel's init setters. Every method of
+//! [`StateChange`] has a default that does nothing, as every KMCL state
+//! callback is optional.
+
+use kernel::prelude::*;
+
+use super::{
+    incoming::IncomingPacket,
+    outgoing::Packet,
+    Channel, //
+};
+
+/// Incoming packets (`EvtVmbChannelProcessPacket`,
+/// `EvtVmbChannelProcessingComplete`).
+pub trait ProcessPacket: Send + Sync {
+    /// A packet arrived. `packet` must be finished exactly once: completed,
+    /// failed or deferred.
+    ///
+    /// Runs in softirq context, or in process context when the channel
+    /// processes incoming packets at passive level or the packet was deferred.
+    fn process_packet(&self, channel: &Channel, packet: IncomingPacket);
+
+    /// The incoming queue went from non-empty to empty, or delivery paused
+    /// (quota, a failed packet); `count` packets were delivered since the last
+    /// call. Runs in the same context as [`ProcessPacket::process_packet`].
+    fn processing_complete(&self, channel: &Channel, count: u32) {
+        let _ = (channel, count);
+    }
+}
+
+/// State changes (`VMB_CHANNEL_STATE_CHANGE_CALLBACKS`). All run in process
+/// context, on kmcl's workqueue or in the thread that called a lifecycle
+/// function. None may call [`Channel::pause`], [`Channel::start`] or
+/// [`Channel::disable`] on its own channel: those fail with `EDEADLK` there.
+pub trait StateChange: Send + Sync {
+    /// The channel was opened (client: by this endpoint; server: by the
+    /// client). Long-lived GPADLs are created here. An error rolls the
+    /// channel back to no traffic; on a client, PnpFailure follows.
+    fn opened(&self, channel: &Channel) -> Result {
+        let _ = channel;
+        Ok(())
+    }
+
+    /// The channel is configured; incoming delivery begins after this
+    /// returns. Sends may be queued here, but replies must not be awaited.
+    fn started(&self, channel: &Channel) {
+        let _ = channel;
+    }
+
+    /// Packets from the peer can now be received: the place for synchronous
+    /// protocol negotiation.
+    fn post_started(&self, channel: &Channel) {
+        let _ = channel;
+    }
+
+    /// Delivery stops (Pause, Disable, peer close). No ProcessPacket runs
+    /// after this until the next Started, but every outstanding incoming
+    /// packet must still be finished.
+    fn suspend(&self, channel: &Channel) {
+        let _ = channel;
+    }
+
+    /// The channel closed (Disable, peer close, rescind). GPADLs must be
+    /// deleted here.
+    fn closed(&self, channel: &Channel) {
+        let _ = channel;
+    }
+
+    /// A client found its target but could not connect.
+    fn pnp_failure(&self, channel: &Channel, error: Error) {
+        let _ = (channel, error);
+    }
+}
+
+/// Per-packet save and restore on a server (`EvtVmbChannelSavePacket`,
+/// `EvtVmbChannelRestorePacket`). Both run in process context.
+pub trait SaveRestorePacket: Send + Sync {
+    /// Saves the driver's state of the in-use `packet` into `buf`. The first
+    /// call gets an empty `buf`: return `Err(needed)` with the size needed if
+    /// there is state, or `Ok(0)`. The second call gets a buffer that large
+    /// and returns the bytes written.
+    fn save_packet(&self, channel: &Channel, packet: &Packet, buf: &mut [u8]) -> Result<usize, usize>;
+
+    /// Restores one packet: `packet` already carries kmcl's state (payload,
+    /// transaction id); `state` is what [`SaveRestorePacket::save_packet`]
+    /// wrote. The driver takes ownership of `packet` and finishes it with
+    /// [`Packet::restore`].
+    fn restore_packet(&self, channel: &Channel, packet: Packet, state: &[u8]) -> Result;
+}
+
+/// A completion routine (`EvtVmbPacketCompletionRoutine`).
+///
+/// Called once per send, in softirq context (or with bottom halves disabled
+/// when the send finished in the sender's thread), with the packet back, the
+/// transaction's status and the peer's completion payload (empty unless the
+/// send waited for a completion). The packet may be freed, reused or resent.
+pub type CompletionRoutine = fn(packet: Packet, status: Result, response: &[u8]);

@@ -1,0 +1,963 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! KMCL channels: allocation, init setters, and the lifecycle.
+//!
+//! A [`Channel`] is one endpoint of a VMBus channel, a client (VSC) or a
+//! server (VSP). It is allocated Disabled with [`Channel::allocate`], which
+//! returns the owning [`ChannelHandle`], configured with the `init_set_*`
+//! setters (valid only while Disabled), and brought up with
+//! [`Channel::enable`], which returns at once. The rest happens in process
+//! context on kmcl's workqueue: a server offers, a client finds the offer and
+//! opens it, and both run their state callbacks:
+//!
+//! ```text
+//!  client: Disabled -> Enabled -> Opened -> Started <-> Paused -> Disabled
+//!  server: Disabled -> Enabled -> Opened -> Started <-> Paused -> Enabled
+//!                     (offered)                      (client gone) ...
+//! ```
+//!
+//! The channel layer does not know which transport carries it: an open
+//! channel holds an [`Attachment`](crate::transport::Attachment), which
+//! provides the rings and signalling.
+
+use core::sync::atomic::{
+    AtomicU32,
+    AtomicU64,
+    Ordering, //
+};
+
+use kernel::{
+    new_condvar,
+    new_mutex,
+    new_spinlock_irq,
+    prelude::*,
+    str::CString,
+    sync::{
+        Arc,
+        CondVar,
+        Mutex,
+        SpinLockIrq, //
+    },
+    task::Task,
+    workqueue::{
+        impl_has_work,
+        new_work,
+        Work,
+        WorkItem, //
+    },
+};
+
+use crate::{
+    sys,
+    transport::{
+        Attachment,
+        Bus, //
+    },
+    wire::guid::Guid,
+};
+
+pub mod callbacks;
+pub mod gpadl;
+pub mod incoming;
+pub mod outgoing;
+pub mod save;
+mod status;
+
+use callbacks::{
+    ProcessPacket,
+    SaveRestorePacket,
+    StateChange, //
+};
+use incoming::RxState;
+use outgoing::TxState;
+
+/// Channel flag: the channel is a pipe (`VMBUS_CHANNEL_FLAG_IS_PIPE`).
+pub const CHANNEL_FLAG_IS_PIPE: u32 = 0x1;
+
+/// Server flags (`VMBUS_SERVER_CHANNEL_FLAGS`).
+pub mod server_flags {
+    /// Offer the channel to the same partition (loopback).
+    pub const LOOPBACK_OFFER: u32 = 0x1;
+    /// Enumerate a device interface for the offer.
+    pub const ENUMERATE_DEVICE_INTERFACE: u32 = 0x2;
+    /// Offer the channel as a pipe.
+    pub const OFFER_AS_PIPE: u32 = 0x4;
+    /// Always create a new channel rather than reuse one.
+    pub const FORCE_NEW_CHANNEL: u32 = 0x8;
+    /// The offer is a TL NPI provider (hvsocket) offer.
+    pub const TLNPI_PROVIDER_OFFER: u32 = 0x10;
+    /// Every flag kmcl knows.
+    pub const ALL: u32 = 0x1f;
+}
+
+/// Default number of preallocated packet objects per channel.
+pub const DEFAULT_PACKET_POOL: u32 = 64;
+/// Default number of incoming packet slots (bounds the transaction quota).
+pub const DEFAULT_INCOMING_SLOTS: u32 = 128;
+/// Default ring size in pages, control page included.
+pub const DEFAULT_RING_PAGES: u32 = 16;
+/// Default maximum packet size.
+pub const DEFAULT_MAX_PACKET_SIZE: u32 = 4096;
+
+/// Which end of the channel this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A VMBus client (VSC): opens an offer.
+    Client,
+    /// A VMBus server (VSP): offers the channel.
+    Server,
+}
+
+/// The lifecycle state of a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Allocated or torn down; the init setters are valid.
+    Disabled,
+    /// Enabled: a server's offer is up, or a client looks for its offer.
+    Enabled,
+    /// Connected; the Opened callback runs or ran, Started not yet.
+    Opened,
+    /// Packets flow.
+    Started,
+    /// Paused: no incoming delivery until Start.
+    Paused,
+    /// Being torn down.
+    Closing,
+}
+
+/// The configuration that the init setters write.
+pub(crate) struct Config {
+    pub(crate) client_context_size: u32,
+    pub(crate) flags: u32,
+    pub(crate) friendly_name: Option<CString>,
+    pub(crate) max_external_bytes: u32,
+    pub(crate) max_external_chain: u32,
+    pub(crate) max_packet_size: u32,
+    pub(crate) packet_pool: u32,
+    pub(crate) incoming_slots: u32,
+    pub(crate) process: Option<Arc<dyn ProcessPacket>>,
+    pub(crate) state_cb: Option<Arc<dyn StateChange>>,
+    pub(crate) save_restore: Option<Arc<dyn SaveRestorePacket>>,
+    pub(crate) ring_pages: u32,
+    pub(crate) target_type: Guid,
+    pub(crate) target_instance: Option<Guid>,
+    pub(crate) server_flags: u32,
+    pub(crate) mmio_megabytes: u32,
+    pub(crate) target_vtl: u8,
+    pub(crate) bus: Option<Bus>,
+}
+
+impl Config {
+    fn new() -> Self {
+        Self {
+            client_context_size: 0,
+            flags: 0,
+            friendly_name: None,
+            max_external_bytes: 64 * 4096,
+            max_external_chain: 4,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            packet_pool: DEFAULT_PACKET_POOL,
+            incoming_slots: DEFAULT_INCOMING_SLOTS,
+            process: None,
+            state_cb: None,
+            save_restore: None,
+            ring_pages: DEFAULT_RING_PAGES,
+            target_type: Guid::NULL,
+            target_instance: None,
+            server_flags: 0,
+            mmio_megabytes: 0,
+            target_vtl: 0,
+            bus: None,
+        }
+    }
+}
+
+/// The sizes that the preallocations of an Enable depend on.
+#[derive(Clone, Copy)]
+pub(crate) struct Sizing {
+    pub(crate) client_context_size: u32,
+    pub(crate) max_external_bytes: u32,
+    pub(crate) max_external_chain: u32,
+    pub(crate) max_packet_size: u32,
+    pub(crate) packet_pool: u32,
+    pub(crate) incoming_slots: u32,
+}
+
+impl Config {
+    fn sizing(&self) -> Sizing {
+        Sizing {
+            client_context_size: self.client_context_size,
+            max_external_bytes: self.max_external_bytes,
+            max_external_chain: self.max_external_chain,
+            max_packet_size: self.max_packet_size,
+            packet_pool: self.packet_pool,
+            incoming_slots: self.incoming_slots,
+        }
+    }
+}
+
+/// Control events for the channel's process-context work.
+pub(crate) mod event {
+    /// Look for the offer and open it (client).
+    pub(crate) const CONNECT: u32 = 1 << 0;
+    /// A client opened this server's offer.
+    pub(crate) const PEER_OPENED: u32 = 1 << 1;
+    /// The peer closed or went away.
+    pub(crate) const PEER_CLOSED: u32 = 1 << 2;
+}
+
+/// Mutable channel state, under the channel's spinlock.
+pub(crate) struct Inner {
+    pub(crate) state: State,
+    pub(crate) cfg: Config,
+    pub(crate) att: Option<Attachment>,
+    pub(crate) rx: RxState,
+    pub(crate) tx: TxState,
+    /// Pending control events.
+    pub(crate) events: u32,
+    /// The task running a state callback of this channel, if any.
+    pub(crate) in_callback: usize,
+    /// Pause armed while Disabled, applied at the next open.
+    pub(crate) pause_armed: bool,
+    /// The peer closed; sends fail with `ENODEV` until the channel is reset.
+    pub(crate) peer_gone: bool,
+    /// The channel is being disabled: blocking calls give up with `ENODEV`.
+    pub(crate) disabling: bool,
+    /// The Opened callback ran successfully, so Closed is owed.
+    pub(crate) opened: bool,
+    /// Monitor latency set by `set_interrupt_latency`, in 100 ns units.
+    pub(crate) interrupt_latency: u32,
+}
+
+/// Counters shown in debugfs.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) packets_received: AtomicU64,
+    pub(crate) packets_sent: AtomicU64,
+    pub(crate) completions_received: AtomicU64,
+    pub(crate) completions_sent: AtomicU64,
+    pub(crate) signals_sent: AtomicU64,
+    pub(crate) interrupts: AtomicU64,
+    pub(crate) quota_stalls: AtomicU64,
+    pub(crate) ring_full: AtomicU64,
+    pub(crate) rejected_completions: AtomicU64,
+    pub(crate) malformed_packets: AtomicU64,
+}
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+/// A KMCL channel endpoint (`VMBCHANNEL`).
+///
+/// Reached as `&Channel` from its [`ChannelHandle`], from callbacks, and from
+/// packets ([`outgoing::Packet::channel`]).
+///
+/// # Invariants
+///
+/// `inner.state` is `Disabled` exactly when `inner.att` is `None` and no
+/// callback of this channel is scheduled to run.
+#[pin_data]
+pub struct Channel {
+    id: u32,
+    endpoint: Endpoint,
+    #[pin]
+    pub(crate) inner: SpinLockIrq<Inner>,
+    #[pin]
+    pub(crate) cond: CondVar,
+    #[pin]
+    control: Mutex<()>,
+    #[pin]
+    bh_work: Work<Channel, 0>,
+    #[pin]
+    passive_work: Work<Channel, 1>,
+    #[pin]
+    control_work: Work<Channel, 2>,
+    pub(crate) stats: Stats,
+}
+
+impl_has_work! {
+    impl HasWork<Self, 0> for Channel { self.bh_work }
+    impl HasWork<Self, 1> for Channel { self.passive_work }
+    impl HasWork<Self, 2> for Channel { self.control_work }
+}
+
+/// The owner of a channel, returned by [`Channel::allocate`].
+///
+/// Dropping it disables the channel if needed (blocking, process context)
+/// and frees it, as [`ChannelHandle::cleanup`] does for a Disabled channel.
+pub struct ChannelHandle {
+    chan: Arc<Channel>,
+    _status: Option<status::StatusFile>,
+}
+
+impl core::ops::Deref for ChannelHandle {
+    type Target = Channel;
+
+    fn deref(&self) -> &Channel {
+        &self.chan
+    }
+}
+
+impl ChannelHandle {
+    /// Frees a Disabled channel (`VmbChannelCleanup`). A channel in any other
+    /// state is handed back with `EBUSY`.
+    pub fn cleanup(self) -> core::result::Result<(), (Error, ChannelHandle)> {
+        if self.chan.state() != State::Disabled {
+            return Err((EBUSY, self));
+        }
+        drop(self);
+        Ok(())
+    }
+
+    /// A new reference to the channel, for work items and other threads.
+    pub fn arc(&self) -> Arc<Channel> {
+        self.chan.clone()
+    }
+}
+
+impl Drop for ChannelHandle {
+    fn drop(&mut self) {
+        if self.chan.state() != State::Disabled {
+            self.chan.disable();
+        }
+        // The configuration holds the driver's callbacks, which may hold
+        // references to the channel: drop them to break such cycles.
+        let cfg = {
+            let mut g = self.chan.inner.lock();
+            core::mem::replace(&mut g.cfg, Config::new())
+        };
+        drop(cfg);
+    }
+}
+
+/// Returns `EINVAL` unless the channel is Disabled, for the init setters.
+macro_rules! init_setter {
+    ($self:ident, $g:ident, $body:block) => {{
+        let mut $g = $self.inner.lock();
+        if $g.state != State::Disabled {
+            return Err(EINVAL);
+        }
+        $body
+        Ok(())
+    }};
+}
+
+impl Channel {
+    /// Allocates a Disabled channel endpoint (`VmbChannelAllocate`).
+    pub fn allocate(endpoint: Endpoint) -> Result<ChannelHandle> {
+        let chan = Arc::pin_init(
+            try_pin_init!(Channel {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                endpoint,
+                inner <- new_spinlock_irq!(Inner {
+                    state: State::Disabled,
+                    cfg: Config::new(),
+                    att: None,
+                    rx: RxState::new(),
+                    tx: TxState::new(),
+                    events: 0,
+                    in_callback: 0,
+                    pause_armed: false,
+                    peer_gone: false,
+                    disabling: false,
+                    opened: false,
+                    interrupt_latency: 0,
+                }, "kmcl::Channel::inner"),
+                cond <- new_condvar!("kmcl::Channel::cond"),
+                control <- new_mutex!((), "kmcl::Channel::control"),
+                bh_work <- new_work!("kmcl::Channel::bh_work"),
+                passive_work <- new_work!("kmcl::Channel::passive_work"),
+                control_work <- new_work!("kmcl::Channel::control_work"),
+                stats: Stats::default(),
+            }),
+            GFP_KERNEL,
+        )?;
+        Ok(ChannelHandle {
+            chan,
+            _status: None,
+        })
+    }
+
+    /// The endpoint kind.
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint
+    }
+
+    /// A number unique among the channels of this boot.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The current lifecycle state.
+    pub fn state(&self) -> State {
+        self.inner.lock().state
+    }
+
+    // ---- Init setters: valid only while Disabled, else `EINVAL`. ----
+
+    /// Size of the per-incoming-packet scratch area
+    /// (`VmbChannelInitSetClientContextSize`).
+    pub fn init_set_client_context_size(&self, size: u32) -> Result {
+        if size > 4096 {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, { g.cfg.client_context_size = size; })
+    }
+
+    /// Channel flags, [`CHANNEL_FLAG_IS_PIPE`] (`VmbChannelInitSetFlags`).
+    pub fn init_set_flags(&self, flags: u32) -> Result {
+        if flags & !CHANNEL_FLAG_IS_PIPE != 0 {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, { g.cfg.flags = flags; })
+    }
+
+    /// Name for debugging and debugfs (`VmbChannelInitSetFriendlyName`).
+    pub fn init_set_friendly_name(&self, name: &CStr) -> Result {
+        let name = CString::try_from_fmt(fmt!("{}", name.to_str().map_err(|_| EINVAL)?))?;
+        if name.to_bytes().len() > 64 {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, { g.cfg.friendly_name = Some(name); })
+    }
+
+    /// Largest external data a packet may describe: total bytes and number of
+    /// ranges, both above zero (`VmbChannelInitSetMaximumExternalData`).
+    pub fn init_set_maximum_external_data(&self, size: u32, chain_length: u32) -> Result {
+        if size == 0 || chain_length == 0 || chain_length > 64 {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, {
+            g.cfg.max_external_bytes = size;
+            g.cfg.max_external_chain = chain_length;
+        })
+    }
+
+    /// Largest payload a send may ever carry, above zero
+    /// (`VmbChannelInitSetMaximumPacketSize`).
+    pub fn init_set_maximum_packet_size(&self, size: u32) -> Result {
+        if size == 0 || size > 1 << 20 {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, { g.cfg.max_packet_size = size; })
+    }
+
+    /// Packet callbacks (`VmbChannelInitSetProcessPacketCallbacks`).
+    pub fn init_set_process_packet_callbacks(&self, cb: Arc<dyn ProcessPacket>) -> Result {
+        init_setter!(self, g, { g.cfg.process = Some(cb); })
+    }
+
+    /// State callbacks (`VmbChannelInitSetStateChangeCallbacks`).
+    pub fn init_set_state_change_callbacks(&self, cb: Arc<dyn StateChange>) -> Result {
+        init_setter!(self, g, { g.cfg.state_cb = Some(cb); })
+    }
+
+    /// Number of preallocated packet objects (a kmcl addition: KMCL's pool
+    /// grows on demand, kmcl's is fixed so that sends never allocate).
+    pub fn init_set_packet_pool_size(&self, count: u32) -> Result {
+        if count == 0 || count > 4096 {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, { g.cfg.packet_pool = count; })
+    }
+
+    /// Number of preallocated incoming packet slots, the upper bound of the
+    /// transaction quota (a kmcl addition, for the same reason).
+    pub fn init_set_incoming_slots(&self, count: u32) -> Result {
+        if count == 0 || count > 4096 {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, { g.cfg.incoming_slots = count; })
+    }
+
+    /// The VMBus instance to use (`VmbServerChannelInitSetVmbusHandle`). kmcl
+    /// accepts it on clients too, to pick a loopback bus.
+    pub fn init_set_vmbus_handle(&self, bus: Bus) -> Result {
+        init_setter!(self, g, { g.cfg.bus = Some(bus); })
+    }
+
+    /// Ring size in pages per direction, control page included, at least 2
+    /// (`VmbClientChannelInitSetRingBufferPageCount`). Client only.
+    pub fn init_set_ring_buffer_page_count(&self, pages: u32) -> Result {
+        if self.endpoint != Endpoint::Client || !(2..=1024).contains(&pages) {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, { g.cfg.ring_pages = pages; })
+    }
+
+    /// The offer to open: interface type and, optionally, instance
+    /// (`VmbClientChannelInitSetTargetPnp`). PnP failures reach
+    /// [`StateChange::pnp_failure`]. Client only.
+    pub fn init_set_target_pnp(&self, interface_type: Guid, instance: Option<Guid>) -> Result {
+        if self.endpoint != Endpoint::Client || interface_type.is_null() {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, {
+            g.cfg.target_type = interface_type;
+            g.cfg.target_instance = instance;
+        })
+    }
+
+    /// Server flags, see [`server_flags`] (`VmbServerChannelInitSetFlags`).
+    pub fn init_set_server_flags(&self, flags: u32) -> Result {
+        if self.endpoint != Endpoint::Server || flags & !server_flags::ALL != 0 {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, { g.cfg.server_flags = flags; })
+    }
+
+    /// MMIO space to reserve for the device, in MiB
+    /// (`VmbServerChannelInitSetMmioMegabytes`). Server only.
+    pub fn init_set_mmio_megabytes(&self, megabytes: u32) -> Result {
+        if self.endpoint != Endpoint::Server || megabytes > 64 {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, { g.cfg.mmio_megabytes = megabytes; })
+    }
+
+    /// Per-packet save/restore callbacks
+    /// (`VmbServerChannelInitSetSaveRestorePacketCallbacks`). Server only.
+    pub fn init_set_save_restore_packet_callbacks(&self, cb: Arc<dyn SaveRestorePacket>) -> Result {
+        if self.endpoint != Endpoint::Server {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, { g.cfg.save_restore = Some(cb); })
+    }
+
+    /// The interface type and instance of the offer
+    /// (`VmbServerChannelInitSetTargetInterfaceId`). Server only.
+    pub fn init_set_target_interface_id(&self, interface_type: Guid, instance: Guid) -> Result {
+        if self.endpoint != Endpoint::Server || interface_type.is_null() {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, {
+            g.cfg.target_type = interface_type;
+            g.cfg.target_instance = Some(instance);
+        })
+    }
+
+    /// The VTL the offer is made to (`VmbServerChannelInitSetTargetVtl`).
+    /// Server only; 0 to 2.
+    pub fn init_set_target_vtl(&self, vtl: u8) -> Result {
+        if self.endpoint != Endpoint::Server || vtl > 2 {
+            return Err(EINVAL);
+        }
+        init_setter!(self, g, { g.cfg.target_vtl = vtl; })
+    }
+
+    // ---- Settings that may change at any time. ----
+
+    /// Caps how many incoming packets may be delivered and not yet finished
+    /// (`VmbChannelSetTransactionQuota`), above zero. Lowering it below the
+    /// outstanding count delivers nothing more until enough packets finish.
+    pub fn set_transaction_quota(&self, quota: u32) -> Result {
+        if quota == 0 {
+            return Err(EINVAL);
+        }
+        let mut g = self.inner.lock();
+        g.rx.quota = quota;
+        Ok(())
+    }
+
+    /// Delivers incoming packets in process context instead of softirq
+    /// context (`VmbChannelSetIncomingProcessingAtPassive`).
+    pub fn set_incoming_processing_at_passive(&self, passive: bool) {
+        self.inner.lock().rx.passive = passive;
+    }
+
+    /// The interface type and instance of the channel's offer
+    /// (`VmbChannelGetInterfaceInstance` returns the latter).
+    pub fn interface_ids(&self) -> (Guid, Option<Guid>) {
+        let g = self.inner.lock();
+        (g.cfg.target_type, g.cfg.target_instance)
+    }
+
+    pub(crate) fn ring_pages(&self) -> u32 {
+        self.inner.lock().cfg.ring_pages
+    }
+
+    pub(crate) fn mmio_megabytes(&self) -> u32 {
+        self.inner.lock().cfg.mmio_megabytes
+    }
+
+    /// The friendly name, if set.
+    pub fn with_friendly_name<R>(&self, f: impl FnOnce(Option<&CStr>) -> R) -> R {
+        let g = self.inner.lock();
+        f(g.cfg.friendly_name.as_deref())
+    }
+
+    // ---- Lifecycle. ----
+
+    fn check_not_in_callback(&self) -> Result {
+        let me = Task::current_raw() as usize;
+        if self.inner.lock().in_callback == me {
+            pr_err!(
+                "channel {}: lifecycle call from inside its own state callback\n",
+                self.id
+            );
+            return Err(EDEADLK);
+        }
+        Ok(())
+    }
+
+    /// Enables a Disabled channel (`VmbChannelEnable`): a server offers it, a
+    /// client opens its target or waits for it. Returns at once; the state
+    /// callbacks follow in process context.
+    pub fn enable(&self) -> Result {
+        kernel::task::might_sleep();
+        let _c = self.control.lock();
+        let sizing = {
+            let g = self.inner.lock();
+            if g.state != State::Disabled {
+                return Err(EINVAL);
+            }
+            if g.cfg.process.is_none() {
+                pr_err!("channel {}: enable without packet callbacks\n", self.id);
+                return Err(EINVAL);
+            }
+            if g.cfg.target_type.is_null() {
+                return Err(EINVAL);
+            }
+            if g.cfg.bus.is_none() {
+                // Without a bus handle the channel would use VMBus itself.
+                return Err(ENODEV);
+            }
+            g.cfg.sizing()
+        };
+        // The preallocations sleep: make them outside the lock. The control
+        // mutex keeps the state Disabled meanwhile.
+        let mut rx = RxState::new();
+        rx.prepare(&sizing)?;
+        let mut tx = TxState::new();
+        tx.prepare(&sizing)?;
+        let bus = {
+            let mut g = self.inner.lock();
+            let Some(bus) = g.cfg.bus.clone() else {
+                return Err(ENODEV);
+            };
+            rx.quota = g.rx.quota;
+            rx.passive = g.rx.passive;
+            g.rx = rx;
+            g.tx = tx;
+            g.state = State::Enabled;
+            g.peer_gone = false;
+            g.disabling = false;
+            g.opened = false;
+            bus
+        };
+        let r = match self.endpoint {
+            Endpoint::Server => bus.offer(self),
+            Endpoint::Client => {
+                self.post_event(event::CONNECT);
+                Ok(())
+            }
+        };
+        if r.is_err() {
+            let mut g = self.inner.lock();
+            g.state = State::Disabled;
+            g.rx.release();
+            g.tx.release();
+        }
+        r
+    }
+
+    /// Disables the channel (`VmbChannelDisable`): closes it on a client,
+    /// revokes the offer on a server. Blocks until the channel is torn down:
+    /// Suspend and Closed have run, every outstanding incoming packet has
+    /// been finished by the driver, and every outstanding send has finished
+    /// with `ECANCELED`.
+    pub fn disable(&self) {
+        kernel::task::might_sleep();
+        if self.check_not_in_callback().is_err() {
+            return;
+        }
+        {
+            let mut g = self.inner.lock();
+            g.disabling = true;
+        }
+        self.cond.notify_all();
+        let _c = self.control.lock();
+        let bus = {
+            let g = self.inner.lock();
+            if g.state == State::Disabled {
+                return;
+            }
+            g.cfg.bus.clone()
+        };
+        if let Some(bus) = bus {
+            bus.withdraw(self);
+        }
+        self.teardown(false);
+        let mut g = self.inner.lock();
+        g.state = State::Disabled;
+        g.events = 0;
+        g.disabling = false;
+    }
+
+    /// Pauses incoming delivery (`VmbChannelPause`). Blocks until Suspend has
+    /// run and the driver has finished every outstanding incoming packet. On
+    /// a Disabled channel, arms a pause that applies after the next open.
+    pub fn pause(&self) -> Result {
+        kernel::task::might_sleep();
+        self.check_not_in_callback()?;
+        let _c = self.control.lock();
+        {
+            let mut g = self.inner.lock();
+            match g.state {
+                State::Disabled => {
+                    g.pause_armed = true;
+                    return Ok(());
+                }
+                State::Started => g.state = State::Paused,
+                State::Paused => return Ok(()),
+                _ => return Err(EINVAL),
+            }
+        }
+        self.stop_delivery();
+        self.call_state(|cb, ch| cb.suspend(ch));
+        self.wait_incoming_finished();
+        Ok(())
+    }
+
+    /// Leaves the paused state (`VmbChannelStart`): Started runs again and
+    /// delivery resumes. On a Disabled channel, disarms a pending pause.
+    pub fn start(&self) -> Result {
+        kernel::task::might_sleep();
+        self.check_not_in_callback()?;
+        let _c = self.control.lock();
+        {
+            let mut g = self.inner.lock();
+            match g.state {
+                State::Disabled => {
+                    g.pause_armed = false;
+                    return Ok(());
+                }
+                State::Paused => {}
+                State::Started => return Ok(()),
+                _ => return Err(EINVAL),
+            }
+            g.state = State::Started;
+        }
+        self.call_state(|cb, ch| cb.started(ch));
+        self.start_delivery();
+        Ok(())
+    }
+
+    // ---- Internals shared by the lifecycle and the transports. ----
+
+    /// Runs a state callback with the in-callback marker set.
+    pub(crate) fn call_state<R: Default>(
+        &self,
+        f: impl FnOnce(&dyn StateChange, &Channel) -> R,
+    ) -> R {
+        let cb = {
+            let mut g = self.inner.lock();
+            g.in_callback = Task::current_raw() as usize;
+            g.cfg.state_cb.clone()
+        };
+        let r = cb.as_deref().map(|cb| f(cb, self)).unwrap_or_default();
+        self.inner.lock().in_callback = 0;
+        r
+    }
+
+    /// Queues a control event for the process-context work.
+    pub(crate) fn post_event(&self, ev: u32) {
+        self.inner.lock().events |= ev;
+        let _ = sys::wq().enqueue::<Arc<Channel>, 2>(self.arc());
+    }
+
+    /// The channel's interrupt: the peer wrote to the ring, or freed space.
+    pub(crate) fn interrupt(&self) {
+        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        let _ = sys::bh_wq().enqueue::<Arc<Channel>, 0>(self.arc());
+    }
+
+    /// Queues incoming delivery in the context the channel is set up for.
+    pub(crate) fn kick_delivery(&self) {
+        let passive = self.inner.lock().rx.passive;
+        if passive {
+            let _ = sys::wq().enqueue::<Arc<Channel>, 1>(self.arc());
+        } else {
+            let _ = sys::bh_wq().enqueue::<Arc<Channel>, 0>(self.arc());
+        }
+    }
+
+    /// Attaches an open connection and moves to Opened.
+    pub(crate) fn attach(&self, att: Attachment) -> Result {
+        let mut g = self.inner.lock();
+        if g.state != State::Enabled || g.att.is_some() {
+            return Err(EBUSY);
+        }
+        g.att = Some(att);
+        g.state = State::Opened;
+        g.peer_gone = false;
+        Ok(())
+    }
+
+    /// The peer closed: sends fail from now on, and the control work tears
+    /// the channel down.
+    pub(crate) fn peer_closed(&self) {
+        self.inner.lock().peer_gone = true;
+        self.cond.notify_all();
+        self.post_event(event::PEER_CLOSED);
+    }
+
+    /// The Opened, Started and PostStarted sequence after a connection.
+    /// Returns the Opened callback's error, after rolling back.
+    pub(crate) fn run_open_sequence(&self) -> Result {
+        if let Err(e) = self.call_state(|cb, ch| Some(cb.opened(ch))).unwrap_or(Ok(())) {
+            pr_info!("channel {}: Opened failed ({:?}); rolled back\n", self.id, e);
+            self.detach();
+            self.inner.lock().state = State::Enabled;
+            return Err(e);
+        }
+        let paused = {
+            let mut g = self.inner.lock();
+            if g.state != State::Opened {
+                // The peer closed meanwhile; the control work handles it.
+                g.opened = true;
+                return Ok(());
+            }
+            g.opened = true;
+            if g.pause_armed {
+                g.pause_armed = false;
+                g.state = State::Paused;
+                true
+            } else {
+                g.state = State::Started;
+                false
+            }
+        };
+        if !paused {
+            self.call_state(|cb, ch| cb.started(ch));
+            self.start_delivery();
+            self.call_state(|cb, ch| cb.post_started(ch));
+        }
+        Ok(())
+    }
+
+    /// Drops the attachment and tells the peer.
+    pub(crate) fn detach(&self) {
+        let att = self.inner.lock().att.take();
+        if let Some(att) = att {
+            att.close(self);
+        }
+    }
+
+    /// Tears an open or enabled channel down. `peer` says the peer closed.
+    fn teardown(&self, peer: bool) {
+        let (was_started, was_opened) = {
+            let mut g = self.inner.lock();
+            let s = g.state;
+            g.state = State::Closing;
+            (s == State::Started, g.opened)
+        };
+        self.stop_delivery();
+        if was_started {
+            self.call_state(|cb, ch| cb.suspend(ch));
+        }
+        self.wait_incoming_finished();
+        self.cancel_all_sends(if peer { ENODEV } else { ECANCELED });
+        if was_opened {
+            self.call_state(|cb, ch| cb.closed(ch));
+        }
+        self.detach();
+        let mut g = self.inner.lock();
+        g.rx.drop_deferred();
+        g.opened = false;
+        g.rx.failed = false;
+    }
+
+    fn handle_events(&self) {
+        let _c = self.control.lock();
+        let ev = core::mem::take(&mut self.inner.lock().events);
+        if ev & event::CONNECT != 0 {
+            let bus = self.inner.lock().cfg.bus.clone();
+            if let Some(bus) = bus {
+                match bus.connect(self) {
+                    Ok(true) => {
+                        if let Err(e) = self.run_open_sequence() {
+                            self.call_state(|cb, ch| cb.pnp_failure(ch, e));
+                        }
+                    }
+                    Ok(false) => {} // waiting for an offer
+                    Err(e) => self.call_state(|cb, ch| cb.pnp_failure(ch, e)),
+                }
+            }
+        }
+        if ev & event::PEER_OPENED != 0 && self.state() == State::Opened {
+            let _ = self.run_open_sequence();
+        }
+        if ev & event::PEER_CLOSED != 0 {
+            let s = self.state();
+            if matches!(s, State::Opened | State::Started | State::Paused) {
+                self.teardown(true);
+                let mut g = self.inner.lock();
+                g.peer_gone = false;
+                g.state = match self.endpoint {
+                    // A server's offer stays up for the next client.
+                    Endpoint::Server => State::Enabled,
+                    // A client needs a new Enable.
+                    Endpoint::Client => State::Disabled,
+                };
+                if g.state == State::Disabled {
+                    g.rx.release();
+                    g.tx.release();
+                }
+                let bus = g.cfg.bus.clone();
+                drop(g);
+                if let (Endpoint::Server, Some(bus)) = (self.endpoint, bus) {
+                    bus.offer_available(self);
+                }
+            }
+        }
+    }
+
+    /// Waits on the channel's condition variable until `done` holds.
+    pub(crate) fn wait_until(&self, mut done: impl FnMut(&mut Inner) -> bool) {
+        let mut g = self.inner.lock();
+        while !done(&mut g) {
+            self.cond.wait(&mut g);
+        }
+    }
+}
+
+impl WorkItem<0> for Channel {
+    type Pointer = Arc<Channel>;
+
+    fn run(this: Arc<Channel>) {
+        this.on_interrupt();
+    }
+}
+
+impl WorkItem<1> for Channel {
+    type Pointer = Arc<Channel>;
+
+    fn run(this: Arc<Channel>) {
+        this.run_passive();
+    }
+}
+
+impl WorkItem<2> for Channel {
+    type Pointer = Arc<Channel>;
+
+    fn run(this: Arc<Channel>) {
+        this.handle_events();
+    }
+}
+
+/// Status of the channel for observability; see [`status`].
+pub(crate) fn attach_status(handle: &mut ChannelHandle) {
+    if handle._status.is_none() {
+        handle._status = status::StatusFile::new(handle.chan.clone());
+    }
+}
+
+impl ChannelHandle {
+    /// Enables the channel and publishes its debugfs status, see
+    /// [`Channel::enable`].
+    pub fn enable(&mut self) -> Result {
+        self.chan.enable()?;
+        attach_status(self);
+        Ok(())
+    }
+}

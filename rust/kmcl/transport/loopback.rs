@@ -1,0 +1,323 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The loopback transport: a client and a server endpoint in the same kernel,
+//! connected by two rings in the VMBus format.
+//!
+//! A [`LoopbackBus`] plays the part of VMBus: servers offer on it, clients
+//! open offers through it. Opening allocates a [`Connection`] with one ring
+//! per direction (the client's RingBufferPageCount each), a GPADL table and
+//! the MMIO space the server asked for. Signalling the peer queues its
+//! softirq work, as an interrupt from the host would run hv's tasklet.
+//!
+//! Fault injection for tests goes through [`Connection::ring_memory`], which
+//! gives raw access to a ring's control page and data.
+
+use core::ptr::NonNull;
+
+use kernel::{
+    alloc::KVVec,
+    new_condvar,
+    new_mutex,
+    new_spinlock_irq,
+    prelude::*,
+    sync::{
+        Arc,
+        CondVar,
+        Mutex,
+        SpinLockIrq, //
+    },
+};
+
+use crate::{
+    channel::{
+        event,
+        Channel,
+        Endpoint as Role,
+        State, //
+    },
+    transport::Attachment,
+    wire::ring::{
+        RingMemory,
+        RingReader,
+        RingWriter,
+        CONTROL_SIZE, //
+    },
+};
+
+struct BusInner {
+    offers: KVec<Arc<Channel>>,
+    waiting: KVec<Arc<Channel>>,
+}
+
+/// An in-kernel VMBus instance for the loopback transport.
+#[pin_data]
+pub struct LoopbackBus {
+    #[pin]
+    inner: Mutex<BusInner>,
+}
+
+fn matches(server: &Channel, client: &Channel) -> bool {
+    let (sty, sinst) = server.interface_ids();
+    let (cty, cinst) = client.interface_ids();
+    sty == cty && (cinst.is_none() || cinst == sinst)
+}
+
+impl LoopbackBus {
+    /// A new, empty bus.
+    pub fn new() -> Result<Arc<LoopbackBus>> {
+        Arc::pin_init(
+            pin_init!(LoopbackBus {
+                inner <- new_mutex!(BusInner {
+                    offers: KVec::new(),
+                    waiting: KVec::new(),
+                }, "kmcl::LoopbackBus::inner"),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Number of offers on the bus.
+    pub fn offer_count(&self) -> usize {
+        self.inner.lock().offers.len()
+    }
+
+    pub(crate) fn offer(&self, server: &Channel) -> Result {
+        let mut g = self.inner.lock();
+        let ids = server.interface_ids();
+        if g.offers.iter().any(|o| o.interface_ids() == ids) {
+            pr_err!("loopback: an offer with the same interface ids exists\n");
+            return Err(EEXIST);
+        }
+        g.offers.push(server.arc(), GFP_KERNEL)?;
+        Self::wake_waiting(&mut g, server);
+        Ok(())
+    }
+
+    /// Queues a connect for every client waiting for `server`'s offer.
+    fn wake_waiting(g: &mut BusInner, server: &Channel) {
+        let mut i = 0;
+        while i < g.waiting.len() {
+            if matches(server, &g.waiting[i]) {
+                if let Ok(c) = g.waiting.remove(i) {
+                    c.post_event(event::CONNECT);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    pub(crate) fn offer_available(&self, server: &Channel) {
+        let mut g = self.inner.lock();
+        Self::wake_waiting(&mut g, server);
+    }
+
+    pub(crate) fn withdraw(&self, chan: &Channel) {
+        let mut g = self.inner.lock();
+        g.offers.retain(|o| !core::ptr::eq(&**o, chan));
+        g.waiting.retain(|o| !core::ptr::eq(&**o, chan));
+    }
+
+    pub(crate) fn connect(&self, client: &Channel) -> Result<bool> {
+        let mut g = self.inner.lock();
+        let server = g
+            .offers
+            .iter()
+            .find(|s| matches(s, client) && s.state() == State::Enabled)
+            .cloned();
+        let Some(server) = server else {
+            if !g.waiting.iter().any(|c| core::ptr::eq(&**c, client)) {
+                g.waiting.push(client.arc(), GFP_KERNEL)?;
+            }
+            return Ok(false);
+        };
+        let (pages, mmio_mb) = (client.ring_pages(), server.mmio_megabytes());
+        let conn = Connection::new(pages, mmio_mb)?;
+        conn.set_peer(Role::Client, Some(client.arc()));
+        conn.set_peer(Role::Server, Some(server.clone()));
+        server.attach(Attachment::Loopback(Endpoint::new(conn.clone(), Role::Server)?))?;
+        if let Err(e) = client.attach(Attachment::Loopback(Endpoint::new(conn.clone(), Role::Client)?)) {
+            server.detach();
+            return Err(e);
+        }
+        drop(g);
+        server.post_event(event::PEER_OPENED);
+        Ok(true)
+    }
+}
+
+/// One GPADL registered with a connection.
+pub(crate) struct GpadlEntry {
+    pub(crate) id: u32,
+    pub(crate) pfns: KVec<u64>,
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
+    pub(crate) mapped: bool,
+    pub(crate) deleting: bool,
+}
+
+pub(crate) struct GpadlTable {
+    pub(crate) next_id: u32,
+    pub(crate) entries: KVec<GpadlEntry>,
+}
+
+/// An open loopback channel: two rings, the GPADL table, MMIO space.
+#[pin_data]
+pub struct Connection {
+    c2s: KVVec<u64>,
+    s2c: KVVec<u64>,
+    data_size: u32,
+    mmio: KVVec<u8>,
+    #[pin]
+    peers: SpinLockIrq<[Option<Arc<Channel>>; 2]>,
+    #[pin]
+    pub(crate) gpadls: SpinLockIrq<GpadlTable>,
+    #[pin]
+    pub(crate) gpadl_cond: CondVar,
+}
+
+fn role_index(r: Role) -> usize {
+    match r {
+        Role::Client => 0,
+        Role::Server => 1,
+    }
+}
+
+fn ring_alloc(words: usize) -> Result<KVVec<u64>> {
+    let mut v = KVVec::with_capacity(words, GFP_KERNEL)?;
+    v.resize(words, 0, GFP_KERNEL)?;
+    Ok(v)
+}
+
+impl Connection {
+    fn new(ring_pages: u32, mmio_mb: u32) -> Result<Arc<Connection>> {
+        let data_size = (ring_pages - 1) * 4096;
+        let words = (CONTROL_SIZE + data_size as usize) / 8;
+        let mut mmio = KVVec::new();
+        mmio.resize(mmio_mb as usize * 1024 * 1024, 0, GFP_KERNEL)?;
+        let conn = Arc::pin_init(
+            try_pin_init!(Connection {
+                c2s: ring_alloc(words)?,
+                s2c: ring_alloc(words)?,
+                data_size,
+                mmio,
+                peers <- new_spinlock_irq!([None, None], "kmcl::loopback::Connection::peers"),
+                gpadls <- new_spinlock_irq!(GpadlTable {
+                    next_id: 1,
+                    entries: KVec::new(),
+                }, "kmcl::loopback::Connection::gpadls"),
+                gpadl_cond <- new_condvar!("kmcl::loopback::Connection::gpadl_cond"),
+            }),
+            GFP_KERNEL,
+        )?;
+        for r in [Role::Client, Role::Server] {
+            conn.ring_memory(r).ok_or(EINVAL)?.reset();
+        }
+        Ok(conn)
+    }
+
+    /// The ring that `writer` writes to.
+    pub fn ring_memory(&self, writer: Role) -> Option<RingMemory> {
+        let v = match writer {
+            Role::Client => &self.c2s,
+            Role::Server => &self.s2c,
+        };
+        let base = v.as_ptr().cast::<u8>().cast_mut();
+        // SAFETY: `base` is a non-null, 8-aligned allocation of `CONTROL_SIZE +
+        // data_size` bytes, owned by this connection; every `RingMemory` made
+        // here is used only while an `Arc<Connection>` is held, and the
+        // vectors are never resized.
+        unsafe {
+            RingMemory::new(
+                NonNull::new(base)?,
+                NonNull::new(base.add(CONTROL_SIZE))?,
+                self.data_size,
+            )
+        }
+    }
+
+    fn set_peer(&self, r: Role, chan: Option<Arc<Channel>>) -> Option<Arc<Channel>> {
+        core::mem::replace(&mut self.peers.lock()[role_index(r)], chan)
+    }
+
+    fn peer(&self, r: Role) -> Option<Arc<Channel>> {
+        self.peers.lock()[role_index(r)].clone()
+    }
+
+    /// The MMIO space.
+    pub(crate) fn mmio(&self) -> &[u8] {
+        &self.mmio
+    }
+}
+
+/// One end of a loopback connection.
+pub(crate) struct Endpoint {
+    pub(crate) conn: Arc<Connection>,
+    role: Role,
+    pub(crate) writer: RingWriter,
+    pub(crate) reader: RingReader,
+}
+
+fn other(r: Role) -> Role {
+    match r {
+        Role::Client => Role::Server,
+        Role::Server => Role::Client,
+    }
+}
+
+impl Endpoint {
+    fn new(conn: Arc<Connection>, role: Role) -> Result<Endpoint> {
+        let writer = RingWriter::new(conn.ring_memory(role).ok_or(EINVAL)?).map_err(|_| EIO)?;
+        let reader =
+            RingReader::new(conn.ring_memory(other(role)).ok_or(EINVAL)?).map_err(|_| EIO)?;
+        Ok(Endpoint {
+            conn,
+            role,
+            writer,
+            reader,
+        })
+    }
+
+    pub(crate) fn signal_target(&self) -> SignalTarget {
+        SignalTarget {
+            conn: self.conn.clone(),
+            to: other(self.role),
+        }
+    }
+
+    pub(crate) fn close(self, _chan: &Channel) {
+        self.conn.set_peer(self.role, None);
+        if let Some(peer) = self.conn.peer(other(self.role)) {
+            peer.peer_closed();
+        }
+    }
+
+    pub(crate) fn ring_fill(&self) -> [(u32, u32); 2] {
+        let size = self.writer.memory().size();
+        let out = size - self.writer.free().unwrap_or(size);
+        let inc = self.reader.available().unwrap_or(0);
+        [(out, size), (inc, size)]
+    }
+}
+
+/// A peer to signal.
+pub(crate) struct SignalTarget {
+    conn: Arc<Connection>,
+    to: Role,
+}
+
+impl SignalTarget {
+    pub(crate) fn signal(self) {
+        if let Some(peer) = self.conn.peer(self.to) {
+            peer.interrupt();
+        }
+    }
+}
+
+impl Channel {
+    /// The loopback connection of an open channel (for tests and fault
+    /// injection).
+    pub fn loopback_connection(&self) -> Option<Arc<Connection>> {
+        self.inner.lock().att.as_ref().and_then(|a| a.loopback().cloned())
+    }
+}

@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Transports: what carries an open channel.
+//!
+//! The channel layer (`crate::channel`) keeps the KMCL state machine, packet
+//! objects, transactions, quota and queues; a transport provides the two
+//! rings, signalling, and shared memory. An open channel holds an
+//! [`Attachment`]; a channel finds its peer through a [`Bus`].
+
+use kernel::{
+    prelude::*,
+    sync::Arc, //
+};
+
+use crate::{
+    channel::Channel,
+    wire::ring::RingError, //
+};
+
+pub mod loopback;
+
+/// A VMBus instance a channel can be offered on or opened from
+/// (`VmbServerChannelInitSetVmbusHandle`).
+#[derive(Clone)]
+pub enum Bus {
+    /// An in-kernel loopback bus.
+    Loopback(Arc<loopback::LoopbackBus>),
+}
+
+impl Bus {
+    pub(crate) fn offer(&self, server: &Channel) -> Result {
+        match self {
+            Bus::Loopback(b) => b.offer(server),
+        }
+    }
+
+    pub(crate) fn withdraw(&self, chan: &Channel) {
+        match self {
+            Bus::Loopback(b) => b.withdraw(chan),
+        }
+    }
+
+    /// Connects a client: `Ok(true)` when opened, `Ok(false)` when it waits
+    /// for an offer.
+    pub(crate) fn connect(&self, client: &Channel) -> Result<bool> {
+        match self {
+            Bus::Loopback(b) => b.connect(client),
+        }
+    }
+
+    /// A server's offer is free again for a new client.
+    pub(crate) fn offer_available(&self, server: &Channel) {
+        match self {
+            Bus::Loopback(b) => b.offer_available(server),
+        }
+    }
+}
+
+/// Why a write did not go into the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteError {
+    /// No room; the free space needed, for the pending send size.
+    Full(u32),
+    /// The ring is unusable (the peer corrupted it).
+    Broken,
+}
+
+/// The transport side of an open channel.
+pub(crate) enum Attachment {
+    Loopback(loopback::Endpoint),
+}
+
+/// Whom to signal, taken out of the channel lock before signalling.
+pub(crate) enum SignalTarget {
+    Loopback(loopback::SignalTarget),
+}
+
+impl SignalTarget {
+    pub(crate) fn signal(self) {
+        match self {
+            SignalTarget::Loopback(t) => t.signal(),
+        }
+    }
+}
+
+impl Attachment {
+    /// Writes one encoded packet; `Ok(true)` if the peer must be signalled.
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
+        self.write_parts(&[bytes])
+    }
+
+    /// Writes one packet from parts, each a multiple of 8 bytes.
+    pub(crate) fn write_parts(&mut self, parts: &[&[u8]]) -> Result<bool, WriteError> {
+        let r = match self {
+            Attachment::Loopback(e) => e.writer.write(parts),
+        };
+        match r {
+            Ok(o) => Ok(o.signal),
+            Err(RingError::Full { needed }) => Err(WriteError::Full(needed)),
+            Err(_) => Err(WriteError::Broken),
+        }
+    }
+
+    /// Free bytes in the outgoing ring.
+    pub(crate) fn free(&self) -> u32 {
+        match self {
+            Attachment::Loopback(e) => e.writer.free().unwrap_or(0),
+        }
+    }
+
+    pub(crate) fn set_pending_send_size(&mut self, needed: u32) {
+        match self {
+            Attachment::Loopback(e) => e.writer.set_pending_send_size(needed),
+        }
+    }
+
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
+        match self {
+            Attachment::Loopback(e) => e.reader.read(buf),
+        }
+    }
+
+    pub(crate) fn begin_read(&mut self) {
+        match self {
+            Attachment::Loopback(e) => e.reader.begin_read(),
+        }
+    }
+
+    /// Unmasks signals; `true` if data arrived meanwhile.
+    pub(crate) fn end_read(&mut self) -> bool {
+        match self {
+            Attachment::Loopback(e) => e.reader.end_read().unwrap_or(true),
+        }
+    }
+
+    /// Publishes the read index; `true` if the writer must be signalled.
+    pub(crate) fn commit(&mut self) -> bool {
+        match self {
+            Attachment::Loopback(e) => e.reader.commit(),
+        }
+    }
+
+    pub(crate) fn signal_target(&self) -> SignalTarget {
+        match self {
+            Attachment::Loopback(e) => SignalTarget::Loopback(e.signal_target()),
+        }
+    }
+
+    /// Closes this end and tells the peer.
+    pub(crate) fn close(self, chan: &Channel) {
+        match self {
+            Attachment::Loopback(e) => e.close(chan),
+        }
+    }
+
+    /// Bytes used and size of the outgoing and incoming rings.
+    pub(crate) fn ring_fill(&self) -> [(u32, u32); 2] {
+        match self {
+            Attachment::Loopback(e) => e.ring_fill(),
+        }
+    }
+
+    /// The loopback connection, for GPADLs and MMIO.
+    pub(crate) fn loopback(&self) -> Option<&Arc<loopback::Connection>> {
+        match self {
+            Attachment::Loopback(e) => Some(&e.conn),
+        }
+    }
+}
