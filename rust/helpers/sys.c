@@ -31,7 +31,7 @@ int kmcl_sys_init(void)
 	if (!kmcl_wq)
 		return -ENOMEM;
 	/* Softirq-context work: the channel interrupt, like hv's tasklet. */
-	kmcl_bh_wq = alloc_workqueue("kmcl_bh", WQ_BH, 0);
+	kmcl_bh_wq = alloc_workqueue("kmcl_bh", WQ_BH | WQ_PERCPU, 0);
 	if (!kmcl_bh_wq) {
 		destroy_workqueue(kmcl_wq);
 		return -ENOMEM;

@@ -25,6 +25,7 @@ mod ffi {
         pub(super) fn kmcl_local_bh_enable();
         pub(super) fn kmcl_in_serving_softirq() -> bool;
         pub(super) fn kmcl_in_task() -> bool;
+        pub(super) fn kmcl_preemptible() -> bool;
         pub(super) fn kmcl_virt_to_pfn(addr: *const c_void) -> u64;
         pub(super) fn kmcl_page_to_pfn(page: *mut c_void) -> u64;
         pub(super) fn kmcl_pfn_to_virt(pfn: u64) -> *mut c_void;
@@ -97,6 +98,13 @@ pub fn in_softirq() -> bool {
 pub fn in_task() -> bool {
     // SAFETY: a context query.
     unsafe { ffi::kmcl_in_task() }
+}
+
+/// Whether the caller may sleep: not atomic, bottom halves and preemption
+/// enabled.
+pub fn preemptible() -> bool {
+    // SAFETY: a context query.
+    unsafe { ffi::kmcl_preemptible() }
 }
 
 /// The page frame number of the page holding `addr` (direct map or vmalloc).

@@ -48,7 +48,7 @@ mods=$("$here/module-list.sh")
 "$top/tools/vm/mkinitramfs.sh" "$out/initramfs-check.cpio.gz" $mods
 set +e
 "$top/tools/vm/run-vm.sh" "$KMCL_KBUILD/arch/x86/boot/bzImage" \
-	"$out/initramfs-check.cpio.gz" "$out/console-check.log" check 900 >/dev/null
+	"$out/initramfs-check.cpio.gz" "$out/console-check.log" check 600 >/dev/null
 vm_rc=$?
 set -e
 echo "console log: $out/console-check.log (qemu exit $vm_rc)"

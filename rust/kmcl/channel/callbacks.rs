@@ -85,7 +85,12 @@ pub trait SaveRestorePacket: Send + Sync {
     /// call gets an empty `buf`: return `Err(needed)` with the size needed if
     /// there is state, or `Ok(0)`. The second call gets a buffer that large
     /// and returns the bytes written.
-    fn save_packet(&self, channel: &Channel, packet: &Packet, buf: &mut [u8]) -> Result<usize, usize>;
+    fn save_packet(
+        &self,
+        channel: &Channel,
+        packet: &Packet,
+        buf: &mut [u8],
+    ) -> Result<usize, usize>;
 
     /// Restores one packet: `packet` already carries kmcl's state (payload,
     /// transaction id); `state` is what [`SaveRestorePacket::save_packet`]

@@ -203,7 +203,10 @@ impl Channel {
         if g.peer_gone {
             return Err(ENODEV);
         }
-        g.att.as_ref().and_then(|a| a.loopback().cloned()).ok_or(ENODEV)
+        g.att
+            .as_ref()
+            .and_then(|a| a.loopback().cloned())
+            .ok_or(ENODEV)
     }
 
     /// Creates a GPADL over `buffer` (`VmbChannelCreateGpadlFromBuffer`);

@@ -300,7 +300,10 @@ impl IncomingPacket {
     /// is sent and the incoming queue stops until the channel is reopened.
     pub fn fail(mut self) {
         let chan = self.chan.clone();
-        pr_warn!("channel {}: packet failed by the driver; incoming queue stopped\n", chan.id());
+        pr_warn!(
+            "channel {}: packet failed by the driver; incoming queue stopped\n",
+            chan.id()
+        );
         {
             let mut g = chan.inner.lock();
             g.rx.failed = true;
@@ -342,11 +345,16 @@ impl IncomingPacket {
         if let (Some(mut resp), true) = (response, self.completion_requested) {
             let max = chan.inner.lock().rx.limits.max_payload as usize;
             if resp.len() > max {
-                pr_err!("channel {}: completion payload larger than the maximum\n", chan.id());
+                pr_err!(
+                    "channel {}: completion payload larger than the maximum\n",
+                    chan.id()
+                );
                 result = Err(EINVAL);
                 resp = &[];
             }
-            if let Some(d) = packet::encode_simple(packet::TYPE_COMPLETION, 0, self.trans_id, resp.len()) {
+            if let Some(d) =
+                packet::encode_simple(packet::TYPE_COMPLETION, 0, self.trans_id, resp.len())
+            {
                 let n = d.len8 as usize * 8;
                 buf[..16].copy_from_slice(&d.encode());
                 buf[16..16 + resp.len()].copy_from_slice(resp);
@@ -612,7 +620,9 @@ impl Channel {
         };
         if is_completion {
             drop(g);
-            self.stats.completions_received.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .completions_received
+                .fetch_add(1, Ordering::Relaxed);
             self.on_completion(desc.trans_id, &buf[payload_offset..n]);
             self.inner.lock().rx.put_buf(buf);
             return None;

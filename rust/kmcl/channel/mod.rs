@@ -27,11 +27,8 @@ use core::sync::atomic::{
 };
 
 use kernel::{
-    new_condvar,
-    new_mutex,
-    new_spinlock_irq,
+    new_condvar, new_mutex, new_spinlock_irq,
     prelude::*,
-    str::CString,
     sync::{
         Arc,
         CondVar,
@@ -90,6 +87,9 @@ pub mod server_flags {
     pub const ALL: u32 = 0x1f;
 }
 
+/// Longest friendly name, in bytes.
+pub const FRIENDLY_NAME_MAX: usize = 64;
+
 /// Default number of preallocated packet objects per channel.
 pub const DEFAULT_PACKET_POOL: u32 = 64;
 /// Default number of incoming packet slots (bounds the transaction quota).
@@ -106,6 +106,22 @@ pub enum Endpoint {
     Client,
     /// A VMBus server (VSP): offers the channel.
     Server,
+}
+
+/// A channel's friendly name, copied out of the channel.
+pub struct FriendlyName([u8; FRIENDLY_NAME_MAX]);
+
+impl FriendlyName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        let n = self
+            .0
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(FRIENDLY_NAME_MAX);
+        // The setter only stores UTF-8, whole.
+        core::str::from_utf8(&self.0[..n]).unwrap_or("")
+    }
 }
 
 /// The lifecycle state of a channel.
@@ -129,7 +145,9 @@ pub enum State {
 pub(crate) struct Config {
     pub(crate) client_context_size: u32,
     pub(crate) flags: u32,
-    pub(crate) friendly_name: Option<CString>,
+    /// The friendly name, NUL-padded; kept inline so that reading it under
+    /// the channel lock allocates nothing.
+    pub(crate) friendly_name: [u8; FRIENDLY_NAME_MAX],
     pub(crate) max_external_bytes: u32,
     pub(crate) max_external_chain: u32,
     pub(crate) max_packet_size: u32,
@@ -152,7 +170,7 @@ impl Config {
         Self {
             client_context_size: 0,
             flags: 0,
-            friendly_name: None,
+            friendly_name: [0; FRIENDLY_NAME_MAX],
             max_external_bytes: 64 * 4096,
             max_external_chain: 4,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
@@ -227,6 +245,12 @@ pub(crate) struct Inner {
     pub(crate) opened: bool,
     /// Monitor latency set by `set_interrupt_latency`, in 100 ns units.
     pub(crate) interrupt_latency: u32,
+    /// A save ended: Disable parks the connection for a restored instance.
+    pub(crate) servicing: bool,
+    /// Chunks of a saved state being restored.
+    pub(crate) restore_buf: KVec<u8>,
+    /// A complete restored state, applied by the next Enable.
+    pub(crate) pending_restore: Option<save::PendingRestore>,
 }
 
 /// Counters shown in debugfs.
@@ -361,6 +385,9 @@ impl Channel {
                     disabling: false,
                     opened: false,
                     interrupt_latency: 0,
+                    servicing: false,
+                    restore_buf: KVec::new(),
+                    pending_restore: None,
                 }, "kmcl::Channel::inner"),
                 cond <- new_condvar!("kmcl::Channel::cond"),
                 control <- new_mutex!((), "kmcl::Channel::control"),
@@ -400,7 +427,9 @@ impl Channel {
         if size > 4096 {
             return Err(EINVAL);
         }
-        init_setter!(self, g, { g.cfg.client_context_size = size; })
+        init_setter!(self, g, {
+            g.cfg.client_context_size = size;
+        })
     }
 
     /// Channel flags, [`CHANNEL_FLAG_IS_PIPE`] (`VmbChannelInitSetFlags`).
@@ -408,16 +437,23 @@ impl Channel {
         if flags & !CHANNEL_FLAG_IS_PIPE != 0 {
             return Err(EINVAL);
         }
-        init_setter!(self, g, { g.cfg.flags = flags; })
+        init_setter!(self, g, {
+            g.cfg.flags = flags;
+        })
     }
 
-    /// Name for debugging and debugfs (`VmbChannelInitSetFriendlyName`).
+    /// Name for debugging and debugfs (`VmbChannelInitSetFriendlyName`): at
+    /// most [`FRIENDLY_NAME_MAX`] bytes of UTF-8.
     pub fn init_set_friendly_name(&self, name: &CStr) -> Result {
-        let name = CString::try_from_fmt(fmt!("{}", name.to_str().map_err(|_| EINVAL)?))?;
-        if name.to_bytes().len() > 64 {
+        let b = name.to_str().map_err(|_| EINVAL)?.as_bytes();
+        if b.len() > FRIENDLY_NAME_MAX {
             return Err(EINVAL);
         }
-        init_setter!(self, g, { g.cfg.friendly_name = Some(name); })
+        let mut buf = [0u8; FRIENDLY_NAME_MAX];
+        buf[..b.len()].copy_from_slice(b);
+        init_setter!(self, g, {
+            g.cfg.friendly_name = buf;
+        })
     }
 
     /// Largest external data a packet may describe: total bytes and number of
@@ -438,17 +474,23 @@ impl Channel {
         if size == 0 || size > 1 << 20 {
             return Err(EINVAL);
         }
-        init_setter!(self, g, { g.cfg.max_packet_size = size; })
+        init_setter!(self, g, {
+            g.cfg.max_packet_size = size;
+        })
     }
 
     /// Packet callbacks (`VmbChannelInitSetProcessPacketCallbacks`).
     pub fn init_set_process_packet_callbacks(&self, cb: Arc<dyn ProcessPacket>) -> Result {
-        init_setter!(self, g, { g.cfg.process = Some(cb); })
+        init_setter!(self, g, {
+            g.cfg.process = Some(cb);
+        })
     }
 
     /// State callbacks (`VmbChannelInitSetStateChangeCallbacks`).
     pub fn init_set_state_change_callbacks(&self, cb: Arc<dyn StateChange>) -> Result {
-        init_setter!(self, g, { g.cfg.state_cb = Some(cb); })
+        init_setter!(self, g, {
+            g.cfg.state_cb = Some(cb);
+        })
     }
 
     /// Number of preallocated packet objects (a kmcl addition: KMCL's pool
@@ -457,7 +499,9 @@ impl Channel {
         if count == 0 || count > 4096 {
             return Err(EINVAL);
         }
-        init_setter!(self, g, { g.cfg.packet_pool = count; })
+        init_setter!(self, g, {
+            g.cfg.packet_pool = count;
+        })
     }
 
     /// Number of preallocated incoming packet slots, the upper bound of the
@@ -466,13 +510,17 @@ impl Channel {
         if count == 0 || count > 4096 {
             return Err(EINVAL);
         }
-        init_setter!(self, g, { g.cfg.incoming_slots = count; })
+        init_setter!(self, g, {
+            g.cfg.incoming_slots = count;
+        })
     }
 
     /// The VMBus instance to use (`VmbServerChannelInitSetVmbusHandle`). kmcl
     /// accepts it on clients too, to pick a loopback bus.
     pub fn init_set_vmbus_handle(&self, bus: Bus) -> Result {
-        init_setter!(self, g, { g.cfg.bus = Some(bus); })
+        init_setter!(self, g, {
+            g.cfg.bus = Some(bus);
+        })
     }
 
     /// Ring size in pages per direction, control page included, at least 2
@@ -481,7 +529,9 @@ impl Channel {
         if self.endpoint != Endpoint::Client || !(2..=1024).contains(&pages) {
             return Err(EINVAL);
         }
-        init_setter!(self, g, { g.cfg.ring_pages = pages; })
+        init_setter!(self, g, {
+            g.cfg.ring_pages = pages;
+        })
     }
 
     /// The offer to open: interface type and, optionally, instance
@@ -502,7 +552,9 @@ impl Channel {
         if self.endpoint != Endpoint::Server || flags & !server_flags::ALL != 0 {
             return Err(EINVAL);
         }
-        init_setter!(self, g, { g.cfg.server_flags = flags; })
+        init_setter!(self, g, {
+            g.cfg.server_flags = flags;
+        })
     }
 
     /// MMIO space to reserve for the device, in MiB
@@ -511,7 +563,9 @@ impl Channel {
         if self.endpoint != Endpoint::Server || megabytes > 64 {
             return Err(EINVAL);
         }
-        init_setter!(self, g, { g.cfg.mmio_megabytes = megabytes; })
+        init_setter!(self, g, {
+            g.cfg.mmio_megabytes = megabytes;
+        })
     }
 
     /// Per-packet save/restore callbacks
@@ -520,7 +574,9 @@ impl Channel {
         if self.endpoint != Endpoint::Server {
             return Err(EINVAL);
         }
-        init_setter!(self, g, { g.cfg.save_restore = Some(cb); })
+        init_setter!(self, g, {
+            g.cfg.save_restore = Some(cb);
+        })
     }
 
     /// The interface type and instance of the offer
@@ -541,7 +597,9 @@ impl Channel {
         if self.endpoint != Endpoint::Server || vtl > 2 {
             return Err(EINVAL);
         }
-        init_setter!(self, g, { g.cfg.target_vtl = vtl; })
+        init_setter!(self, g, {
+            g.cfg.target_vtl = vtl;
+        })
     }
 
     // ---- Settings that may change at any time. ----
@@ -579,10 +637,9 @@ impl Channel {
         self.inner.lock().cfg.mmio_megabytes
     }
 
-    /// The friendly name, if set.
-    pub fn with_friendly_name<R>(&self, f: impl FnOnce(Option<&CStr>) -> R) -> R {
-        let g = self.inner.lock();
-        f(g.cfg.friendly_name.as_deref())
+    /// The friendly name; empty if none was set.
+    pub fn friendly_name(&self) -> FriendlyName {
+        FriendlyName(self.inner.lock().cfg.friendly_name)
     }
 
     // ---- Lifecycle. ----
@@ -644,9 +701,14 @@ impl Channel {
             g.opened = false;
             bus
         };
-        let r = match self.endpoint {
-            Endpoint::Server => bus.offer(self),
-            Endpoint::Client => {
+        let pending = self.inner.lock().pending_restore.take();
+        let r = match (self.endpoint, pending) {
+            (Endpoint::Server, Some(pending)) => bus.rejoin(self, pending.token).map(|()| {
+                self.restore_packets(pending);
+                self.post_event(event::PEER_OPENED);
+            }),
+            (Endpoint::Server, None) => bus.offer(self),
+            (Endpoint::Client, _) => {
                 self.post_event(event::CONNECT);
                 Ok(())
             }
@@ -676,14 +738,17 @@ impl Channel {
         }
         self.cond.notify_all();
         let _c = self.control.lock();
-        let bus = {
-            let g = self.inner.lock();
+        let (bus, servicing) = {
+            let mut g = self.inner.lock();
             if g.state == State::Disabled {
                 return;
             }
-            g.cfg.bus.clone()
+            (g.cfg.bus.clone(), core::mem::take(&mut g.servicing))
         };
         if let Some(bus) = bus {
+            if servicing {
+                bus.park(self);
+            }
             bus.withdraw(self);
         }
         self.teardown(false);
@@ -736,6 +801,8 @@ impl Channel {
                 _ => return Err(EINVAL),
             }
             g.state = State::Started;
+            // Resuming this instance abandons a save.
+            g.servicing = false;
         }
         self.call_state(|cb, ch| cb.started(ch));
         self.start_delivery();
@@ -804,8 +871,15 @@ impl Channel {
     /// The Opened, Started and PostStarted sequence after a connection.
     /// Returns the Opened callback's error, after rolling back.
     pub(crate) fn run_open_sequence(&self) -> Result {
-        if let Err(e) = self.call_state(|cb, ch| Some(cb.opened(ch))).unwrap_or(Ok(())) {
-            pr_info!("channel {}: Opened failed ({:?}); rolled back\n", self.id, e);
+        if let Err(e) = self
+            .call_state(|cb, ch| Some(cb.opened(ch)))
+            .unwrap_or(Ok(()))
+        {
+            pr_info!(
+                "channel {}: Opened failed ({:?}); rolled back\n",
+                self.id,
+                e
+            );
             self.detach();
             self.inner.lock().state = State::Enabled;
             return Err(e);

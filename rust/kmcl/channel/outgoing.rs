@@ -204,11 +204,15 @@ impl core::fmt::Debug for SendError {
 impl Packet {
     fn get(&self) -> &PacketInner {
         // INVARIANT: `inner` is `Some` until `drop` or `into_memory`.
-        self.inner.as_deref().expect("packet used after it was taken apart")
+        self.inner
+            .as_deref()
+            .expect("packet used after it was taken apart")
     }
 
     fn get_mut(&mut self) -> &mut PacketInner {
-        self.inner.as_deref_mut().expect("packet used after it was taken apart")
+        self.inner
+            .as_deref_mut()
+            .expect("packet used after it was taken apart")
     }
 
     /// Makes a packet of `channel` in caller memory (`VmbPacketInitialize`).
@@ -236,7 +240,10 @@ impl Packet {
     /// The channel of the packet (`VmbPacketGetChannel`).
     pub fn channel(&self) -> &Channel {
         // INVARIANT: a live packet always belongs to a channel.
-        self.get().chan.as_deref().expect("packet without a channel")
+        self.get()
+            .chan
+            .as_deref()
+            .expect("packet without a channel")
     }
 
     /// Stores a driver value in the packet (`VmbPacketSetPointer`).
@@ -365,7 +372,11 @@ impl Packet {
             return Err(EINVAL);
         }
         let inner = self.get_mut();
-        let flag_bits = if wait { packet::FLAG_COMPLETION_REQUESTED } else { 0 };
+        let flag_bits = if wait {
+            packet::FLAG_COMPLETION_REQUESTED
+        } else {
+            0
+        };
         // The transaction id is patched in when the send takes its slot.
         let off = if ranges.is_empty() {
             match packet::encode_simple(packet::TYPE_DATA_INBAND, flag_bits, 0, data.len()) {
@@ -376,7 +387,8 @@ impl Packet {
                 _ => return Err(EINVAL),
             }
         } else {
-            packet::encode_gpa_direct(&mut inner.buf, flag_bits, 0, ranges, data.len()).ok_or(EINVAL)?
+            packet::encode_gpa_direct(&mut inner.buf, flag_bits, 0, ranges, data.len())
+                .ok_or(EINVAL)?
         };
         let total = off + packet::align8(data.len());
         if total > inner.buf.len() {
@@ -468,7 +480,6 @@ impl Packet {
         (i.trans_id, &i.buf[..i.len])
     }
 
-    #[allow(dead_code)]
     pub(crate) fn set_restored(&mut self, trans_id: u64, wire: &[u8]) -> Result {
         let i = self.get_mut();
         if wire.len() > i.buf.len() {
@@ -602,7 +613,9 @@ impl TxState {
                 queued: false,
                 since: 0,
             });
-            let _ = self.free_slots.push_within_capacity((nslots - 1 - i) as u32);
+            let _ = self
+                .free_slots
+                .push_within_capacity((nslots - 1 - i) as u32);
         }
         let qcap = nslots + cfg.packet_pool as usize + cfg.incoming_slots as usize;
         self.queue = KVec::with_capacity(qcap, GFP_KERNEL)?;
@@ -699,18 +712,22 @@ impl TxState {
             .unwrap_or(0)
     }
 
-    /// Visits the packets of the transactions in flight.
-    #[allow(dead_code)]
-    pub(crate) fn for_each_packet(&self, mut f: impl FnMut(u32, &Packet)) {
-        for (i, s) in self.slots.iter().enumerate() {
-            if let Some(TxOwner::Packet(p)) = &s.owner {
-                f(i as u32, p);
-            }
-        }
+    pub(crate) fn slots_len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The owner and generation of a busy slot.
+    pub(crate) fn slot_owner_mut(&mut self, slot: u32) -> Option<(&mut Option<TxOwner>, u32)> {
+        let s = self.slots.get_mut(slot as usize)?;
+        Some((&mut s.owner, s.gen))
     }
 
     /// Puts a restored packet back in flight under its old id.
-    pub(crate) fn restore_slot(&mut self, p: Packet, id: u64) -> core::result::Result<(), (Error, Packet)> {
+    pub(crate) fn restore_slot(
+        &mut self,
+        p: Packet,
+        id: u64,
+    ) -> core::result::Result<(), (Error, Packet)> {
         let idx = (id & 0xffff_ffff) as u32;
         let gen = (id >> 32) as u32;
         if idx == 0 || idx as usize > self.slots.len() {
@@ -892,7 +909,10 @@ impl Channel {
                 Err(WriteError::Full(_)) => return,
                 Err(WriteError::Broken) => {
                     drop(g);
-                    pr_err!("channel {}: outgoing ring is corrupt; sends stop\n", self.id());
+                    pr_err!(
+                        "channel {}: outgoing ring is corrupt; sends stop\n",
+                        self.id()
+                    );
                     return;
                 }
             }
@@ -935,11 +955,7 @@ impl Channel {
             self.reject_completion(trans_id);
             return;
         }
-        let p = if accepted {
-            g.tx.free_slot(slot)
-        } else {
-            None
-        };
+        let p = if accepted { g.tx.free_slot(slot) } else { None };
         drop(g);
         match p {
             Some(p) => p.complete_routine(Ok(()), payload),
@@ -948,7 +964,10 @@ impl Channel {
     }
 
     fn reject_completion(&self, trans_id: u64) {
-        let n = self.stats.rejected_completions.fetch_add(1, Ordering::Relaxed);
+        let n = self
+            .stats
+            .rejected_completions
+            .fetch_add(1, Ordering::Relaxed);
         if n < 10 {
             pr_warn!(
                 "channel {}: refused completion with transaction id {:#x} (unknown, stale or duplicate)\n",
@@ -986,11 +1005,10 @@ impl Channel {
                     Queued::Tx { .. } => None,
                 }
             } else {
-                let busy = g
-                    .tx
-                    .slots
-                    .iter()
-                    .position(|s| matches!(s.owner, Some(TxOwner::Packet(_))));
+                let busy =
+                    g.tx.slots
+                        .iter()
+                        .position(|s| matches!(s.owner, Some(TxOwner::Packet(_))));
                 match busy {
                     Some(slot) => g.tx.free_slot(slot as u32),
                     None => break,
@@ -1036,7 +1054,11 @@ impl Channel {
         kernel::task::might_sleep();
         let d = packet::encode_simple(
             packet::TYPE_DATA_INBAND,
-            if wait { packet::FLAG_COMPLETION_REQUESTED } else { 0 },
+            if wait {
+                packet::FLAG_COMPLETION_REQUESTED
+            } else {
+                0
+            },
             0,
             data.len(),
         )
@@ -1058,7 +1080,10 @@ impl Channel {
         let (slot, gen, signal) = {
             let mut g = self.inner.lock();
             usable_for_send(&g)?;
-            if zero && (g.tx.queued != 0 || g.att.as_ref().map(|a| a.free()).unwrap_or(0) <= total as u32 + 8) {
+            if zero
+                && (g.tx.queued != 0
+                    || g.att.as_ref().map(|a| a.free()).unwrap_or(0) <= total as u32 + 8)
+            {
                 return Err(EAGAIN);
             }
             let slot = g.tx.free_slots.pop().ok_or(EBUSY)?;

@@ -47,10 +47,12 @@ unsafe impl Sync for StatusFile {}
 
 impl StatusFile {
     pub(crate) fn new(chan: Arc<Channel>) -> Option<Self> {
-        let name = chan.with_friendly_name(|n| {
-            let n = n.and_then(|n| n.to_str().ok()).unwrap_or("channel");
-            CString::try_from_fmt(fmt!("{}-{}", chan.id(), n)).ok()
-        })?;
+        let fname = chan.friendly_name();
+        let n = match fname.as_str() {
+            "" => "channel",
+            n => n,
+        };
+        let name = CString::try_from_fmt(fmt!("{}-{}", chan.id(), n)).ok()?;
         let raw = Arc::into_raw(chan);
         // SAFETY: `name` is NUL-terminated; `raw` stays valid until `drop`.
         let d = unsafe { ffi::kmcl_debugfs_add(name.as_char_ptr(), raw.cast_mut().cast()) };
@@ -82,18 +84,36 @@ impl Drop for StatusFile {
 ///
 /// `m` is a live seq_file and `data` the `Channel` pointer the file was made with.
 #[no_mangle]
-pub(crate) unsafe extern "C" fn kmcl_status_show(m: *mut kernel::bindings::seq_file, data: *mut c_void) -> c_int {
+pub(crate) unsafe extern "C" fn kmcl_status_show(
+    m: *mut kernel::bindings::seq_file,
+    data: *mut c_void,
+) -> c_int {
     // SAFETY: the caller passes the seq_file being shown.
     let m = unsafe { SeqFile::from_raw(m) };
     // SAFETY: the file holds a reference to the channel until it is removed,
     // and removal waits for this callback to return.
     let chan = unsafe { &*data.cast::<Channel>() };
-    chan.write_status(m);
+    chan.write_status_seq(m);
     0
 }
 
+/// Sends formatted text to a seq_file.
+struct SeqWriter<'a>(&'a SeqFile);
+
+impl core::fmt::Write for SeqWriter<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        seq_print!(self.0, "{}", s);
+        Ok(())
+    }
+}
+
 impl Channel {
-    fn write_status(&self, m: &SeqFile) {
+    fn write_status_seq(&self, m: &SeqFile) {
+        let _ = self.write_status(&mut SeqWriter(m));
+    }
+
+    /// Writes the channel's status, as its debugfs file shows it.
+    pub fn write_status(&self, w: &mut impl core::fmt::Write) -> core::fmt::Result {
         let now = sys::jiffies();
         let (state, endpoint, fill, rx, tx, oldest, quota, ids) = {
             let g = self.inner.lock();
@@ -101,7 +121,13 @@ impl Channel {
                 g.state,
                 self.endpoint(),
                 g.att.as_ref().map(|a| a.ring_fill()),
-                (g.rx.outstanding, g.rx.in_use(), g.rx.slots(), g.rx.failed, g.rx.passive),
+                (
+                    g.rx.outstanding,
+                    g.rx.in_use(),
+                    g.rx.slots(),
+                    g.rx.failed,
+                    g.rx.passive,
+                ),
                 g.tx.outstanding(),
                 g.tx.oldest(now),
                 g.rx.quota,
@@ -109,56 +135,46 @@ impl Channel {
             )
         };
         let s = &self.stats;
-        seq_print!(m, "endpoint: {:?}\nstate: {:?}\n", endpoint, state);
-        seq_print!(m, "interface_type: {}\n", ids.0);
+        writeln!(w, "endpoint: {:?}", endpoint)?;
+        writeln!(w, "state: {:?}", state)?;
+        writeln!(w, "interface_type: {}", ids.0)?;
         if let Some(inst) = ids.1 {
-            seq_print!(m, "interface_instance: {}\n", inst);
+            writeln!(w, "interface_instance: {}", inst)?;
         }
         match fill {
             Some([(ou, os), (iu, is)]) => {
-                seq_print!(m, "ring_out: {}/{} bytes\nring_in: {}/{} bytes\n", ou, os, iu, is)
+                writeln!(w, "ring_out: {}/{} bytes", ou, os)?;
+                writeln!(w, "ring_in: {}/{} bytes", iu, is)?;
             }
-            None => seq_print!(m, "ring_out: -\nring_in: -\n"),
+            None => writeln!(w, "ring_out: -\nring_in: -")?,
         }
-        seq_print!(
-            m,
-            "incoming_outstanding: {}\nincoming_slots_in_use: {}/{}\nincoming_failed: {}\nincoming_passive: {}\n",
-            rx.0,
-            rx.1,
-            rx.2,
-            rx.3,
-            rx.4
-        );
+        writeln!(w, "incoming_outstanding: {}", rx.0)?;
+        writeln!(w, "incoming_slots_in_use: {}/{}", rx.1, rx.2)?;
+        writeln!(w, "incoming_failed: {}", rx.3)?;
+        writeln!(w, "incoming_passive: {}", rx.4)?;
         if quota == u32::MAX {
-            seq_print!(m, "transaction_quota: none\n");
+            writeln!(w, "transaction_quota: none")?;
         } else {
-            seq_print!(m, "transaction_quota: {}\n", quota);
+            writeln!(w, "transaction_quota: {}", quota)?;
         }
-        seq_print!(
-            m,
-            "outgoing_in_flight: {}\noutgoing_queued: {}\noldest_transaction_jiffies: {}\n",
-            tx.0,
-            tx.1,
-            oldest
-        );
+        writeln!(w, "outgoing_in_flight: {}", tx.0)?;
+        writeln!(w, "outgoing_queued: {}", tx.1)?;
+        writeln!(w, "oldest_transaction_jiffies: {}", oldest)?;
         let c = |a: &core::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        seq_print!(
-            m,
-            "packets_sent: {}\npackets_received: {}\ncompletions_sent: {}\ncompletions_received: {}\n",
-            c(&s.packets_sent),
-            c(&s.packets_received),
-            c(&s.completions_sent),
-            c(&s.completions_received)
-        );
-        seq_print!(
-            m,
-            "signals_sent: {}\ninterrupts: {}\nquota_stalls: {}\nring_full: {}\nrejected_completions: {}\nmalformed_packets: {}\n",
-            c(&s.signals_sent),
-            c(&s.interrupts),
-            c(&s.quota_stalls),
-            c(&s.ring_full),
-            c(&s.rejected_completions),
-            c(&s.malformed_packets)
-        );
+        for (name, v) in [
+            ("packets_sent", &s.packets_sent),
+            ("packets_received", &s.packets_received),
+            ("completions_sent", &s.completions_sent),
+            ("completions_received", &s.completions_received),
+            ("signals_sent", &s.signals_sent),
+            ("interrupts", &s.interrupts),
+            ("quota_stalls", &s.quota_stalls),
+            ("ring_full", &s.ring_full),
+            ("rejected_completions", &s.rejected_completions),
+            ("malformed_packets", &s.malformed_packets),
+        ] {
+            writeln!(w, "{}: {}", name, c(v))?;
+        }
+        Ok(())
     }
 }

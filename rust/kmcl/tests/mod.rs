@@ -3,5 +3,14 @@
 //! KUnit suites of kmcl. They run when `kmcl.ko` is loaded into a kernel
 //! built with `CONFIG_KUNIT`.
 
+mod harness;
+
+mod channel;
+mod gpadl;
 mod guid;
+mod receive;
+mod send;
+mod server;
+mod sync;
+mod transactions;
 mod vmbus;

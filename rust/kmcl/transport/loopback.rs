@@ -12,13 +12,18 @@
 //! Fault injection for tests goes through [`Connection::ring_memory`], which
 //! gives raw access to a ring's control page and data.
 
-use core::ptr::NonNull;
+use core::{
+    ptr::NonNull,
+    sync::atomic::{
+        AtomicBool,
+        AtomicU64,
+        Ordering, //
+    },
+};
 
 use kernel::{
     alloc::KVVec,
-    new_condvar,
-    new_mutex,
-    new_spinlock_irq,
+    new_condvar, new_mutex, new_spinlock_irq,
     prelude::*,
     sync::{
         Arc,
@@ -47,6 +52,8 @@ use crate::{
 struct BusInner {
     offers: KVec<Arc<Channel>>,
     waiting: KVec<Arc<Channel>>,
+    /// Connections of saved servers, waiting for a restored instance.
+    parked: KVec<Arc<Connection>>,
 }
 
 /// An in-kernel VMBus instance for the loopback transport.
@@ -70,6 +77,7 @@ impl LoopbackBus {
                 inner <- new_mutex!(BusInner {
                     offers: KVec::new(),
                     waiting: KVec::new(),
+                    parked: KVec::new(),
                 }, "kmcl::LoopbackBus::inner"),
             }),
             GFP_KERNEL,
@@ -107,6 +115,41 @@ impl LoopbackBus {
         }
     }
 
+    pub(crate) fn park(&self, server: &Channel) {
+        let Some(conn) = server.loopback_connection() else {
+            return;
+        };
+        conn.parked.store(true, Ordering::Release);
+        let mut g = self.inner.lock();
+        if g.parked.push(conn.clone(), GFP_KERNEL).is_err() {
+            // Without room to park it, the connection closes as usual.
+            conn.parked.store(false, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn rejoin(&self, server: &Channel, token: u64) -> Result {
+        let mut g = self.inner.lock();
+        let pos = g
+            .parked
+            .iter()
+            .position(|c| c.token == token)
+            .ok_or(ENOENT)?;
+        g.offers.reserve(1, GFP_KERNEL)?;
+        let conn = g.parked.remove(pos).map_err(|_| ENOENT)?;
+        conn.parked.store(false, Ordering::Release);
+        conn.set_peer(Role::Server, Some(server.arc()));
+        let ep = match Endpoint::new(conn.clone(), Role::Server) {
+            Ok(ep) => ep,
+            Err(e) => {
+                conn.set_peer(Role::Server, None);
+                return Err(e);
+            }
+        };
+        server.attach(Attachment::Loopback(ep))?;
+        g.offers.push(server.arc(), GFP_KERNEL)?;
+        Ok(())
+    }
+
     pub(crate) fn offer_available(&self, server: &Channel) {
         let mut g = self.inner.lock();
         Self::wake_waiting(&mut g, server);
@@ -135,8 +178,14 @@ impl LoopbackBus {
         let conn = Connection::new(pages, mmio_mb)?;
         conn.set_peer(Role::Client, Some(client.arc()));
         conn.set_peer(Role::Server, Some(server.clone()));
-        server.attach(Attachment::Loopback(Endpoint::new(conn.clone(), Role::Server)?))?;
-        if let Err(e) = client.attach(Attachment::Loopback(Endpoint::new(conn.clone(), Role::Client)?)) {
+        server.attach(Attachment::Loopback(Endpoint::new(
+            conn.clone(),
+            Role::Server,
+        )?))?;
+        if let Err(e) = client.attach(Attachment::Loopback(Endpoint::new(
+            conn.clone(),
+            Role::Client,
+        )?)) {
             server.detach();
             return Err(e);
         }
@@ -164,6 +213,8 @@ pub(crate) struct GpadlTable {
 /// An open loopback channel: two rings, the GPADL table, MMIO space.
 #[pin_data]
 pub struct Connection {
+    token: u64,
+    parked: AtomicBool,
     c2s: KVVec<u64>,
     s2c: KVVec<u64>,
     data_size: u32,
@@ -175,6 +226,8 @@ pub struct Connection {
     #[pin]
     pub(crate) gpadl_cond: CondVar,
 }
+
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 fn role_index(r: Role) -> usize {
     match r {
@@ -197,6 +250,8 @@ impl Connection {
         mmio.resize(mmio_mb as usize * 1024 * 1024, 0, GFP_KERNEL)?;
         let conn = Arc::pin_init(
             try_pin_init!(Connection {
+                token: NEXT_TOKEN.fetch_add(1, Ordering::Relaxed),
+                parked: AtomicBool::new(false),
                 c2s: ring_alloc(words)?,
                 s2c: ring_alloc(words)?,
                 data_size,
@@ -248,6 +303,11 @@ impl Connection {
     pub(crate) fn mmio(&self) -> &[u8] {
         &self.mmio
     }
+
+    /// The connection's identity in saved states.
+    pub(crate) fn token(&self) -> u64 {
+        self.token
+    }
 }
 
 /// One end of a loopback connection.
@@ -287,6 +347,11 @@ impl Endpoint {
 
     pub(crate) fn close(self, _chan: &Channel) {
         self.conn.set_peer(self.role, None);
+        // A parked connection waits for a restored server; the client is
+        // not told.
+        if self.conn.parked.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(peer) = self.conn.peer(other(self.role)) {
             peer.peer_closed();
         }
@@ -318,6 +383,10 @@ impl Channel {
     /// The loopback connection of an open channel (for tests and fault
     /// injection).
     pub fn loopback_connection(&self) -> Option<Arc<Connection>> {
-        self.inner.lock().att.as_ref().and_then(|a| a.loopback().cloned())
+        self.inner
+            .lock()
+            .att
+            .as_ref()
+            .and_then(|a| a.loopback().cloned())
     }
 }

@@ -48,6 +48,20 @@ impl Bus {
         }
     }
 
+    /// Parks the connection of a saved server for a restored instance.
+    pub(crate) fn park(&self, server: &Channel) {
+        match self {
+            Bus::Loopback(b) => b.park(server),
+        }
+    }
+
+    /// Offers a restored server and attaches it to its parked connection.
+    pub(crate) fn rejoin(&self, server: &Channel, token: u64) -> Result {
+        match self {
+            Bus::Loopback(b) => b.rejoin(server, token),
+        }
+    }
+
     /// A server's offer is free again for a new client.
     pub(crate) fn offer_available(&self, server: &Channel) {
         match self {

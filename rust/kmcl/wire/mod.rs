@@ -10,3 +10,4 @@
 pub mod guid;
 pub mod packet;
 pub mod ring;
+pub mod save;

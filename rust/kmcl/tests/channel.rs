@@ -1,0 +1,409 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Channel allocation, init setters and the lifecycle on loopback.
+
+use core::sync::atomic::Ordering;
+
+use kernel::{
+    prelude::*,
+    sync::Arc, //
+};
+
+use super::harness::{
+    self,
+    settle,
+    wait_for,
+    Ev,
+    Pair,
+    Recorder,
+    IFACE,
+    INSTANCE, //
+};
+use crate::{
+    channel::{
+        server_flags,
+        Channel,
+        Endpoint,
+        State, //
+    },
+    transport::{
+        loopback::LoopbackBus,
+        Bus, //
+    },
+    wire::guid::Guid,
+};
+
+#[kunit_tests(kmcl_channel)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocate_client_and_server_disabled() -> Result {
+        let c = Channel::allocate(Endpoint::Client)?;
+        let s = Channel::allocate(Endpoint::Server)?;
+        assert_eq!(c.state(), State::Disabled);
+        assert_eq!(s.state(), State::Disabled);
+        assert_eq!(c.endpoint(), Endpoint::Client);
+        assert_eq!(s.endpoint(), Endpoint::Server);
+        assert!(c.id() != s.id());
+        Ok(())
+    }
+
+    #[test]
+    fn init_setters_accept_valid_values() -> Result {
+        let bus = LoopbackBus::new()?;
+        let rec = Recorder::new()?;
+        let c = Channel::allocate(Endpoint::Client)?;
+        c.init_set_client_context_size(24)?;
+        c.init_set_flags(crate::channel::CHANNEL_FLAG_IS_PIPE)?;
+        c.init_set_friendly_name(c"kunit")?;
+        c.init_set_maximum_external_data(8192, 2)?;
+        c.init_set_maximum_packet_size(1024)?;
+        c.init_set_process_packet_callbacks(rec.clone())?;
+        c.init_set_state_change_callbacks(rec.clone())?;
+        c.init_set_ring_buffer_page_count(4)?;
+        c.init_set_target_pnp(IFACE, None)?;
+        c.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
+        c.init_set_packet_pool_size(8)?;
+        c.init_set_incoming_slots(8)?;
+        let s = Channel::allocate(Endpoint::Server)?;
+        s.init_set_server_flags(server_flags::LOOPBACK_OFFER | server_flags::OFFER_AS_PIPE)?;
+        s.init_set_mmio_megabytes(1)?;
+        s.init_set_target_interface_id(IFACE, INSTANCE)?;
+        s.init_set_target_vtl(0)?;
+        assert_eq!(s.interface_ids(), (IFACE, Some(INSTANCE)));
+        assert_eq!(c.friendly_name().as_str(), "kunit");
+        Ok(())
+    }
+
+    #[test]
+    fn init_setters_reject_invalid_values() -> Result {
+        let c = Channel::allocate(Endpoint::Client)?;
+        let s = Channel::allocate(Endpoint::Server)?;
+        assert_eq!(c.init_set_maximum_packet_size(0), Err(EINVAL));
+        assert_eq!(c.init_set_maximum_external_data(0, 1), Err(EINVAL));
+        assert_eq!(c.init_set_maximum_external_data(4096, 0), Err(EINVAL));
+        assert_eq!(c.init_set_flags(0x2), Err(EINVAL));
+        assert_eq!(c.init_set_ring_buffer_page_count(1), Err(EINVAL));
+        assert_eq!(c.init_set_target_pnp(Guid::NULL, None), Err(EINVAL));
+        // Endpoint-specific setters on the wrong endpoint.
+        assert_eq!(s.init_set_ring_buffer_page_count(4), Err(EINVAL));
+        assert_eq!(s.init_set_target_pnp(IFACE, None), Err(EINVAL));
+        assert_eq!(
+            c.init_set_server_flags(server_flags::LOOPBACK_OFFER),
+            Err(EINVAL)
+        );
+        assert_eq!(c.init_set_mmio_megabytes(1), Err(EINVAL));
+        assert_eq!(c.init_set_target_interface_id(IFACE, INSTANCE), Err(EINVAL));
+        assert_eq!(c.init_set_target_vtl(0), Err(EINVAL));
+        assert_eq!(s.init_set_server_flags(0x20), Err(EINVAL));
+        assert_eq!(s.init_set_target_vtl(3), Err(EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn init_setters_fail_with_einval_once_enabled() -> Result {
+        let p = Pair::connected()?;
+        let rec = Recorder::new()?;
+        for ch in [&p.client, &p.server] {
+            assert_eq!(ch.init_set_client_context_size(8), Err(EINVAL));
+            assert_eq!(ch.init_set_flags(0), Err(EINVAL));
+            assert_eq!(ch.init_set_friendly_name(c"x"), Err(EINVAL));
+            assert_eq!(ch.init_set_maximum_external_data(4096, 1), Err(EINVAL));
+            assert_eq!(ch.init_set_maximum_packet_size(64), Err(EINVAL));
+            assert_eq!(
+                ch.init_set_process_packet_callbacks(rec.clone()),
+                Err(EINVAL)
+            );
+            assert_eq!(ch.init_set_state_change_callbacks(rec.clone()), Err(EINVAL));
+            assert_eq!(
+                ch.init_set_vmbus_handle(Bus::Loopback(p.bus.clone())),
+                Err(EINVAL)
+            );
+        }
+        assert_eq!(p.client.init_set_ring_buffer_page_count(4), Err(EINVAL));
+        assert_eq!(p.client.init_set_target_pnp(IFACE, None), Err(EINVAL));
+        assert_eq!(p.server.init_set_server_flags(0), Err(EINVAL));
+        assert_eq!(p.server.init_set_mmio_megabytes(1), Err(EINVAL));
+        assert_eq!(
+            p.server.init_set_target_interface_id(IFACE, INSTANCE),
+            Err(EINVAL)
+        );
+        // Quota and delivery context may change at any time.
+        assert_eq!(p.server.set_transaction_quota(4), Ok(()));
+        assert_eq!(p.server.set_transaction_quota(0), Err(EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn enable_requires_packet_callbacks_and_a_target() -> Result {
+        let bus = LoopbackBus::new()?;
+        let mut c = Channel::allocate(Endpoint::Client)?;
+        c.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
+        c.init_set_target_pnp(IFACE, None)?;
+        assert_eq!(c.enable(), Err(EINVAL));
+        let rec = Recorder::new()?;
+        let mut s = Channel::allocate(Endpoint::Server)?;
+        s.init_set_process_packet_callbacks(rec)?;
+        s.init_set_vmbus_handle(Bus::Loopback(bus))?;
+        assert_eq!(s.enable(), Err(EINVAL));
+        assert_eq!(s.state(), State::Disabled);
+        Ok(())
+    }
+
+    #[test]
+    fn client_enable_returns_at_once_and_waits_for_the_offer() -> Result {
+        let mut p = Pair::new(|_| Ok(()))?;
+        p.client.enable()?;
+        assert_eq!(p.client.state(), State::Enabled);
+        settle(20);
+        assert_eq!(p.client.state(), State::Enabled);
+        assert_eq!(p.crec.count(Ev::Opened), 0);
+        p.server.enable()?;
+        assert!(wait_for(3000, || p.client.state() == State::Started
+            && p.server.state() == State::Started));
+        Ok(())
+    }
+
+    #[test]
+    fn state_callbacks_run_in_order() -> Result {
+        let mut p = Pair::connected()?;
+        for rec in [&p.crec, &p.srec] {
+            assert!(wait_for(1000, || rec.count(Ev::PostStarted) == 1));
+            assert_eq!(
+                &rec.states()[..],
+                &[Ev::Opened, Ev::Started, Ev::PostStarted]
+            );
+        }
+        p.client.disable();
+        assert_eq!(
+            &p.crec.states()[..],
+            &[
+                Ev::Opened,
+                Ev::Started,
+                Ev::PostStarted,
+                Ev::Suspend,
+                Ev::Closed
+            ]
+        );
+        assert!(wait_for(1000, || p.srec.count(Ev::Closed) == 1));
+        assert_eq!(
+            &p.srec.states()[..],
+            &[
+                Ev::Opened,
+                Ev::Started,
+                Ev::PostStarted,
+                Ev::Suspend,
+                Ev::Closed
+            ]
+        );
+        let _ = &mut p;
+        Ok(())
+    }
+
+    #[test]
+    fn opened_failure_rolls_back_and_reports_pnp_failure() -> Result {
+        let mut p = Pair::new(|_| Ok(()))?;
+        p.crec
+            .opened_error
+            .store(-(EIO.to_errno()), Ordering::Relaxed);
+        p.server.enable()?;
+        p.client.enable()?;
+        assert!(wait_for(3000, || p.crec.count(Ev::PnpFailure) == 1));
+        assert_eq!(p.client.state(), State::Enabled);
+        assert_eq!(p.crec.count(Ev::Started), 0);
+        // As with VMBus, the server opened first; it sees the client go away
+        // and its offer is free again.
+        assert!(wait_for(3000, || p.srec.count(Ev::Opened) == 1
+            && p.srec.count(Ev::Closed) == 1
+            && p.server.state() == State::Enabled));
+        settle(20);
+        assert_eq!(p.srec.received.load(Ordering::Relaxed), 0);
+        assert_eq!(harness::send(&p.client, b"x", false), Err(EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn cleanup_requires_disabled() -> Result {
+        let mut p = Pair::connected()?;
+        let c = Channel::allocate(Endpoint::Client)?;
+        assert!(c.cleanup().is_ok());
+        // An enabled channel is handed back.
+        let rec = Recorder::new()?;
+        let mut s = harness::channel(&p.bus, Endpoint::Server, &rec)?;
+        s.init_set_target_interface_id(
+            IFACE,
+            Guid::from_str_const("11111111-2222-3333-4444-555555555555"),
+        )?;
+        s.enable()?;
+        let s = match s.cleanup() {
+            Err((e, s)) => {
+                assert_eq!(e, EBUSY);
+                s
+            }
+            Ok(()) => return Err(EINVAL),
+        };
+        s.disable();
+        assert!(s.cleanup().is_ok());
+        let _ = &mut p;
+        Ok(())
+    }
+
+    #[test]
+    fn disable_blocks_until_torn_down() -> Result {
+        let p = Pair::connected()?;
+        p.client.disable();
+        assert_eq!(p.client.state(), State::Disabled);
+        assert_eq!(p.crec.count(Ev::Closed), 1);
+        assert!(wait_for(2000, || p.server.state() == State::Enabled));
+        // Disabling twice is harmless.
+        p.client.disable();
+        assert_eq!(p.crec.count(Ev::Closed), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn peer_close_suspends_and_closes_the_client() -> Result {
+        let p = Pair::connected()?;
+        p.server.disable();
+        assert!(wait_for(2000, || p.client.state() == State::Disabled));
+        assert_eq!(p.crec.count(Ev::Suspend), 1);
+        assert_eq!(p.crec.count(Ev::Closed), 1);
+        assert_eq!(harness::send(&p.client, b"x", false), Err(EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn server_takes_a_new_client_after_close() -> Result {
+        let p = Pair::connected()?;
+        p.client.disable();
+        assert!(wait_for(2000, || p.server.state() == State::Enabled));
+        let rec = Recorder::new()?;
+        let mut c2 = harness::channel(&p.bus, Endpoint::Client, &rec)?;
+        c2.enable()?;
+        assert!(wait_for(3000, || c2.state() == State::Started
+            && p.server.state() == State::Started));
+        assert_eq!(p.srec.count(Ev::Opened), 2);
+        c2.disable();
+        Ok(())
+    }
+
+    #[test]
+    fn waiting_client_connects_when_the_offer_frees() -> Result {
+        let p = Pair::connected()?;
+        let rec = Recorder::new()?;
+        let mut c2 = harness::channel(&p.bus, Endpoint::Client, &rec)?;
+        c2.enable()?;
+        settle(20);
+        assert_eq!(c2.state(), State::Enabled);
+        p.client.disable();
+        assert!(wait_for(3000, || c2.state() == State::Started));
+        c2.disable();
+        Ok(())
+    }
+
+    #[test]
+    fn duplicate_offer_is_refused() -> Result {
+        let p = Pair::connected()?;
+        let rec = Recorder::new()?;
+        let mut s2 = harness::channel(&p.bus, Endpoint::Server, &rec)?;
+        assert_eq!(s2.enable(), Err(EEXIST));
+        assert_eq!(s2.state(), State::Disabled);
+        assert_eq!(p.bus.offer_count(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn client_instance_must_match_the_offer() -> Result {
+        let mut p = Pair::new(|_| Ok(()))?;
+        let rec = Recorder::new()?;
+        let mut other = harness::channel(&p.bus, Endpoint::Client, &rec)?;
+        other.init_set_target_pnp(
+            IFACE,
+            Some(Guid::from_str_const("00000000-0000-0000-0000-00000000abcd")),
+        )?;
+        p.server.enable()?;
+        other.enable()?;
+        settle(30);
+        assert_eq!(other.state(), State::Enabled);
+        p.client.enable()?;
+        assert!(wait_for(3000, || p.client.state() == State::Started));
+        other.disable();
+        Ok(())
+    }
+
+    #[test]
+    fn pause_waits_for_outstanding_packets() -> Result {
+        let p = Pair::connected()?;
+        p.srec.mode.store(harness::mode::HOLD, Ordering::Relaxed);
+        harness::send(&p.client, b"held", false)?;
+        assert!(wait_for(2000, || p.srec.held() == 1));
+        let server = p.server.arc();
+        let done = Arc::new(core::sync::atomic::AtomicBool::new(false), GFP_KERNEL)?;
+        let d2 = done.clone();
+        crate::sys::wq().try_spawn(GFP_KERNEL, move || {
+            let _ = server.pause();
+            d2.store(true, Ordering::Relaxed);
+        })?;
+        assert!(wait_for(1000, || p.srec.count(Ev::Suspend) == 1));
+        settle(50);
+        // pause returned with a packet outstanding.
+        assert!(!done.load(Ordering::Relaxed));
+        p.srec.release_held();
+        assert!(wait_for(2000, || done.load(Ordering::Relaxed)));
+        assert_eq!(p.server.state(), State::Paused);
+        Ok(())
+    }
+
+    #[test]
+    fn nothing_is_delivered_between_suspend_and_started() -> Result {
+        let p = Pair::connected()?;
+        p.server.pause()?;
+        let before = p.srec.received.load(Ordering::Relaxed);
+        for i in 0..3u64 {
+            harness::send(&p.client, &i.to_le_bytes(), false)?;
+        }
+        settle(50);
+        assert_eq!(p.srec.received.load(Ordering::Relaxed), before);
+        assert_eq!(p.srec.count(Ev::Started), 1);
+        p.server.start()?;
+        assert_eq!(p.srec.count(Ev::Started), 2);
+        assert!(wait_for(2000, || p.srec.received.load(Ordering::Relaxed)
+            == before + 3));
+        Ok(())
+    }
+
+    #[test]
+    fn pause_on_disabled_arms_a_pause_for_the_next_enable() -> Result {
+        let mut p = Pair::new(|_| Ok(()))?;
+        p.server.pause()?;
+        p.up()?;
+        assert_eq!(p.server.state(), State::Paused);
+        assert_eq!(p.srec.count(Ev::Started), 0);
+        harness::send(&p.client, b"later", false)?;
+        settle(30);
+        assert_eq!(p.srec.received.load(Ordering::Relaxed), 0);
+        p.server.start()?;
+        assert!(wait_for(2000, || p.srec.received.load(Ordering::Relaxed) == 1));
+        assert_eq!(p.srec.count(Ev::Started), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn lifecycle_calls_from_a_state_callback_fail() -> Result {
+        let mut p = Pair::new(|_| Ok(()))?;
+        p.srec.pause_in_started.store(true, Ordering::Relaxed);
+        p.up()?;
+        assert!(wait_for(1000, || p
+            .srec
+            .pause_in_started_result
+            .load(Ordering::Relaxed)
+            != 1));
+        assert_eq!(
+            p.srec.pause_in_started_result.load(Ordering::Relaxed),
+            EDEADLK.to_errno()
+        );
+        assert_eq!(p.server.state(), State::Started);
+        Ok(())
+    }
+}
