@@ -6,6 +6,7 @@
 #include <linux/bottom_half.h>
 #include <linux/debugfs.h>
 #include <linux/err.h>
+#include <linux/fs.h>
 #include <linux/jiffies.h>
 #include <linux/mm.h>
 #include <linux/preempt.h>
@@ -114,9 +115,15 @@ unsigned long kmcl_jiffies(void)
 	return jiffies;
 }
 
+/* single_open() hands the data pointer to show() as m->private. */
+static int kmcl_status_show_private(struct seq_file *m, void *v)
+{
+	return kmcl_status_show(m, m->private);
+}
+
 static int kmcl_status_open(struct inode *inode, struct file *file)
 {
-	return single_open(file, kmcl_status_show, inode->i_private);
+	return single_open(file, kmcl_status_show_private, inode->i_private);
 }
 
 static const struct file_operations kmcl_status_fops = {
@@ -142,4 +149,18 @@ struct dentry *kmcl_debugfs_add(const char *name, void *data)
 void kmcl_debugfs_remove(struct dentry *d)
 {
 	debugfs_remove(d);
+}
+
+/* For the KUnit suites: reads a file the way a user would. */
+ssize_t kmcl_read_file(const char *path, char *buf, size_t len)
+{
+	struct file *f = filp_open(path, O_RDONLY, 0);
+	loff_t pos = 0;
+	ssize_t n;
+
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	n = kernel_read(f, buf, len, &pos);
+	filp_close(f, NULL);
+	return n;
 }

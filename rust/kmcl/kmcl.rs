@@ -20,6 +20,7 @@ pub mod transport;
 pub mod vmbus;
 pub mod wire;
 
+mod demo;
 mod hv;
 #[cfg(CONFIG_KUNIT)]
 mod tests;
@@ -30,6 +31,12 @@ module! {
     authors: ["The kmcl developers"],
     description: "VMBus Kernel Mode Client Library for Rust drivers",
     license: "GPL",
+    params: {
+        demo: bool {
+            default: false,
+            description: "Connect a loopback client and echo server at load and keep them until unload",
+        },
+    },
 }
 
 /// This module, for registrations made outside `init`.
@@ -37,6 +44,7 @@ pub(crate) static THIS_MODULE: ThisModule = <Kmcl as kernel::ModuleMetadata>::TH
 
 /// The module state: kmcl's VMBus driver, when the machine has a VMBus.
 struct Kmcl {
+    _demo: Option<demo::Demo>,
     _hv: Option<hv::Transport>,
     _wq: sys::Workqueues,
 }
@@ -51,12 +59,23 @@ impl kernel::Module for Kmcl {
         }
         pr_info!("kmcl loaded\n");
         pr_info!("transport loopback: available\n");
-        Ok(Kmcl { _hv: hv, _wq: wq })
+        let demo = if module_parameters::demo.value() {
+            Some(demo::Demo::run()?)
+        } else {
+            None
+        };
+        Ok(Kmcl {
+            _demo: demo,
+            _hv: hv,
+            _wq: wq,
+        })
     }
 }
 
 impl Drop for Kmcl {
     fn drop(&mut self) {
+        // The demo's channels close before the workqueues they use go away.
+        drop(self._demo.take());
         pr_info!("kmcl unloaded\n");
     }
 }

@@ -17,8 +17,11 @@ echo "kmcl-vm: boot ok, mode $mode"
 
 loaded=""
 for m in $(cat /kmcl/modules); do
-	echo "kmcl-vm: insmod $m"
-	if insmod "/kmcl/$m.ko"; then
+	params=
+	# The demo: kmcl connects a loopback client and echo server at load.
+	[ "$mode" = run ] && [ "$m" = kmcl ] && params=demo=1
+	echo "kmcl-vm: insmod $m $params"
+	if insmod "/kmcl/$m.ko" $params; then
 		loaded="$m $loaded"
 	else
 		echo "kmcl-vm: insmod $m failed"
@@ -29,10 +32,9 @@ if [ "$mode" = run ]; then
 	echo "kmcl-vm: modules loaded:"
 	grep -E '^(kmcl)' /proc/modules
 	if [ -d /sys/kernel/debug/kmcl ]; then
-		echo "kmcl-vm: debugfs:"
 		for f in $(find /sys/kernel/debug/kmcl -type f); do
-			echo "--- $f"
-			cat "$f"
+			echo "kmcl-vm: debugfs $f"
+			sed 's/^/    /' "$f"
 		done
 	fi
 fi

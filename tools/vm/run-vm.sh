@@ -9,6 +9,9 @@
 
 set -euo pipefail
 kernel=$1 initrd=$2 log=$3 mode=$4 limit=${5:-600}
+extra=
+# The demo shows kmcl at work; the KUnit suites run under make check.
+[ "$mode" = run ] && extra="kunit.enable=0"
 
 accel=tcg
 if [ "${KMCL_KVM:-0}" = 1 ] && [ -w /dev/kvm ]; then
@@ -18,7 +21,7 @@ set +e
 timeout --foreground "$limit" qemu-system-x86_64 \
 	-accel "$accel" -cpu max -smp 2 -m 1024 \
 	-kernel "$kernel" -initrd "$initrd" \
-	-append "console=ttyS0 panic=-1 oops=panic kmcl_mode=$mode" \
+	-append "console=ttyS0 panic=-1 oops=panic kmcl_mode=$mode $extra" \
 	-nographic -no-reboot -monitor none -serial stdio </dev/null | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e

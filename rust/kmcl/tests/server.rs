@@ -11,6 +11,7 @@ use core::sync::atomic::{
 use kernel::{
     new_spinlock_irq,
     prelude::*,
+    str::CString,
     sync::{
         Arc,
         SpinLockIrq, //
@@ -111,6 +112,10 @@ fn save_in_chunks(server: &Channel, chunk: usize) -> Result<KVec<u8>> {
     }
     server.save_end(ctx);
     Ok(out)
+}
+
+extern "C" {
+    fn kmcl_read_file(path: *const c_char, buf: *mut c_char, len: usize) -> isize;
 }
 
 /// A buffer that collects formatted text.
@@ -268,6 +273,33 @@ mod tests {
         assert!(c.has("packets_sent: 2\n"));
         assert!(c.has("signals_sent: "));
         assert!(c.has("interface_instance: a7f3c6a1-1c2d-4e5f-8a9b-0c1d2e3f4a5b\n"));
+        Ok(())
+    }
+
+    #[test]
+    fn status_is_readable_in_debugfs() -> Result {
+        let p = Pair::connected()?;
+        harness::send(&p.client, b"debugfs", false)?;
+        assert!(wait_for(2000, || p.srec.received.load(Ordering::Relaxed) == 1));
+        let path = CString::try_from_fmt(fmt!("/sys/kernel/debug/kmcl/{}-channel", p.server.id()))?;
+        let mut buf = [0u8; 2048];
+        // SAFETY: `path` is NUL-terminated and `buf` is writable for its length.
+        let n = unsafe { kmcl_read_file(path.as_char_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(n > 0);
+        let t = Text({
+            let mut v = KVec::new();
+            v.extend_from_slice(&buf[..n as usize], GFP_KERNEL)?;
+            v
+        });
+        assert!(t.has("endpoint: Server\n"));
+        assert!(t.has("packets_received: 1\n"));
+        // The file goes away with the channel.
+        let id = p.client.id();
+        drop(p);
+        let path = CString::try_from_fmt(fmt!("/sys/kernel/debug/kmcl/{}-channel", id))?;
+        // SAFETY: as above.
+        let n = unsafe { kmcl_read_file(path.as_char_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(n, -(ENOENT.to_errno() as isize).abs());
         Ok(())
     }
 }
