@@ -296,6 +296,7 @@ pub struct Channel {
     #[pin]
     control_work: Work<Channel, 2>,
     pub(crate) stats: Stats,
+    pointer: core::sync::atomic::AtomicUsize,
 }
 
 impl_has_work! {
@@ -395,6 +396,7 @@ impl Channel {
                 passive_work <- new_work!("kmcl::Channel::passive_work"),
                 control_work <- new_work!("kmcl::Channel::control_work"),
                 stats: Stats::default(),
+                pointer: core::sync::atomic::AtomicUsize::new(0),
             }),
             GFP_KERNEL,
         )?;
@@ -412,6 +414,16 @@ impl Channel {
     /// A number unique among the channels of this boot.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// Stores a driver value in the channel (`VmbChannelSetPointer`).
+    pub fn set_pointer(&self, value: usize) {
+        self.pointer.store(value, Ordering::Relaxed);
+    }
+
+    /// The value stored with [`Channel::set_pointer`] (`VmbChannelGetPointer`).
+    pub fn pointer(&self) -> usize {
+        self.pointer.load(Ordering::Relaxed)
     }
 
     /// The current lifecycle state.

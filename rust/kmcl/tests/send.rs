@@ -197,6 +197,8 @@ mod tests {
         pkt.set_pointer(0xfeed);
         assert_eq!(pkt.pointer(), 0xfeed);
         assert!(core::ptr::eq(pkt.channel(), &*p.client));
+        p.client.set_pointer(0xc0ffee);
+        assert_eq!(pkt.channel().pointer(), 0xc0ffee);
         drop(pkt);
         // A packet from the pool comes back clean.
         assert_eq!(p.client.packet_allocate()?.pointer(), 0);
