@@ -151,16 +151,24 @@ void kmcl_debugfs_remove(struct dentry *d)
 	debugfs_remove(d);
 }
 
-/* For the KUnit suites: reads a file the way a user would. */
-ssize_t kmcl_read_file(const char *path, char *buf, size_t len)
+/*
+ * For the KUnit suites: finds a status file by name and renders it through
+ * the same show path a reader of the file takes. Kernel threads do not see
+ * the mounts of user space, so the suites cannot open the file by path.
+ */
+ssize_t kmcl_debugfs_render(const char *name, char *buf, size_t len)
 {
-	struct file *f = filp_open(path, O_RDONLY, 0);
-	loff_t pos = 0;
-	ssize_t n;
+	struct seq_file m = { .buf = buf, .size = len };
+	struct dentry *d;
 
-	if (IS_ERR(f))
-		return PTR_ERR(f);
-	n = kernel_read(f, buf, len, &pos);
-	filp_close(f, NULL);
-	return n;
+	if (IS_ERR_OR_NULL(kmcl_debugfs_root))
+		return -ENOENT;
+	d = debugfs_lookup(name, kmcl_debugfs_root);
+	if (!d)
+		return -ENOENT;
+	mutex_init(&m.lock);
+	m.private = d_inode(d)->i_private;
+	kmcl_status_show_private(&m, NULL);
+	dput(d);
+	return seq_has_overflowed(&m) ? -EOVERFLOW : m.count;
 }

@@ -43,6 +43,6 @@ void kmcl_debugfs_remove(struct dentry *d);
 int kmcl_status_show(struct seq_file *m, void *data);
 
 /* Used by the KUnit suites. */
-ssize_t kmcl_read_file(const char *path, char *buf, size_t len);
+ssize_t kmcl_debugfs_render(const char *name, char *buf, size_t len);
 
 #endif /* KMCL_HELPERS_SYS_H */

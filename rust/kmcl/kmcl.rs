@@ -46,6 +46,7 @@ pub(crate) static THIS_MODULE: ThisModule = <Kmcl as kernel::ModuleMetadata>::TH
 struct Kmcl {
     _demo: Option<demo::Demo>,
     _hv: Option<hv::Transport>,
+    _bus: transport::loopback::DefaultBus,
     _wq: sys::Workqueues,
 }
 
@@ -58,6 +59,7 @@ impl kernel::Module for Kmcl {
             None => pr_info!("transport vmbus: absent (no VMBus on this machine)\n"),
         }
         pr_info!("kmcl loaded\n");
+        let bus = transport::loopback::DefaultBus::new()?;
         pr_info!("transport loopback: available\n");
         let demo = if module_parameters::demo.value() {
             Some(demo::Demo::run()?)
@@ -67,6 +69,7 @@ impl kernel::Module for Kmcl {
         Ok(Kmcl {
             _demo: demo,
             _hv: hv,
+            _bus: bus,
             _wq: wq,
         })
     }

@@ -42,21 +42,29 @@ SPLATS = [
 
 
 def kunit_results(ksrc, text):
-    """Returns {suite: {case: status}} for the suites of the loaded modules.
+    """Returns {suite: {case: status}} for kmcl's suites (names kmcl_*).
 
-    Each module load prints a KTAP document of its own; kunit.py parses one
-    document at a time, so the log is cut at the VM's insmod markers and each
-    piece is parsed on its own. The kernel's built-in suites, which run at
-    boot before the first marker, are not kmcl's and are left out.
+    Each module load prints a KTAP document of its own, and kunit.py parses
+    one document at a time. Kernel messages reach the console later than the
+    VM's own lines, so the log is cut at each top-level "KTAP version" line of
+    the kernel's messages rather than at the VM's markers, and lines that are
+    not kernel messages are left out.
     """
+    kernel = [l for l in text.splitlines() if re.match(r"^\[\s*\d+\.\d+\]", l)]
+    docs, cur = [], None
+    for line in kernel:
+        if re.match(r"^\[\s*\d+\.\d+\] KTAP version", line):
+            cur = []
+            docs.append(cur)
+        if cur is not None:
+            cur.append(line)
     suites = {}
-    pieces = re.split(r"^kmcl-vm: insmod .*$", text, flags=re.M)[1:]
     with tempfile.TemporaryDirectory() as tmp:
-        for n, piece in enumerate(pieces):
-            src = os.path.join(tmp, f"piece{n}.log")
-            out = os.path.join(tmp, f"piece{n}.json")
+        for n, doc in enumerate(docs):
+            src = os.path.join(tmp, f"doc{n}.log")
+            out = os.path.join(tmp, f"doc{n}.json")
             with open(src, "w", encoding="utf-8") as f:
-                f.write(piece)
+                f.write("\n".join(doc) + "\n")
             subprocess.run(
                 [sys.executable, os.path.join(ksrc, "tools/testing/kunit/kunit.py"),
                  "parse", f"--json={out}", src],
@@ -64,7 +72,7 @@ def kunit_results(ksrc, text):
             if os.path.exists(out):
                 with open(out, encoding="utf-8") as f:
                     collect(json.load(f), suites)
-    return suites
+    return {k: v for k, v in suites.items() if k.startswith("kmcl")}
 
 
 def collect(tree, suites):

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Prints the built modules in load order: kmcl first, then what depends on it.
+# Prints the built modules in load order: kmcl first, then the servers, then
+# the clients that connect to them.
 
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 out="$top/build/modules"
-echo "$out/kmcl.ko"
+for m in kmcl samples/echo/echo_vsp samples/heartbeat/heartbeat_host \
+	 samples/echo/echo_vsc samples/heartbeat/hv_heartbeat; do
+	echo "$out/$m.ko"
+done

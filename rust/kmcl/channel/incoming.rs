@@ -170,6 +170,32 @@ impl<'a> ExternalData<'a> {
         self.ranges.iter().map(|r| u64::from(r.byte_count)).sum()
     }
 
+    /// Calls `f` with the described bytes, in order, one piece per page.
+    ///
+    /// This works where the pages are this kernel's own memory, as on the
+    /// loopback transport. Fails with `EFAULT` on a page frame number that is
+    /// not valid here.
+    pub fn for_each_chunk(&self, mut f: impl FnMut(&[u8])) -> Result {
+        for r in self.ranges.iter() {
+            let mut left = r.byte_count as usize;
+            let mut off = r.byte_offset as usize;
+            for i in 0..r.pfn_count() {
+                if left == 0 {
+                    break;
+                }
+                let pfn = r.pfn(i).ok_or(EFAULT)?;
+                let page = crate::sys::pfn_to_virt(pfn).ok_or(EFAULT)?;
+                let n = (4096 - off).min(left);
+                // SAFETY: `page` is the direct-map address of a valid page and
+                // `off + n <= 4096`.
+                f(unsafe { core::slice::from_raw_parts(page.add(off), n) });
+                left -= n;
+                off = 0;
+            }
+        }
+        Ok(())
+    }
+
     /// Copies the described bytes, in order, into `dst`; returns how many.
     ///
     /// This works where the pages are this kernel's own memory, as on the
@@ -294,6 +320,17 @@ impl IncomingPacket {
     /// any context.
     pub fn complete(mut self, response: &[u8]) -> Result {
         self.finish_with(Some(response))
+    }
+
+    /// Finishes the packet by sending `reply` as a new in-band packet that
+    /// carries the request's transaction id, and no completion packet. This
+    /// is how Hyper-V's integration-component protocols (heartbeat,
+    /// shutdown, time sync, KVP) answer the host. A kmcl addition.
+    pub fn reply_inband(mut self, reply: &[u8]) -> Result {
+        let r = self.channel().send_raw_inband(reply, self.trans_id);
+        self.completion_requested = false;
+        let _ = self.finish_with(Some(&[]));
+        r
     }
 
     /// Fails the packet as malformed (`VmbChannelPacketFail`): no completion

@@ -1174,7 +1174,21 @@ impl Channel {
     /// The zero-timeout send without completion: into the ring now or
     /// `EAGAIN`. Allocates nothing, so it may be called in atomic context.
     fn send_now(&self, data: &[u8]) -> Result<usize> {
-        let d = packet::encode_simple(packet::TYPE_DATA_INBAND, 0, 0, data.len()).ok_or(EINVAL)?;
+        self.send_raw_inband(data, 0).map(|()| 0)
+    }
+
+    /// Writes an in-band packet with transaction id `trans_id`, asking for no
+    /// completion, into the ring now, or fails with `EAGAIN`. Allocates
+    /// nothing. A kmcl addition, for protocols whose replies are in-band
+    /// packets that echo the request's id (Hyper-V's integration
+    /// components), and for peers that play the host in tests.
+    pub fn send_inband_with_transaction_id(&self, data: &[u8], trans_id: u64) -> Result {
+        self.send_raw_inband(data, trans_id)
+    }
+
+    pub(crate) fn send_raw_inband(&self, data: &[u8], trans_id: u64) -> Result {
+        let d = packet::encode_simple(packet::TYPE_DATA_INBAND, 0, trans_id, data.len())
+            .ok_or(EINVAL)?;
         let head = d.encode();
         // Ring writes take whole 8-byte words: the aligned body, then the
         // tail padded with zeroes.
@@ -1202,6 +1216,6 @@ impl Channel {
         if signal {
             self.signal_peer();
         }
-        Ok(0)
+        Ok(())
     }
 }

@@ -56,6 +56,45 @@ struct BusInner {
     parked: KVec<Arc<Connection>>,
 }
 
+/// kmcl's shared loopback bus, for drivers in different modules; set from
+/// module init to module exit.
+static DEFAULT_BUS: core::sync::atomic::AtomicPtr<LoopbackBus> =
+    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+/// The loopback bus that kmcl provides to every module: a server in one
+/// module and a client in another meet on it.
+pub fn default_bus() -> Result<Arc<LoopbackBus>> {
+    let p = DEFAULT_BUS.load(Ordering::Acquire);
+    if p.is_null() {
+        return Err(ENODEV);
+    }
+    // SAFETY: `p` came from `Arc::into_raw` in `DefaultBus::new` and the
+    // reference it stands for is only dropped in `DefaultBus::drop`, at module
+    // exit, when no module that uses kmcl is loaded any more.
+    Ok(unsafe { kernel::sync::ArcBorrow::from_raw(p) }.into())
+}
+
+/// Owns the default bus for the life of the module.
+pub(crate) struct DefaultBus(());
+
+impl DefaultBus {
+    pub(crate) fn new() -> Result<Self> {
+        let bus = LoopbackBus::new()?;
+        DEFAULT_BUS.store(Arc::into_raw(bus).cast_mut(), Ordering::Release);
+        Ok(Self(()))
+    }
+}
+
+impl Drop for DefaultBus {
+    fn drop(&mut self) {
+        let p = DEFAULT_BUS.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !p.is_null() {
+            // SAFETY: `p` came from `Arc::into_raw` in `new`.
+            drop(unsafe { Arc::from_raw(p) });
+        }
+    }
+}
+
 /// An in-kernel VMBus instance for the loopback transport.
 #[pin_data]
 pub struct LoopbackBus {

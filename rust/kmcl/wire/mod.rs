@@ -8,6 +8,7 @@
 //! writes is treated as untrusted here.
 
 pub mod guid;
+pub mod ic;
 pub mod packet;
 pub mod ring;
 pub mod save;

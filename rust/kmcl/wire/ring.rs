@@ -394,7 +394,12 @@ impl RingReader {
         if dst[4..6] != desc[4..6] {
             return Err(RingError::BadPacket);
         }
-        self.read = (self.read + len + TRAILER_SIZE) % self.mem.size;
+        // `len + TRAILER_SIZE <= avail < size`, so one subtraction wraps.
+        let mut next = self.read + len + TRAILER_SIZE;
+        if next >= self.mem.size {
+            next -= self.mem.size;
+        }
+        self.read = next;
         Ok(Some(len as usize))
     }
 

@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Echo VSP: a kmcl server that answers every packet.
+//!
+//! It offers two instances of the echo interface on kmcl's loopback bus:
+//! instance 1 for the echo VSC module, instance 2 for the VSC's KUnit suite.
+//! An in-band packet is completed with its own payload; a packet with
+//! external data is completed with the sum and count of the bytes it
+//! describes. The transaction quota is 4, so a busy client exercises it.
+
+use core::sync::atomic::{
+    AtomicU64,
+    Ordering, //
+};
+
+use kernel::{
+    prelude::*,
+    sync::Arc, //
+};
+
+use kmcl::{
+    channel::{
+        callbacks::{
+            ProcessPacket,
+            StateChange, //
+        },
+        incoming::IncomingPacket,
+        Channel,
+        ChannelHandle,
+        Endpoint, //
+    },
+    transport::{
+        loopback,
+        Bus, //
+    },
+    wire::guid::Guid,
+};
+
+module! {
+    type: EchoVsp,
+    name: "echo_vsp",
+    authors: ["The kmcl developers"],
+    description: "kmcl sample: echo VSP over the loopback transport",
+    license: "GPL",
+}
+
+/// The echo interface type.
+pub const ECHO_TYPE: Guid = Guid::from_str_const("2b1c9f3e-4d5a-4e6b-8c7d-9e0f1a2b3c4d");
+
+struct Echo {
+    requests: AtomicU64,
+    external_bytes: AtomicU64,
+}
+
+impl ProcessPacket for Echo {
+    fn process_packet(&self, _channel: &Channel, packet: IncomingPacket) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(ext) = packet.external_data() {
+            let mut sum = 0u64;
+            let mut count = 0u64;
+            let ok = ext.for_each_chunk(|b| {
+                count += b.len() as u64;
+                sum = b.iter().fold(sum, |s, x| s.wrapping_add(u64::from(*x)));
+            });
+            if ok.is_err() {
+                packet.fail();
+                return;
+            }
+            self.external_bytes.fetch_add(count, Ordering::Relaxed);
+            let mut reply = [0u8; 16];
+            reply[..8].copy_from_slice(&sum.to_le_bytes());
+            reply[8..].copy_from_slice(&count.to_le_bytes());
+            let _ = packet.complete(&reply);
+            return;
+        }
+        let mut buf = [0u8; 512];
+        let d = packet.data();
+        let n = d.len().min(buf.len());
+        buf[..n].copy_from_slice(&d[..n]);
+        let _ = packet.complete(&buf[..n]);
+    }
+}
+
+impl StateChange for Echo {}
+
+struct EchoVsp {
+    echo: Arc<Echo>,
+    servers: KVec<ChannelHandle>,
+}
+
+impl kernel::Module for EchoVsp {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        let echo = Arc::new(
+            Echo {
+                requests: AtomicU64::new(0),
+                external_bytes: AtomicU64::new(0),
+            },
+            GFP_KERNEL,
+        )?;
+        let bus = loopback::default_bus()?;
+        let mut servers = KVec::new();
+        for instance in 1..=2u8 {
+            let mut inst = [0u8; 16];
+            inst[15] = instance;
+            let mut h = Channel::allocate(Endpoint::Server)?;
+            h.init_set_friendly_name(c"echo-vsp")?;
+            h.init_set_process_packet_callbacks(echo.clone())?;
+            h.init_set_state_change_callbacks(echo.clone())?;
+            h.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
+            h.init_set_target_interface_id(ECHO_TYPE, Guid(inst))?;
+            h.enable()?;
+            h.set_transaction_quota(4)?;
+            servers.push(h, GFP_KERNEL)?;
+        }
+        pr_info!("offering the echo interface (2 instances)\n");
+        Ok(EchoVsp { echo, servers })
+    }
+}
+
+impl Drop for EchoVsp {
+    fn drop(&mut self) {
+        for s in self.servers.iter() {
+            s.disable();
+        }
+        pr_info!(
+            "served {} requests, {} bytes of external data\n",
+            self.echo.requests.load(Ordering::Relaxed),
+            self.echo.external_bytes.load(Ordering::Relaxed)
+        );
+    }
+}
