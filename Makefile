@@ -17,7 +17,8 @@ ifneq ($(KDIR),)
 export KMCL_KDIR := $(KDIR)
 endif
 
-.PHONY: all setup kernel modules fmt fmt-check host-test check run clean
+.PHONY: all setup kernel modules fmt fmt-check host-test check run clean \
+	docs rustdoc install-dev
 
 all: modules
 
@@ -41,6 +42,19 @@ host-test:
 
 check:
 	tools/testing/check.sh
+
+# The guide (Documentation/, Sphinx) and the API reference (rustdoc), both
+# with warnings as errors.
+docs:
+	sphinx-build -q -W -b html Documentation build/docs
+
+rustdoc: modules
+	tools/testing/rustdoc.sh
+
+# What a module in another tree needs to build against kmcl.
+DESTDIR ?= /usr/local/share/kmcl
+install-dev: modules
+	tools/testing/install-dev.sh $(DESTDIR)
 
 run:
 	tools/vm/demo.sh

@@ -16,7 +16,7 @@ die() { say "error: $*"; exit 1; }
 mkdir -p "$KMCL_CACHE"
 
 apt_pkgs=(bc bison flex libelf-dev libssl-dev cpio dwarves busybox-static
-	  qemu-system-x86 xz-utils python3 gnuplot-nox kmod)
+	  qemu-system-x86 xz-utils python3 gnuplot-nox kmod python3-sphinx)
 
 install_apt() {
 	local missing=()

@@ -11,5 +11,25 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 out="$KMCL_TOP/build/modules"
 mkdir -p "$out"
-make -C "$KMCL_KBUILD" M="$KMCL_TOP" MO="$out" BINDGEN="$KMCL_BINDGEN" \
-	CLIPPY=1 KRUSTFLAGS=-Dwarnings KCFLAGS=-Werror -j"$(nproc)" "$@" modules
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+kmake() {
+	make -C "$KMCL_KBUILD" BINDGEN="$KMCL_BINDGEN" CLIPPY=1 KRUSTFLAGS=-Dwarnings \
+		KCFLAGS=-Werror -j"$(nproc)" "$@" 2>&1 | tee -a "$log"
+	return "${PIPESTATUS[0]}"
+}
+
+# kmcl.ko and the samples.
+kmake M="$KMCL_TOP" MO="$out" modules
+
+# A consumer in another tree, against kmcl as installed for developers.
+"$KMCL_TOP/tools/testing/install-dev.sh" "$KMCL_TOP/build/kmcl-dev"
+mkdir -p "$KMCL_TOP/build/out-of-tree"
+kmake M="$KMCL_TOP/samples/out-of-tree" MO="$KMCL_TOP/build/out-of-tree" \
+	KMCL_DEV="$KMCL_TOP/build/kmcl-dev" modules
+
+# objtool and modpost only warn; here a warning fails the build.
+if grep -E '(^|: )warning:|WARNING:' "$log"; then
+	echo "build-modules: the build printed warnings" >&2
+	exit 1
+fi

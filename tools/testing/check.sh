@@ -21,6 +21,23 @@ step "kernel (cached by key in $KMCL_KBUILD)"
 step "modules (CLIPPY=1, warnings are errors)"
 "$here/build-modules.sh"
 
+step "module dependencies (modinfo)"
+dep_fail=0
+for ko in $("$here/module-list.sh"); do
+	case "$ko" in */kmcl.ko) continue ;; esac
+	deps=$(modinfo -F depends "$ko")
+	printf '  %s: depends: %s\n' "$(basename "$ko")" "$deps"
+	case ",$deps," in *,kmcl,*) ;; *) dep_fail=1 ;; esac
+done
+if [ "$dep_fail" != 0 ]; then
+	echo "a module built on kmcl does not depend on kmcl.ko" >&2
+	exit 1
+fi
+
+step "documentation (Sphinx and rustdoc, warnings are errors)"
+sphinx-build -q -W -b html "$top/Documentation" "$top/build/docs"
+"$here/rustdoc.sh"
+
 step "rustfmt --check"
 "$here/rustfmt.sh" --check
 

@@ -11,3 +11,4 @@ for m in kmcl samples/echo/echo_vsp samples/heartbeat/heartbeat_host \
 	 samples/echo/echo_vsc samples/heartbeat/hv_heartbeat; do
 	echo "$out/$m.ko"
 done
+echo "$top/build/out-of-tree/kmcl_hello.ko"

@@ -17,11 +17,8 @@ echo "kmcl-vm: boot ok, mode $mode"
 
 loaded=""
 for m in $(cat /kmcl/modules); do
-	params=
-	# The demo: kmcl connects a loopback client and echo server at load.
-	[ "$mode" = run ] && [ "$m" = kmcl ] && params=demo=1
-	echo "kmcl-vm: insmod $m $params"
-	if insmod "/kmcl/$m.ko" $params; then
+	echo "kmcl-vm: insmod $m"
+	if insmod "/kmcl/$m.ko"; then
 		loaded="$m $loaded"
 	else
 		echo "kmcl-vm: insmod $m failed"
@@ -29,6 +26,8 @@ for m in $(cat /kmcl/modules); do
 done
 
 if [ "$mode" = run ]; then
+	# Let the heartbeat exchange finish.
+	sleep 1
 	echo "kmcl-vm: modules loaded:"
 	grep -E '^(kmcl)' /proc/modules
 	if [ -d /sys/kernel/debug/kmcl ]; then

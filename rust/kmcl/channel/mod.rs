@@ -17,7 +17,7 @@
 //! ```
 //!
 //! The channel layer does not know which transport carries it: an open
-//! channel holds an [`Attachment`](crate::transport::Attachment), which
+//! channel holds a transport attachment, which
 //! provides the rings and signalling.
 
 use core::sync::atomic::{

@@ -5,7 +5,7 @@
 //! The channel layer (`crate::channel`) keeps the KMCL state machine, packet
 //! objects, transactions, quota and queues; a transport provides the two
 //! rings, signalling, and shared memory. An open channel holds an
-//! [`Attachment`]; a channel finds its peer through a [`Bus`].
+//! attachment; a channel finds its peer through a [`Bus`].
 
 use kernel::{
     prelude::*,
