@@ -18,7 +18,7 @@ export KMCL_KDIR := $(KDIR)
 endif
 
 .PHONY: all setup kernel modules fmt fmt-check host-test check run clean \
-	docs rustdoc install-dev
+	docs rustdoc install-dev bench
 
 all: modules
 
@@ -42,6 +42,10 @@ host-test:
 
 check:
 	tools/testing/check.sh
+
+# Raw ring against the API, in one VM boot; see Documentation/performance.rst.
+bench:
+	tools/bench/run.sh
 
 # The guide (Documentation/, Sphinx) and the API reference (rustdoc), both
 # with warnings as errors.

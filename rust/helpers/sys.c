@@ -66,6 +66,16 @@ void kmcl_sys_flush(void)
 	flush_workqueue(kmcl_bh_wq);
 }
 
+void kmcl_preempt_disable(void)
+{
+	preempt_disable();
+}
+
+void kmcl_preempt_enable(void)
+{
+	preempt_enable();
+}
+
 void kmcl_local_bh_disable(void)
 {
 	local_bh_disable();

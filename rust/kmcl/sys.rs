@@ -21,6 +21,8 @@ mod ffi {
         pub(super) fn kmcl_sys_wq() -> *mut bindings::workqueue_struct;
         pub(super) fn kmcl_sys_bh_wq() -> *mut bindings::workqueue_struct;
         pub(super) fn kmcl_sys_flush();
+        pub(super) fn kmcl_preempt_disable();
+        pub(super) fn kmcl_preempt_enable();
         pub(super) fn kmcl_local_bh_disable();
         pub(super) fn kmcl_local_bh_enable();
         pub(super) fn kmcl_in_serving_softirq() -> bool;
@@ -77,9 +79,22 @@ pub fn flush_work() {
     unsafe { ffi::kmcl_sys_flush() }
 }
 
-/// Runs `f` with bottom halves disabled: the atomic context in which kmcl
-/// calls completion routines when a send finishes in process context.
-pub(crate) fn with_bh_disabled<R>(f: impl FnOnce() -> R) -> R {
+/// Runs `f` with preemption disabled: the atomic context in which kmcl calls
+/// completion routines when a send finishes in the sender's thread. Unlike
+/// re-enabling bottom halves, re-enabling preemption does not run pending
+/// softirqs on the spot, so the peer's delivery is not forced to run after
+/// every single send and packets batch up.
+pub(crate) fn atomic<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: paired with the enable below.
+    unsafe { ffi::kmcl_preempt_disable() };
+    let r = f();
+    // SAFETY: paired with the disable above.
+    unsafe { ffi::kmcl_preempt_enable() };
+    r
+}
+
+/// Runs `f` with bottom halves disabled, as softirq-context code would run.
+pub fn with_bh_disabled<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: paired with the enable below.
     unsafe { ffi::kmcl_local_bh_disable() };
     let r = f();

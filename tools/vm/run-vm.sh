@@ -11,7 +11,7 @@ set -euo pipefail
 kernel=$1 initrd=$2 log=$3 mode=$4 limit=${5:-600}
 extra=
 # The demo shows kmcl at work; the KUnit suites run under make check.
-[ "$mode" = run ] && extra="kunit.enable=0"
+[ "$mode" != check ] && extra="kunit.enable=0"
 
 accel=tcg
 if [ "${KMCL_KVM:-0}" = 1 ] && [ -w /dev/kvm ]; then

@@ -101,7 +101,7 @@ pub trait SaveRestorePacket: Send + Sync {
 
 /// A completion routine (`EvtVmbPacketCompletionRoutine`).
 ///
-/// Called once per send, in softirq context (or with bottom halves disabled
+/// Called once per send, in softirq context (or with preemption disabled
 /// when the send finished in the sender's thread), with the packet back, the
 /// transaction's status and the peer's completion payload (empty unless the
 /// send waited for a completion). The packet may be freed, reused or resent.

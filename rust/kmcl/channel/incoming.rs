@@ -245,6 +245,10 @@ pub struct IncomingPacket {
     completion_requested: bool,
     external: bool,
     seq: u64,
+    /// Limits of the channel when the packet arrived, so that finishing it
+    /// needs no extra trip through the channel lock.
+    limits: Limits,
+    ctx_size: usize,
 }
 
 /// [`IncomingPacket::defer_to_passive`] was called outside ProcessPacket; the
@@ -282,7 +286,7 @@ impl IncomingPacket {
     /// The per-packet scratch area of the size set with
     /// [`Channel::init_set_client_context_size`], zeroed for each packet.
     pub fn context(&mut self) -> &mut [u8] {
-        let ctx = self.chan.inner.lock().rx.ctx_size;
+        let ctx = self.ctx_size;
         match &mut self.buf {
             Some(b) => {
                 let end = b.len();
@@ -300,8 +304,7 @@ impl IncomingPacket {
             return None;
         }
         let b = self.buf.as_ref()?;
-        let limits = self.chan.inner.lock().rx.limits;
-        match packet::parse(&b[..self.len], &limits).ok()?.kind {
+        match packet::parse(&b[..self.len], &self.limits).ok()?.kind {
             Kind::GpaDirect(ranges) => Some(ExternalData { ranges }),
             _ => None,
         }
@@ -380,7 +383,7 @@ impl IncomingPacket {
         let mut result = Ok(());
         let mut to_send = None;
         if let (Some(mut resp), true) = (response, self.completion_requested) {
-            let max = chan.inner.lock().rx.limits.max_payload as usize;
+            let max = self.limits.max_payload as usize;
             if resp.len() > max {
                 pr_err!(
                     "channel {}: completion payload larger than the maximum\n",
@@ -584,13 +587,19 @@ impl Channel {
         if batch > 0 {
             cb.processing_complete(self, batch);
         }
-        self.inner.lock().rx.delivering = false;
+        {
+            let mut g = self.inner.lock();
+            g.rx.current = 0;
+            g.rx.delivering = false;
+        }
         self.cond.notify_all();
     }
 
     /// Reads and handles one packet. `None`: go on.
     fn drain_one(&self, cb: &dyn super::callbacks::ProcessPacket, batch: &mut u32) -> Option<Stop> {
         let mut g = self.inner.lock();
+        // The previous packet's ProcessPacket has returned.
+        g.rx.current = 0;
         if !g.rx.enabled || g.rx.failed || g.state != State::Started {
             return Some(Stop::Blocked);
         }
@@ -682,8 +691,11 @@ impl Channel {
             completion_requested: desc.flags & packet::FLAG_COMPLETION_REQUESTED != 0,
             external,
             seq,
+            limits,
+            ctx_size: ctx,
         };
         cb.process_packet(self, pkt);
+        // From here on the packet can no longer be deferred.
         let mut g = self.inner.lock();
         if g.rx.current == seq {
             g.rx.current = 0;

@@ -426,6 +426,11 @@ impl Channel {
         self.pointer.load(Ordering::Relaxed)
     }
 
+    /// Signals this channel has sent its peer since it was allocated.
+    pub fn stats_signals_sent(&self) -> u64 {
+        self.stats.signals_sent.load(Ordering::Relaxed)
+    }
+
     /// The current lifecycle state.
     pub fn state(&self) -> State {
         self.inner.lock().state

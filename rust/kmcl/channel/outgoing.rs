@@ -440,7 +440,7 @@ impl Packet {
                     chan.signal_peer();
                 }
                 if let Some(Queued::Oneway(p)) = s.written {
-                    sys::with_bh_disabled(|| p.complete_routine(Ok(()), &[]));
+                    sys::atomic(|| p.complete_routine(Ok(()), &[]));
                 }
                 Ok(())
             }
@@ -903,7 +903,7 @@ impl Channel {
                         self.signal_peer();
                     }
                     if let Some(p) = finish {
-                        sys::with_bh_disabled(|| p.complete_routine(Ok(()), &[]));
+                        sys::atomic(|| p.complete_routine(Ok(()), &[]));
                     }
                 }
                 Err(WriteError::Full(_)) => return,
@@ -1016,7 +1016,7 @@ impl Channel {
             };
             drop(g);
             if let Some(p) = p {
-                sys::with_bh_disabled(|| p.complete_routine(Err(status), &[]));
+                sys::atomic(|| p.complete_routine(Err(status), &[]));
             }
         }
         self.cond.notify_all();

@@ -134,49 +134,45 @@ impl RingMemory {
             .store(FEAT_PENDING_SEND_SZ, Ordering::Release);
     }
 
-    /// Reads `dst.len()` bytes (a multiple of 8) starting at data offset `off`
-    /// (a multiple of 8 below `size`), wrapping at the end of the data area.
-    fn copy_out(&self, mut off: u32, dst: &mut [u8]) {
-        debug_assert!(off < self.size && off % 8 == 0 && dst.len() % 8 == 0);
-        for chunk in dst.chunks_exact_mut(8) {
-            // SAFETY: `off < size` and 8-aligned, so 8 bytes at `data + off` are in
-            // the data area by the invariant.
-            let v = unsafe {
-                self.data
-                    .as_ptr()
-                    .add(off as usize)
-                    .cast::<u64>()
-                    .read_volatile()
-            };
-            chunk.copy_from_slice(&v.to_ne_bytes());
-            off += 8;
-            if off == self.size {
-                off = 0;
-            }
+    /// Reads `dst.len()` bytes (a multiple of 8, at most `size`) starting at
+    /// data offset `off` (a multiple of 8 below `size`), wrapping at the end
+    /// of the data area.
+    ///
+    /// The bytes are copied with `copy_nonoverlapping`, in at most two pieces.
+    /// A peer that writes them concurrently can only make the copy hold
+    /// garbage, which the caller checks before using (see
+    /// `RingReader::read`); the copy itself stays within the data area.
+    fn copy_out(&self, off: u32, dst: &mut [u8]) {
+        debug_assert!(off < self.size && off % 8 == 0 && dst.len() <= self.size as usize);
+        let first = dst.len().min((self.size - off) as usize);
+        // SAFETY: `off + first <= size` and `dst.len() - first <= off`, so both
+        // pieces lie in the data area, valid by the type invariant; `dst` is a
+        // distinct, private buffer.
+        unsafe {
+            let base = self.data.as_ptr();
+            core::ptr::copy_nonoverlapping(base.add(off as usize), dst.as_mut_ptr(), first);
+            core::ptr::copy_nonoverlapping(base, dst.as_mut_ptr().add(first), dst.len() - first);
         }
     }
 
-    /// Writes `src` (a multiple of 8 bytes long) at data offset `off` (a
-    /// multiple of 8 below `size`), wrapping; returns the offset after it.
-    fn copy_in(&self, mut off: u32, src: &[u8]) -> u32 {
-        debug_assert!(off < self.size && off % 8 == 0 && src.len() % 8 == 0);
-        for chunk in src.chunks_exact(8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            // SAFETY: as in `copy_out`.
-            unsafe {
-                self.data
-                    .as_ptr()
-                    .add(off as usize)
-                    .cast::<u64>()
-                    .write_volatile(u64::from_ne_bytes(w))
-            };
-            off += 8;
-            if off == self.size {
-                off = 0;
-            }
+    /// Writes `src` (a multiple of 8 bytes, at most `size`) at data offset
+    /// `off` (a multiple of 8 below `size`), wrapping; returns the offset
+    /// after it.
+    fn copy_in(&self, off: u32, src: &[u8]) -> u32 {
+        debug_assert!(off < self.size && off % 8 == 0 && src.len() <= self.size as usize);
+        let first = src.len().min((self.size - off) as usize);
+        // SAFETY: as in `copy_out`, with the roles of the buffers swapped.
+        unsafe {
+            let base = self.data.as_ptr();
+            core::ptr::copy_nonoverlapping(src.as_ptr(), base.add(off as usize), first);
+            core::ptr::copy_nonoverlapping(src.as_ptr().add(first), base, src.len() - first);
         }
-        off
+        let end = off as usize + src.len();
+        if end >= self.size as usize {
+            (end - self.size as usize) as u32
+        } else {
+            end as u32
+        }
     }
 
     /// Reads a peer-owned index once and checks it.
