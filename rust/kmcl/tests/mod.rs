@@ -8,6 +8,7 @@ mod harness;
 mod channel;
 mod gpadl;
 mod guid;
+mod hostile;
 mod receive;
 mod send;
 mod server;

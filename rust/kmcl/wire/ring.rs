@@ -416,7 +416,9 @@ impl RingReader {
             return false;
         }
         let pending = self.mem.ctl(PENDING_SEND_SZ).load(Ordering::Relaxed);
-        if pending == 0 || pending > self.mem.size {
+        // 0: not waiting. A writer can never need the whole ring (a write
+        // leaves free space behind), so a size at or beyond it is bogus.
+        if pending == 0 || pending >= self.mem.size {
             return false;
         }
         let Ok(write) = self.mem.load_index(WRITE_INDEX) else {
