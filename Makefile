@@ -18,7 +18,7 @@ export KMCL_KDIR := $(KDIR)
 endif
 
 .PHONY: all setup kernel modules fmt fmt-check host-test check run clean \
-	docs rustdoc install-dev bench
+	docs rustdoc install-dev bench stress fuzz
 
 all: modules
 
@@ -46,6 +46,10 @@ check:
 # Raw ring against the API, in one VM boot; see Documentation/performance.rst.
 bench:
 	tools/bench/run.sh
+
+# 1 000 000 packets, both directions, both CPUs (STRESS_PACKETS to change).
+stress:
+	tools/stress/run.sh
 
 # The guide (Documentation/, Sphinx) and the API reference (rustdoc), both
 # with warnings as errors.

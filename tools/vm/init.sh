@@ -17,8 +17,10 @@ echo "kmcl-vm: boot ok, mode $mode"
 
 loaded=""
 for m in $(cat /kmcl/modules); do
-	echo "kmcl-vm: insmod $m"
-	if insmod "/kmcl/$m.ko"; then
+	# Parameters for a module: a line "module: params" in /kmcl/params.
+	params=$(sed -n "s/^$m: //p" /kmcl/params 2>/dev/null)
+	echo "kmcl-vm: insmod $m $params"
+	if insmod "/kmcl/$m.ko" $params; then
 		loaded="$m $loaded"
 	else
 		echo "kmcl-vm: insmod $m failed"

@@ -4,7 +4,8 @@
 # mkinitramfs.sh OUT.cpio.gz MODULE.ko...
 #
 # Packs busybox, tools/vm/init.sh and the given modules (loaded in the order
-# given) into a gzipped initramfs.
+# given) into a gzipped initramfs. KMCL_MODULE_PARAMS, if set, holds lines
+# "module: parameters" for the modules' insmod.
 
 set -euo pipefail
 out=$1
@@ -22,6 +23,7 @@ cp "$busybox" "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 install -m 0755 "$here/init.sh" "$root/init"
 : >"$root/kmcl/modules"
+printf '%s\n' "${KMCL_MODULE_PARAMS:-}" >"$root/kmcl/params"
 for ko in "$@"; do
 	cp "$ko" "$root/kmcl/"
 	basename "$ko" .ko >>"$root/kmcl/modules"

@@ -124,12 +124,21 @@ impl RxState {
     }
 
     /// Releases packets still waiting for process context after a teardown.
+    ///
+    /// The peer gets no completion for them: the channel is closing.
     pub(crate) fn drop_deferred(&mut self) {
         while let Some(mut p) = self.deferred.pop() {
             if let Some(buf) = p.buf.take() {
                 let _ = self.free.push_within_capacity(buf);
             }
+            self.outstanding = self.outstanding.saturating_sub(1);
         }
+    }
+
+    /// Packets the driver holds: delivered, not finished, and not waiting in
+    /// kmcl's deferred queue.
+    pub(crate) fn held_by_driver(&self) -> u32 {
+        self.outstanding - self.deferred.len() as u32
     }
 
     pub(crate) fn take_buf(&mut self) -> Option<KVec<u8>> {
@@ -519,8 +528,12 @@ impl Channel {
     }
 
     /// Waits until the driver has finished every packet it was given.
+    ///
+    /// Packets deferred to process context are kmcl's, not the driver's: they
+    /// stay queued across a pause and are redelivered after Start, or
+    /// dropped by a teardown.
     pub(crate) fn wait_incoming_finished(&self) {
-        self.wait_until(|g| g.rx.outstanding == 0 && !g.rx.delivering);
+        self.wait_until(|g| g.rx.held_by_driver() == 0 && !g.rx.delivering);
     }
 
     /// Drains the incoming ring: completions are matched to their sends,

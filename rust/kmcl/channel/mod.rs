@@ -431,6 +431,16 @@ impl Channel {
         self.stats.signals_sent.load(Ordering::Relaxed)
     }
 
+    /// Times delivery stalled on the quota or on incoming slots.
+    pub fn stats_quota_stalls(&self) -> u64 {
+        self.stats.quota_stalls.load(Ordering::Relaxed)
+    }
+
+    /// Times a write found the ring full.
+    pub fn stats_ring_full(&self) -> u64 {
+        self.stats.ring_full.load(Ordering::Relaxed)
+    }
+
     /// The current lifecycle state.
     pub fn state(&self) -> State {
         self.inner.lock().state

@@ -164,6 +164,26 @@ mod tests {
     }
 
     #[test]
+    fn pause_leaves_deferred_packets_for_after_start() -> Result {
+        let p = Pair::connected()?;
+        p.srec.mode.store(mode::DEFER, Ordering::Relaxed);
+        // Keep process context busy so the deferred packet stays queued:
+        // pause right after it is deferred.
+        p.server.set_incoming_processing_at_passive(false);
+        harness::send(&p.client, b"later", false)?;
+        assert!(wait_for(2000, || received(&p) >= 1));
+        // Pause returns although kmcl may still hold the deferred packet.
+        p.server.pause()?;
+        p.server.start()?;
+        assert!(wait_for(2000, || p
+            .srec
+            .deferred_then_seen
+            .load(Ordering::Relaxed)
+            == 1));
+        Ok(())
+    }
+
+    #[test]
     fn defer_outside_process_packet_is_refused() -> Result {
         let p = Pair::connected()?;
         p.srec.mode.store(mode::HOLD, Ordering::Relaxed);
