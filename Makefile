@@ -51,6 +51,11 @@ bench:
 stress:
 	tools/stress/run.sh
 
+# libFuzzer on the ring, packet and saved-state decoders, FUZZ_SECONDS per
+# target (default 600).
+fuzz:
+	tools/fuzz/run.sh
+
 # The guide (Documentation/, Sphinx) and the API reference (rustdoc), both
 # with warnings as errors.
 docs:
