@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
             let mut n = 0;
             for r in ranges.iter() {
                 assert!(r.byte_count > 0 && r.byte_offset < 4096);
-                assert_eq!(r.pfn_count() as u64, packet::pages_spanned(r.byte_offset, r.byte_count));
+                assert_eq!(
+                    r.pfn_count() as u64,
+                    packet::pages_spanned(r.byte_offset, r.byte_count)
+                );
                 for i in 0..r.pfn_count() {
                     assert!(r.pfn(i).is_some());
                 }

@@ -38,7 +38,12 @@ fuzz_target!(|data: &[u8]| {
     let d = area.as_mut_ptr().cast::<u8>();
     // SAFETY: as above; every view is dropped before the vectors.
     let mem = || unsafe {
-        RingMemory::new(NonNull::new(c).unwrap(), NonNull::new(d).unwrap(), size as u32).unwrap()
+        RingMemory::new(
+            NonNull::new(c).unwrap(),
+            NonNull::new(d).unwrap(),
+            size as u32,
+        )
+        .unwrap()
     };
     let buflen = 16 + (data[0] as usize) * 16;
     let mut buf = vec![0u8; buflen];
