@@ -338,11 +338,11 @@ impl IncomingPacket {
     /// carries the request's transaction id, and no completion packet. This
     /// is how Hyper-V's integration-component protocols (heartbeat,
     /// shutdown, time sync, KVP) answer the host. A kmcl addition.
+    ///
+    /// Like a completion, the reply is queued when the ring is full and sent
+    /// in order when space frees; it is never lost.
     pub fn reply_inband(mut self, reply: &[u8]) -> Result {
-        let r = self.channel().send_raw_inband(reply, self.trans_id);
-        self.completion_requested = false;
-        let _ = self.finish_with(Some(&[]));
-        r
+        self.finish_as(packet::TYPE_DATA_INBAND, Some(reply))
     }
 
     /// Fails the packet as malformed (`VmbChannelPacketFail`): no completion
@@ -385,25 +385,35 @@ impl IncomingPacket {
     /// Sends the completion if requested (with `response`, or none for a
     /// failed packet), returns the buffer, and updates the accounting.
     fn finish_with(&mut self, response: Option<&[u8]>) -> Result {
+        let response = if self.completion_requested {
+            response
+        } else {
+            None
+        };
+        self.finish_as(packet::TYPE_COMPLETION, response)
+    }
+
+    /// Finishes the packet; with `response`, first sends it as a packet of
+    /// type `ty` that carries the packet's transaction id, in the packet's own
+    /// buffer (queued behind earlier sends when the ring is full).
+    fn finish_as(&mut self, ty: u16, response: Option<&[u8]>) -> Result {
         let Some(mut buf) = self.buf.take() else {
             return Ok(());
         };
         let chan = self.chan.clone();
         let mut result = Ok(());
         let mut to_send = None;
-        if let (Some(mut resp), true) = (response, self.completion_requested) {
+        if let Some(mut resp) = response {
             let max = self.limits.max_payload as usize;
             if resp.len() > max {
                 pr_err!(
-                    "channel {}: completion payload larger than the maximum\n",
+                    "channel {}: completion or reply larger than the maximum\n",
                     chan.id()
                 );
                 result = Err(EINVAL);
                 resp = &[];
             }
-            if let Some(d) =
-                packet::encode_simple(packet::TYPE_COMPLETION, 0, self.trans_id, resp.len())
-            {
+            if let Some(d) = packet::encode_simple(ty, 0, self.trans_id, resp.len()) {
                 let n = d.len8 as usize * 8;
                 buf[..16].copy_from_slice(&d.encode());
                 buf[16..16 + resp.len()].copy_from_slice(resp);
@@ -435,7 +445,11 @@ impl IncomingPacket {
                         Err((_, Queued::Completion(b, _))) => g.rx.put_buf(b),
                         Err(_) => {}
                     }
-                    chan.stats.completions_sent.fetch_add(1, Ordering::Relaxed);
+                    if ty == packet::TYPE_COMPLETION {
+                        chan.stats.completions_sent.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        chan.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 _ => g.rx.put_buf(buf),
             }

@@ -60,6 +60,8 @@ pub(crate) mod mode {
     pub(crate) const FAIL: u32 = 4;
     /// Drop it unfinished.
     pub(crate) const DROP: u32 = 5;
+    /// Answer with an in-band reply carrying its payload and id.
+    pub(crate) const REPLY: u32 = 6;
 }
 
 /// A recorded state callback.
@@ -258,6 +260,10 @@ impl ProcessPacket for Recorder {
             }
             mode::FAIL => packet.fail(),
             mode::DROP => drop(packet),
+            mode::REPLY => {
+                let d = self.last_payload();
+                let _ = packet.reply_inband(&d);
+            }
             _ => {
                 let d = self.last_payload();
                 let _ = packet.complete(&d);

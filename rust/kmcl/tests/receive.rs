@@ -324,6 +324,44 @@ mod tests {
     }
 
     #[test]
+    fn inband_replies_queue_behind_a_full_ring_and_keep_order() -> Result {
+        let mut p = Pair::new(|ch| {
+            if ch.endpoint() == crate::channel::Endpoint::Client {
+                ch.init_set_ring_buffer_page_count(2)?;
+            }
+            ch.init_set_packet_pool_size(100)
+        })?;
+        p.up()?;
+        p.crec.mode.store(mode::REPLY, Ordering::Relaxed);
+        p.server.pause()?;
+        // Fill the client's ring: these queue once it is full.
+        let mut n = 0u64;
+        while p.client.stats.ring_full.load(Ordering::Relaxed) == 0 && n < 50 {
+            n += 1;
+            harness::send(&p.client, &n.to_le_bytes(), false)?;
+        }
+        // Requests from the server, answered in-band by the client while its
+        // ring is full: the replies queue behind the packets above.
+        for i in 1..=3u64 {
+            p.server
+                .send_inband_with_transaction_id(&(1000 + i).to_le_bytes(), i)?;
+        }
+        assert!(wait_for(2000, || p.crec.received.load(Ordering::Relaxed) == 3));
+        p.server.start()?;
+        assert!(wait_for(3000, || received(&p) == n as u32 + 3));
+        let heads = p.srec.heads();
+        for (i, h) in heads.iter().enumerate() {
+            let want = if (i as u64) < n {
+                i as u64 + 1
+            } else {
+                1000 + i as u64 - n + 1
+            };
+            assert_eq!(*h, want);
+        }
+        Ok(())
+    }
+
+    #[test]
     fn payload_of_maximum_size_is_delivered_whole() -> Result {
         let mut p = Pair::new(|ch| ch.init_set_maximum_packet_size(3000))?;
         p.up()?;
