@@ -1,0 +1,429 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! kmcl's ring code against Linux's own VMBus ring code.
+//!
+//! A `vmbus_channel` is built in memory (`rust/helpers/hv_test.c`) and
+//! driven by `vmbus_sendpacket_getid()`, the `hv_pkt_iter_*()` functions and
+//! the requestor, as `hv_vmbus` drives a real channel. The test plays the
+//! Hyper-V host on the other end of the same rings with kmcl's
+//! `RingReader`/`RingWriter` and packet parser. Byte for byte, both sides
+//! must agree on the ring format, the signalling rules and flow control.
+
+use core::ptr::NonNull;
+
+use kernel::prelude::*;
+
+use crate::wire::{
+    packet::{
+        self,
+        Descriptor,
+        Kind,
+        Limits, //
+    },
+    ring::{
+        RingError,
+        RingMemory,
+        RingReader,
+        RingWriter, //
+    },
+};
+
+mod ffi {
+    use kernel::prelude::*;
+
+    use crate::vmbus::ffi::VmbusChannel;
+
+    extern "C" {
+        pub(super) fn kmcl_hv_test_channel_new(
+            pages: u32,
+            max_pkt: u32,
+            rqstor: u32,
+        ) -> *mut VmbusChannel;
+        pub(super) fn kmcl_hv_test_channel_free(c: *mut VmbusChannel);
+        pub(super) fn kmcl_hv_test_ring(
+            c: *mut VmbusChannel,
+            inbound: c_int,
+            control: *mut *mut c_void,
+            data: *mut *mut c_void,
+            size: *mut u32,
+        );
+        pub(super) fn kmcl_hv_test_sig_events(c: *mut VmbusChannel) -> u64;
+        pub(super) fn kmcl_hv_sendpacket(
+            c: *mut VmbusChannel,
+            buf: *mut c_void,
+            len: u32,
+            requestid: u64,
+            trans_id: *mut u64,
+            ty: u16,
+            flags: u32,
+        ) -> c_int;
+        pub(super) fn kmcl_hv_recvpacket(c: *mut VmbusChannel, buf: *mut c_void, len: u32)
+            -> c_int;
+        pub(super) fn kmcl_hv_recv_close(c: *mut VmbusChannel);
+        pub(super) fn kmcl_hv_request_addr(c: *mut VmbusChannel, trans_id: u64) -> u64;
+    }
+}
+
+const RING_PAGES: u32 = 4;
+const DATA_SIZE: u32 = (RING_PAGES - 1) * 4096;
+const MAX_PKT: u32 = 4096;
+const RQSTOR: u32 = 16;
+const RQST_ERROR: u64 = u64::MAX - 1;
+
+const LIMITS: Limits = Limits {
+    max_payload: MAX_PKT,
+    max_ranges: 4,
+    max_external_bytes: 16 * 4096,
+};
+
+/// A test-built channel; freed on drop.
+///
+/// # Invariants
+///
+/// `c` comes from `kmcl_hv_test_channel_new` and is freed only in `drop`.
+struct TestChannel {
+    c: *mut crate::vmbus::ffi::VmbusChannel,
+}
+
+impl TestChannel {
+    fn new() -> Result<Self> {
+        // SAFETY: a plain constructor; null on failure.
+        let c = unsafe { ffi::kmcl_hv_test_channel_new(RING_PAGES, MAX_PKT, RQSTOR) };
+        if c.is_null() {
+            return Err(ENOMEM);
+        }
+        Ok(Self { c })
+    }
+
+    /// The guest-to-host ring (`inbound == false`) or the host-to-guest one.
+    fn ring(&self, inbound: bool) -> Result<RingMemory> {
+        let (mut control, mut data, mut size) =
+            (core::ptr::null_mut(), core::ptr::null_mut(), 0u32);
+        // SAFETY: `c` is live by the invariant; the out-pointers are valid.
+        unsafe {
+            ffi::kmcl_hv_test_ring(self.c, inbound.into(), &mut control, &mut data, &mut size)
+        };
+        // SAFETY: the rings live as long as the channel, which outlives every
+        // view a test makes (the views are dropped before `self`).
+        unsafe {
+            RingMemory::new(
+                NonNull::new(control.cast()).ok_or(EINVAL)?,
+                NonNull::new(data.cast()).ok_or(EINVAL)?,
+                size,
+            )
+        }
+        .ok_or(EINVAL)
+    }
+
+    /// `vmbus_sendpacket_getid()`: returns the transaction id on the wire.
+    fn send(&self, data: &[u8], requestid: u64, ty: u16, flags: u32) -> Result<u64> {
+        let mut buf = KVec::new();
+        buf.extend_from_slice(data, GFP_KERNEL)?;
+        let mut id = 0u64;
+        // SAFETY: `c` is live; `buf` holds `len` bytes; `id` is writable.
+        let r = unsafe {
+            ffi::kmcl_hv_sendpacket(
+                self.c,
+                buf.as_mut_ptr().cast(),
+                buf.len() as u32,
+                requestid,
+                &mut id,
+                ty,
+                flags,
+            )
+        };
+        kernel::error::to_result(r)?;
+        Ok(id)
+    }
+
+    /// The next packet through `hv_pkt_iter_first()`/`__hv_pkt_iter_next()`.
+    fn recv(&self, buf: &mut [u8]) -> Result<Option<usize>> {
+        // SAFETY: `c` is live; `buf` is writable for its length.
+        let n =
+            unsafe { ffi::kmcl_hv_recvpacket(self.c, buf.as_mut_ptr().cast(), buf.len() as u32) };
+        kernel::error::to_result(n.min(0))?;
+        Ok((n > 0).then_some(n as usize))
+    }
+
+    fn recv_close(&self) {
+        // SAFETY: `c` is live.
+        unsafe { ffi::kmcl_hv_recv_close(self.c) }
+    }
+
+    fn sig_events(&self) -> u64 {
+        // SAFETY: `c` is live.
+        unsafe { ffi::kmcl_hv_test_sig_events(self.c) }
+    }
+
+    fn request_addr(&self, id: u64) -> u64 {
+        // SAFETY: `c` is live.
+        unsafe { ffi::kmcl_hv_request_addr(self.c, id) }
+    }
+}
+
+impl Drop for TestChannel {
+    fn drop(&mut self) {
+        // SAFETY: by the invariant, `c` is live and freed only here.
+        unsafe { ffi::kmcl_hv_test_channel_free(self.c) }
+    }
+}
+
+/// An in-band packet as kmcl encodes it.
+fn inband(trans_id: u64, flags: u16, payload: &[u8]) -> Result<KVec<u8>> {
+    let d = packet::encode_simple(packet::TYPE_DATA_INBAND, flags, trans_id, payload.len())
+        .ok_or(EINVAL)?;
+    let mut v = KVec::new();
+    v.extend_from_slice(&d.encode(), GFP_KERNEL)?;
+    v.extend_from_slice(payload, GFP_KERNEL)?;
+    v.resize(d.len8 as usize * 8, 0, GFP_KERNEL)?;
+    Ok(v)
+}
+
+const VM_PKT_DATA_INBAND: u16 = 6;
+const VM_PKT_COMP: u16 = 11;
+const COMPLETION_REQUESTED: u32 = 1;
+
+#[kunit_tests(kmcl_hv_interop)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linux_send_is_read_by_kmcl() -> Result {
+        let ch = TestChannel::new()?;
+        let mut host = RingReader::new(ch.ring(false)?).map_err(|_| EIO)?;
+        let id = ch.send(b"from linux", 0x77, VM_PKT_DATA_INBAND, 0)?;
+        assert_eq!(id, 0x77);
+        let mut buf = [0u8; 256];
+        let n = host.read(&mut buf).map_err(|_| EIO)?.ok_or(EIO)?;
+        let p = packet::parse(&buf[..n], &LIMITS).map_err(|_| EIO)?;
+        assert_eq!(p.kind, Kind::InBand);
+        assert_eq!(p.desc.trans_id, 0x77);
+        assert_eq!(&p.payload[..10], b"from linux");
+        assert_eq!(p.payload.len(), 16);
+        Ok(())
+    }
+
+    #[test]
+    fn linux_requestor_ids_requests_that_want_a_completion() -> Result {
+        let ch = TestChannel::new()?;
+        let mut host = RingReader::new(ch.ring(false)?).map_err(|_| EIO)?;
+        let a = ch.send(b"one", 0xaaaa, VM_PKT_DATA_INBAND, COMPLETION_REQUESTED)?;
+        let b = ch.send(b"two", 0xbbbb, VM_PKT_DATA_INBAND, COMPLETION_REQUESTED)?;
+        // The requestor hands out small ids (never 0) and remembers ours.
+        assert_eq!((a, b), (1, 2));
+        let mut buf = [0u8; 64];
+        for want in [a, b] {
+            let n = host.read(&mut buf).map_err(|_| EIO)?.ok_or(EIO)?;
+            let p = packet::parse(&buf[..n], &LIMITS).map_err(|_| EIO)?;
+            assert!(p.completion_requested());
+            assert_eq!(p.desc.trans_id, want);
+        }
+        assert_eq!(ch.request_addr(a), 0xaaaa);
+        Ok(())
+    }
+
+    #[test]
+    fn linux_requestor_refuses_forged_and_duplicate_ids() -> Result {
+        let ch = TestChannel::new()?;
+        let id = ch.send(b"req", 0x1234, VM_PKT_DATA_INBAND, COMPLETION_REQUESTED)?;
+        assert_eq!(ch.request_addr(0), RQST_ERROR);
+        assert_eq!(ch.request_addr(u64::from(RQSTOR) + 5), RQST_ERROR);
+        assert_eq!(ch.request_addr(id + 1), RQST_ERROR);
+        assert_eq!(ch.request_addr(id), 0x1234);
+        // Completed once; a replay is refused.
+        assert_eq!(ch.request_addr(id), RQST_ERROR);
+        Ok(())
+    }
+
+    #[test]
+    fn linux_completion_packet_is_parsed_by_kmcl() -> Result {
+        let ch = TestChannel::new()?;
+        let mut host = RingReader::new(ch.ring(false)?).map_err(|_| EIO)?;
+        ch.send(b"done", 0x5555_0000_0001, VM_PKT_COMP, 0)?;
+        let mut buf = [0u8; 64];
+        let n = host.read(&mut buf).map_err(|_| EIO)?.ok_or(EIO)?;
+        let p = packet::parse(&buf[..n], &LIMITS).map_err(|_| EIO)?;
+        assert_eq!(p.kind, Kind::Completion);
+        assert_eq!(p.desc.trans_id, 0x5555_0000_0001);
+        Ok(())
+    }
+
+    #[test]
+    fn kmcl_writes_are_read_by_hv_pkt_iter() -> Result {
+        let ch = TestChannel::new()?;
+        let mut host = RingWriter::new(ch.ring(true)?).map_err(|_| EIO)?;
+        let pkt = inband(9, 1, b"from the host")?;
+        let _ = host.write(&[&pkt]).map_err(|_| EIO)?;
+        let mut buf = [0u8; 256];
+        let n = ch.recv(&mut buf)?.ok_or(EIO)?;
+        assert_eq!(&buf[..n], &pkt[..]);
+        assert_eq!(ch.recv(&mut buf)?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn both_sides_agree_across_the_wrap() -> Result {
+        let ch = TestChannel::new()?;
+        let mut host_w = RingWriter::new(ch.ring(true)?).map_err(|_| EIO)?;
+        let mut host_r = RingReader::new(ch.ring(false)?).map_err(|_| EIO)?;
+        let mut buf = KVec::from_elem(0u8, 4096, GFP_KERNEL)?;
+        // Enough traffic to wrap both 12 KiB rings several times.
+        for i in 0..200u64 {
+            let len = (i as usize * 37) % 1500;
+            let payload = KVec::from_elem((i % 251) as u8, len, GFP_KERNEL)?;
+            // Host to guest: kmcl writes, Linux reads.
+            let pkt = inband(i, 0, &payload)?;
+            let _ = host_w.write(&[&pkt]).map_err(|_| EIO)?;
+            let n = ch.recv(&mut buf)?.ok_or(EIO)?;
+            assert_eq!(&buf[..n], &pkt[..]);
+            ch.recv_close();
+            // Guest to host: Linux writes, kmcl reads.
+            let id = ch.send(&payload, i, VM_PKT_DATA_INBAND, 0)?;
+            assert_eq!(id, i);
+            let n = host_r.read(&mut buf).map_err(|_| EIO)?.ok_or(EIO)?;
+            let p = packet::parse(&buf[..n], &LIMITS).map_err(|_| EIO)?;
+            assert_eq!(&p.payload[..len], &payload[..]);
+            let _ = host_r.commit();
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn hv_pkt_iter_close_returns_space_to_the_kmcl_writer() -> Result {
+        let ch = TestChannel::new()?;
+        let mut host = RingWriter::new(ch.ring(true)?).map_err(|_| EIO)?;
+        let pkt = inband(1, 0, &[0u8; 1000])?;
+        let mut written = 0;
+        while host.write(&[&pkt]).is_ok() {
+            written += 1;
+        }
+        assert!(written > 5);
+        let before = host.free().map_err(|_| EIO)?;
+        let mut buf = KVec::from_elem(0u8, 2048, GFP_KERNEL)?;
+        // Read without closing: the read index is private to Linux until
+        // hv_pkt_iter_close() publishes it.
+        for _ in 0..3 {
+            ch.recv(&mut buf)?.ok_or(EIO)?;
+        }
+        assert_eq!(host.free().map_err(|_| EIO)?, before);
+        ch.recv_close();
+        assert_eq!(
+            host.free().map_err(|_| EIO)?,
+            before + 3 * (pkt.len() as u32 + 8)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn linux_never_fills_the_ring_completely_either() -> Result {
+        let ch = TestChannel::new()?;
+        let host = RingReader::new(ch.ring(false)?).map_err(|_| EIO)?;
+        let payload = [0u8; 488]; // 16 + 488 + 8 = 512 bytes a packet
+        let mut n = 0u32;
+        loop {
+            match ch.send(&payload, 0, VM_PKT_DATA_INBAND, 0) {
+                Ok(_) => n += 1,
+                Err(e) => {
+                    assert_eq!(e, EAGAIN);
+                    break;
+                }
+            }
+        }
+        // 12 KiB holds 24 such packets exactly; one must stay unwritten.
+        assert_eq!(n, DATA_SIZE / 512 - 1);
+        assert_eq!(host.available().map_err(|_| EIO)?, n * 512);
+        Ok(())
+    }
+
+    #[test]
+    fn linux_signals_on_empty_to_non_empty_only() -> Result {
+        let ch = TestChannel::new()?;
+        let mut host = RingReader::new(ch.ring(false)?).map_err(|_| EIO)?;
+        let s0 = ch.sig_events();
+        ch.send(b"first", 0, VM_PKT_DATA_INBAND, 0)?;
+        assert_eq!(ch.sig_events(), s0 + 1);
+        ch.send(b"second", 0, VM_PKT_DATA_INBAND, 0)?;
+        assert_eq!(ch.sig_events(), s0 + 1);
+        // The host drains and publishes: the next write signals again.
+        let mut buf = [0u8; 64];
+        while host.read(&mut buf).map_err(|_| EIO)?.is_some() {}
+        let _ = host.commit();
+        ch.send(b"third", 0, VM_PKT_DATA_INBAND, 0)?;
+        assert_eq!(ch.sig_events(), s0 + 2);
+        Ok(())
+    }
+
+    #[test]
+    fn linux_respects_the_kmcl_interrupt_mask() -> Result {
+        let ch = TestChannel::new()?;
+        let host = RingReader::new(ch.ring(false)?).map_err(|_| EIO)?;
+        host.begin_read();
+        let s0 = ch.sig_events();
+        ch.send(b"masked", 0, VM_PKT_DATA_INBAND, 0)?;
+        assert_eq!(ch.sig_events(), s0);
+        // Unmasking reports the data that came meanwhile.
+        assert_eq!(host.end_read(), Ok(true));
+        Ok(())
+    }
+
+    #[test]
+    fn kmcl_writer_signals_as_linux_expects() -> Result {
+        let ch = TestChannel::new()?;
+        let mut host = RingWriter::new(ch.ring(true)?).map_err(|_| EIO)?;
+        let pkt = inband(1, 0, b"x")?;
+        assert!(host.write(&[&pkt]).map_err(|_| EIO)?.signal);
+        assert!(!host.write(&[&pkt]).map_err(|_| EIO)?.signal);
+        let mut buf = [0u8; 64];
+        while ch.recv(&mut buf)?.is_some() {}
+        ch.recv_close();
+        assert!(host.write(&[&pkt]).map_err(|_| EIO)?.signal);
+        Ok(())
+    }
+
+    #[test]
+    fn linux_reader_signals_the_kmcl_writer_on_pending_send_size() -> Result {
+        let ch = TestChannel::new()?;
+        let mut host = RingWriter::new(ch.ring(true)?).map_err(|_| EIO)?;
+        let pkt = inband(1, 0, &[0u8; 1000])?;
+        let needed = loop {
+            match host.write(&[&pkt]) {
+                Ok(_) => {}
+                Err(RingError::Full { needed }) => break needed,
+                Err(_) => return Err(EIO),
+            }
+        };
+        host.set_pending_send_size(needed);
+        let s0 = ch.sig_events();
+        let mut buf = KVec::from_elem(0u8, 2048, GFP_KERNEL)?;
+        ch.recv(&mut buf)?.ok_or(EIO)?;
+        ch.recv_close();
+        // Reading one packet made room for it: Linux signalled the host.
+        assert_eq!(ch.sig_events(), s0 + 1);
+        host.set_pending_send_size(0);
+        let _ = host.write(&[&pkt]).map_err(|_| EIO)?;
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_lengths_linux_repairs_kmcl_refuses() -> Result {
+        let ch = TestChannel::new()?;
+        let mut host = RingWriter::new(ch.ring(true)?).map_err(|_| EIO)?;
+        let mut pkt = inband(1, 0, &[0u8; 16])?;
+        let mut d = Descriptor::decode(pkt[..16].try_into().map_err(|_| EINVAL)?);
+        d.len8 = 1000;
+        pkt[..16].copy_from_slice(&d.encode());
+        let _ = host.write(&[&pkt]).map_err(|_| EIO)?;
+        // kmcl's reader refuses a length beyond what is in the ring ...
+        let mut reader = RingReader::new(ch.ring(true)?).map_err(|_| EIO)?;
+        let mut buf = KVec::from_elem(0u8, 8192, GFP_KERNEL)?;
+        assert_eq!(reader.read(&mut buf), Err(RingError::BadPacket));
+        // ... while Linux clamps it to what is there and hands it on, so the
+        // hv transport must check what hv_pkt_iter gives it, too.
+        let n = ch.recv(&mut buf)?.ok_or(EIO)?;
+        assert!(n < 1000 * 8);
+        let mut head = [0u8; 16];
+        head.copy_from_slice(&buf[..16]);
+        assert_eq!(Descriptor::decode(&head).len8 as usize * 8, n);
+        Ok(())
+    }
+}
