@@ -137,33 +137,3 @@ u64 kmcl_hv_test_sig_events(struct vmbus_channel *c)
 	return c->sig_events;
 }
 
-int kmcl_hv_sendpacket(struct vmbus_channel *c, void *buf, u32 len,
-		       u64 requestid, u64 *trans_id, u16 type, u32 flags)
-{
-	return vmbus_sendpacket_getid(c, buf, len, requestid, trans_id, type, flags);
-}
-
-int kmcl_hv_recvpacket(struct vmbus_channel *c, void *buf, u32 len)
-{
-	const struct vmpacket_descriptor *desc = hv_pkt_iter_first(c);
-	u32 n;
-
-	if (!desc)
-		return 0;
-	n = desc->len8 << 3;
-	if (n > len)
-		return -EMSGSIZE;
-	memcpy(buf, desc, n);
-	__hv_pkt_iter_next(c, desc);
-	return n;
-}
-
-void kmcl_hv_recv_close(struct vmbus_channel *c)
-{
-	hv_pkt_iter_close(c);
-}
-
-u64 kmcl_hv_request_addr(struct vmbus_channel *c, u64 trans_id)
-{
-	return vmbus_request_addr_match(c, trans_id, VMBUS_RQST_ADDR_ANY);
-}

@@ -16,10 +16,5 @@ void kmcl_hv_test_channel_free(struct vmbus_channel *c);
 void kmcl_hv_test_ring(struct vmbus_channel *c, int inbound, void **control,
 		       void **data, u32 *size);
 u64 kmcl_hv_test_sig_events(struct vmbus_channel *c);
-int kmcl_hv_sendpacket(struct vmbus_channel *c, void *buf, u32 len,
-		       u64 requestid, u64 *trans_id, u16 type, u32 flags);
-int kmcl_hv_recvpacket(struct vmbus_channel *c, void *buf, u32 len);
-void kmcl_hv_recv_close(struct vmbus_channel *c);
-u64 kmcl_hv_request_addr(struct vmbus_channel *c, u64 trans_id);
 
 #endif /* KMCL_HELPERS_HV_TEST_H */

@@ -146,3 +146,80 @@ void kmcl_hv_heartbeat_guid(guid_t *out)
 
 	*out = id.guid;
 }
+
+/*
+ * The hv transport's ring access: Linux's own ring code, with the checks
+ * kmcl adds (see rust/kmcl/transport/hv.rs).
+ */
+
+int kmcl_hv_sendpacket(struct vmbus_channel *c, void *buf, u32 len,
+		       u64 requestid, u64 *trans_id, u16 type, u32 flags)
+{
+	return vmbus_sendpacket_getid(c, buf, len, requestid, trans_id, type, flags);
+}
+
+int kmcl_hv_recvpacket(struct vmbus_channel *c, void *buf, u32 len)
+{
+	struct hv_ring_buffer_info *rbi = &c->inbound;
+	const struct vmpacket_descriptor *desc = hv_pkt_iter_first(c);
+	const struct vmpacket_descriptor *raw;
+	u32 n;
+
+	if (!desc)
+		return 0;
+	n = desc->len8 << 3;
+	/*
+	 * hv_pkt_iter_first() clamps a length beyond the data in the ring (or
+	 * the packet buffer) and hands the packet on. kmcl refuses it instead:
+	 * a truncated packet is never delivered.
+	 */
+	raw = (const struct vmpacket_descriptor *)
+		(rbi->ring_buffer->buffer + rbi->priv_read_index);
+	if ((u32)READ_ONCE(raw->len8) << 3 != n)
+		return -EBADMSG;
+	if (n > len)
+		return -EMSGSIZE;
+	memcpy(buf, desc, n);
+	__hv_pkt_iter_next(c, desc);
+	return n;
+}
+
+void kmcl_hv_recv_close(struct vmbus_channel *c)
+{
+	hv_pkt_iter_close(c);
+}
+
+void kmcl_hv_begin_read(struct vmbus_channel *c)
+{
+	hv_begin_read(&c->inbound);
+}
+
+u32 kmcl_hv_end_read(struct vmbus_channel *c)
+{
+	return hv_end_read(&c->inbound);
+}
+
+u32 kmcl_hv_bytes_to_write(struct vmbus_channel *c)
+{
+	return hv_get_bytes_to_write(&c->outbound);
+}
+
+u32 kmcl_hv_bytes_to_read(struct vmbus_channel *c)
+{
+	return hv_get_bytes_to_read(&c->inbound);
+}
+
+u32 kmcl_hv_ring_datasize(struct vmbus_channel *c)
+{
+	return c->outbound.ring_datasize;
+}
+
+void kmcl_hv_set_pending_send_size(struct vmbus_channel *c, u32 size)
+{
+	set_channel_pending_send_size(c, size);
+}
+
+u64 kmcl_hv_request_addr(struct vmbus_channel *c, u64 trans_id, u64 rqst_addr)
+{
+	return vmbus_request_addr_match(c, trans_id, rqst_addr);
+}

@@ -47,6 +47,19 @@ void kmcl_vmbus_channel_offer_ids(struct vmbus_channel *chan, guid_t *type,
 				  guid_t *instance);
 bool kmcl_vmbus_channel_rescinded(struct vmbus_channel *chan);
 
+/* The hv transport. */
+int kmcl_hv_sendpacket(struct vmbus_channel *c, void *buf, u32 len,
+		       u64 requestid, u64 *trans_id, u16 type, u32 flags);
+int kmcl_hv_recvpacket(struct vmbus_channel *c, void *buf, u32 len);
+void kmcl_hv_recv_close(struct vmbus_channel *c);
+void kmcl_hv_begin_read(struct vmbus_channel *c);
+u32 kmcl_hv_end_read(struct vmbus_channel *c);
+u32 kmcl_hv_bytes_to_write(struct vmbus_channel *c);
+u32 kmcl_hv_bytes_to_read(struct vmbus_channel *c);
+u32 kmcl_hv_ring_datasize(struct vmbus_channel *c);
+void kmcl_hv_set_pending_send_size(struct vmbus_channel *c, u32 size);
+u64 kmcl_hv_request_addr(struct vmbus_channel *c, u64 trans_id, u64 rqst_addr);
+
 /* Used by the KUnit suites. */
 int kmcl_guid_parse(const char *s, guid_t *out);
 void kmcl_hv_heartbeat_guid(guid_t *out);

@@ -692,11 +692,18 @@ impl Channel {
             }
         };
         if is_completion {
+            // Through the transport's own id mapping (Linux's requestor on
+            // hv); an id it does not know maps to 0, which no send has.
+            let id = g
+                .att
+                .as_mut()
+                .and_then(|a| a.completion_id(desc.trans_id))
+                .unwrap_or(0);
             drop(g);
             self.stats
                 .completions_received
                 .fetch_add(1, Ordering::Relaxed);
-            self.on_completion(desc.trans_id, &buf[payload_offset..n]);
+            self.on_completion(id, &buf[payload_offset..n]);
             self.inner.lock().rx.put_buf(buf);
             return None;
         }

@@ -936,6 +936,57 @@ impl Channel {
         Ok(())
     }
 
+    /// Opens the channel on an open `hv_vmbus` channel: the preallocations of
+    /// an Enable, then Opened, Started and PostStarted, in the caller's
+    /// thread. Used by the hv driver's probe and by the interop suites.
+    ///
+    /// # Safety
+    ///
+    /// As [`transport::hv::HvEndpoint::new`](crate::transport::hv).
+    // Only the interop suites call it until the hv driver's probe opens
+    // channels (see Documentation/testing.rst).
+    #[cfg_attr(not(CONFIG_KUNIT), allow(dead_code))]
+    pub(crate) unsafe fn open_on_hv(
+        &self,
+        chan: core::ptr::NonNull<crate::vmbus::ffi::VmbusChannel>,
+        release: Option<crate::transport::hv::Release>,
+    ) -> Result {
+        kernel::task::might_sleep();
+        let _c = self.control.lock();
+        let sizing = {
+            let g = self.inner.lock();
+            if g.state != State::Disabled || g.cfg.process.is_none() {
+                return Err(EINVAL);
+            }
+            g.cfg.sizing()
+        };
+        let mut rx = RxState::new();
+        rx.prepare(&sizing)?;
+        let mut tx = TxState::new();
+        tx.prepare(&sizing)?;
+        {
+            let mut g = self.inner.lock();
+            rx.quota = g.rx.quota;
+            rx.passive = g.rx.passive;
+            g.rx = rx;
+            g.tx = tx;
+            g.state = State::Enabled;
+            g.peer_gone = false;
+            g.disabling = false;
+            g.opened = false;
+        }
+        // SAFETY: the caller's promise.
+        let ep = unsafe { crate::transport::hv::HvEndpoint::new(chan, release) };
+        self.attach(Attachment::Hv(ep))?;
+        drop(_c);
+        let r = self.run_open_sequence();
+        if r.is_err() {
+            let mut g = self.inner.lock();
+            g.state = State::Disabled;
+        }
+        r
+    }
+
     /// Drops the attachment and tells the peer.
     pub(crate) fn detach(&self) {
         let att = self.inner.lock().att.take();

@@ -11,8 +11,33 @@
 
 use core::ptr::NonNull;
 
-use kernel::prelude::*;
+use core::sync::atomic::{
+    AtomicI32,
+    Ordering, //
+};
 
+use kernel::{
+    prelude::*,
+    sync::Arc,
+    time::Delta, //
+};
+
+use super::harness::{
+    self,
+    completion_bytes,
+    mode,
+    wait_for,
+    Done,
+    Ev,
+    Recorder, //
+};
+use crate::channel::{
+    outgoing::SendFlags,
+    Channel,
+    ChannelHandle,
+    Endpoint,
+    State, //
+};
 use crate::wire::{
     packet::{
         self,
@@ -60,7 +85,7 @@ mod ffi {
         pub(super) fn kmcl_hv_recvpacket(c: *mut VmbusChannel, buf: *mut c_void, len: u32)
             -> c_int;
         pub(super) fn kmcl_hv_recv_close(c: *mut VmbusChannel);
-        pub(super) fn kmcl_hv_request_addr(c: *mut VmbusChannel, trans_id: u64) -> u64;
+        pub(super) fn kmcl_hv_request_addr(c: *mut VmbusChannel, trans_id: u64, rqst: u64) -> u64;
     }
 }
 
@@ -157,8 +182,65 @@ impl TestChannel {
 
     fn request_addr(&self, id: u64) -> u64 {
         // SAFETY: `c` is live.
-        unsafe { ffi::kmcl_hv_request_addr(self.c, id) }
+        unsafe { ffi::kmcl_hv_request_addr(self.c, id, u64::MAX) }
     }
+}
+
+impl TestChannel {
+    /// Hands the channel to a kmcl channel, which frees it when it closes.
+    fn open(self, chan: &Channel) -> Result<HostSide> {
+        let out = self.ring(false)?;
+        let inb = self.ring(true)?;
+        let raw = NonNull::new(self.c).ok_or(EINVAL)?;
+        core::mem::forget(self);
+        // SAFETY: `raw` is a test-built channel with rings, packet buffer and
+        // requestor; `kmcl_hv_test_channel_free` ends its life, once.
+        unsafe { chan.open_on_hv(raw, Some(ffi::kmcl_hv_test_channel_free)) }?;
+        Ok(HostSide {
+            reader: RingReader::new(out).map_err(|_| EIO)?,
+            writer: RingWriter::new(inb).map_err(|_| EIO)?,
+        })
+    }
+}
+
+/// The host's ends of an hv channel that a kmcl channel owns. Valid until
+/// that channel is disabled.
+struct HostSide {
+    reader: RingReader,
+    writer: RingWriter,
+}
+
+impl HostSide {
+    /// Reads the next packet the guest sent.
+    fn next(&mut self) -> Result<KVec<u8>> {
+        let mut buf = KVec::from_elem(0u8, 8192, GFP_KERNEL)?;
+        let n = self.reader.read(&mut buf).map_err(|_| EIO)?.ok_or(ENOENT)?;
+        buf.truncate(n);
+        let _ = self.reader.commit();
+        Ok(buf)
+    }
+
+    /// Writes a packet to the guest and interrupts it, as the host does.
+    fn send(&mut self, chan: &Channel, bytes: &[u8]) -> Result {
+        let _ = self.writer.write(&[bytes]).map_err(|_| EIO)?;
+        chan.interrupt();
+        Ok(())
+    }
+
+    fn outbound_pending(&self) -> u32 {
+        self.reader.memory().snapshot()[3]
+    }
+}
+
+/// A client channel with a recorder, open on a test-built hv channel.
+fn hv_client() -> Result<(ChannelHandle, Arc<Recorder>, HostSide)> {
+    let rec = Recorder::new()?;
+    let h = Channel::allocate(Endpoint::Client)?;
+    h.init_set_process_packet_callbacks(rec.clone())?;
+    h.init_set_state_change_callbacks(rec.clone())?;
+    h.init_set_packet_pool_size(u32::from(RQSTOR as u16) * 4)?;
+    let host = TestChannel::new()?.open(&h)?;
+    Ok((h, rec, host))
 }
 
 impl Drop for TestChannel {
@@ -405,7 +487,7 @@ mod tests {
     }
 
     #[test]
-    fn malformed_lengths_linux_repairs_kmcl_refuses() -> Result {
+    fn malformed_lengths_are_refused_on_both_paths() -> Result {
         let ch = TestChannel::new()?;
         let mut host = RingWriter::new(ch.ring(true)?).map_err(|_| EIO)?;
         let mut pkt = inband(1, 0, &[0u8; 16])?;
@@ -413,17 +495,228 @@ mod tests {
         d.len8 = 1000;
         pkt[..16].copy_from_slice(&d.encode());
         let _ = host.write(&[&pkt]).map_err(|_| EIO)?;
-        // kmcl's reader refuses a length beyond what is in the ring ...
+        // kmcl's reader refuses a length beyond what is in the ring, and so
+        // does the hv transport's read, where hv_pkt_iter_first() would clamp
+        // the length to what is there and hand the packet on.
         let mut reader = RingReader::new(ch.ring(true)?).map_err(|_| EIO)?;
         let mut buf = KVec::from_elem(0u8, 8192, GFP_KERNEL)?;
         assert_eq!(reader.read(&mut buf), Err(RingError::BadPacket));
-        // ... while Linux clamps it to what is there and hands it on, so the
-        // hv transport must check what hv_pkt_iter gives it, too.
-        let n = ch.recv(&mut buf)?.ok_or(EIO)?;
-        assert!(n < 1000 * 8);
-        let mut head = [0u8; 16];
-        head.copy_from_slice(&buf[..16]);
-        assert_eq!(Descriptor::decode(&head).len8 as usize * 8, n);
+        assert!(matches!(ch.recv(&mut buf), Err(e) if e == EBADMSG));
+        Ok(())
+    }
+
+    // ---- The kmcl API over the hv transport. ----
+
+    #[test]
+    fn api_receives_host_packets_through_hv_pkt_iter() -> Result {
+        let (ch, rec, mut host) = hv_client()?;
+        assert_eq!(ch.state(), State::Started);
+        for i in 1..=3u64 {
+            host.send(&ch, &inband(0, 0, &i.to_le_bytes())?)?;
+        }
+        assert!(wait_for(2000, || rec.received.load(Ordering::Relaxed) == 3));
+        let heads = rec.heads();
+        assert_eq!(&heads[..], &[1, 2, 3]);
+        assert_eq!(rec.in_softirq.load(Ordering::Relaxed), 3);
+        ch.disable();
+        Ok(())
+    }
+
+    #[test]
+    fn api_sends_reach_the_host_through_vmbus_sendpacket() -> Result {
+        let (ch, _rec, mut host) = hv_client()?;
+        harness::send(&ch, b"oneway", false)?;
+        let p = host.next()?;
+        let pk = packet::parse(&p, &LIMITS).map_err(|_| EIO)?;
+        assert_eq!(pk.kind, Kind::InBand);
+        assert!(!pk.completion_requested());
+        assert!(harness::padded_eq(pk.payload, b"oneway"));
+        harness::send(&ch, b"request", true)?;
+        let p = host.next()?;
+        let pk = packet::parse(&p, &LIMITS).map_err(|_| EIO)?;
+        assert!(pk.completion_requested());
+        // The requestor's id, not kmcl's generation-tagged one.
+        assert_eq!(pk.desc.trans_id, 1);
+        ch.disable();
+        Ok(())
+    }
+
+    #[test]
+    fn api_completion_is_matched_through_the_requestor() -> Result {
+        let done = Done::new()?;
+        let (ch, _rec, mut host) = hv_client()?;
+        harness::send_recorded(&ch, b"question", SendFlags::WAIT_FOR_COMPLETION, &done)?;
+        let p = host.next()?;
+        let wire = packet::parse(&p, &LIMITS).map_err(|_| EIO)?.desc.trans_id;
+        host.send(&ch, &completion_bytes(wire, b"answer!!"))?;
+        assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == 1));
+        assert_eq!(done.ok.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            done.resp_head.load(Ordering::Relaxed),
+            u64::from_le_bytes(*b"answer!!")
+        );
+        ch.disable();
+        Ok(())
+    }
+
+    #[test]
+    fn api_refuses_forged_and_replayed_wire_ids() -> Result {
+        let done = Done::new()?;
+        let (ch, _rec, mut host) = hv_client()?;
+        harness::send_recorded(&ch, b"q", SendFlags::WAIT_FOR_COMPLETION, &done)?;
+        let p = host.next()?;
+        let wire = packet::parse(&p, &LIMITS).map_err(|_| EIO)?.desc.trans_id;
+        for bad in [0, wire + 1, u64::from(RQSTOR) + 3] {
+            host.send(&ch, &completion_bytes(bad, b""))?;
+        }
+        assert!(wait_for(2000, || ch
+            .stats
+            .rejected_completions
+            .load(Ordering::Relaxed)
+            == 3));
+        host.send(&ch, &completion_bytes(wire, b""))?;
+        assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == 1));
+        host.send(&ch, &completion_bytes(wire, b""))?;
+        assert!(wait_for(2000, || ch
+            .stats
+            .rejected_completions
+            .load(Ordering::Relaxed)
+            == 4));
+        assert_eq!(done.count.load(Ordering::Relaxed), 1);
+        ch.disable();
+        Ok(())
+    }
+
+    #[test]
+    fn api_completes_host_requests() -> Result {
+        let (ch, rec, mut host) = hv_client()?;
+        rec.mode.store(mode::ECHO, Ordering::Relaxed);
+        host.send(&ch, &inband(0x99, 1, b"echo me!")?)?;
+        assert!(wait_for(2000, || rec.received.load(Ordering::Relaxed) == 1));
+        let mut got = None;
+        assert!(wait_for(2000, || {
+            got = host.next().ok();
+            got.is_some()
+        }));
+        let p = got.ok_or(EIO)?;
+        let pk = packet::parse(&p, &LIMITS).map_err(|_| EIO)?;
+        assert_eq!(pk.kind, Kind::Completion);
+        assert_eq!(pk.desc.trans_id, 0x99);
+        assert_eq!(pk.payload, b"echo me!");
+        ch.disable();
+        Ok(())
+    }
+
+    #[test]
+    fn api_queues_on_a_full_ring_and_resumes_on_interrupt() -> Result {
+        let done = Done::new()?;
+        let (ch, _rec, mut host) = hv_client()?;
+        let mut buf = [0u8; 1000];
+        let mut sent = 0u64;
+        while ch.stats.ring_full.load(Ordering::Relaxed) == 0 && sent < 40 {
+            sent += 1;
+            buf[..8].copy_from_slice(&sent.to_le_bytes());
+            harness::send_recorded(&ch, &buf, SendFlags::NONE, &done)?;
+        }
+        // Three more go to the send queue behind the full ring.
+        for _ in 0..3 {
+            sent += 1;
+            buf[..8].copy_from_slice(&sent.to_le_bytes());
+            harness::send_recorded(&ch, &buf, SendFlags::NONE, &done)?;
+        }
+        assert!(host.outbound_pending() > 0);
+        let mut seen = 0u64;
+        while seen < sent {
+            match host.next() {
+                Ok(p) => {
+                    let pk = packet::parse(&p, &LIMITS).map_err(|_| EIO)?;
+                    let mut h = [0u8; 8];
+                    h.copy_from_slice(&pk.payload[..8]);
+                    seen += 1;
+                    assert_eq!(u64::from_le_bytes(h), seen);
+                }
+                // Drained: the host interrupts the guest for the space.
+                Err(_) => {
+                    ch.interrupt();
+                    kernel::time::delay::fsleep(Delta::from_millis(2));
+                }
+            }
+        }
+        assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == sent as u32));
+        assert!(done.order.1.load(Ordering::Relaxed));
+        ch.disable();
+        Ok(())
+    }
+
+    #[test]
+    fn api_refuses_a_packet_linux_would_clamp() -> Result {
+        let (ch, rec, mut host) = hv_client()?;
+        let mut pkt = inband(0, 0, &[0u8; 16])?;
+        let mut d = Descriptor::decode(pkt[..16].try_into().map_err(|_| EINVAL)?);
+        d.len8 = 1000;
+        pkt[..16].copy_from_slice(&d.encode());
+        host.send(&ch, &pkt)?;
+        assert!(wait_for(2000, || ch.inner.lock().rx.failed));
+        assert_eq!(rec.received.load(Ordering::Relaxed), 0);
+        assert_eq!(ch.stats.malformed_packets.load(Ordering::Relaxed), 1);
+        ch.disable();
+        Ok(())
+    }
+
+    #[test]
+    fn api_synchronous_request_over_hv() -> Result {
+        let (ch, _rec, mut host) = hv_client()?;
+        let result = Arc::new(AtomicI32::new(i32::MIN), GFP_KERNEL)?;
+        let (c2, r2) = (ch.arc(), result.clone());
+        crate::sys::wq().try_spawn(GFP_KERNEL, move || {
+            let mut resp = [0u8; 8];
+            let r = c2.send_synchronous_request(
+                b"sync",
+                SendFlags::WAIT_FOR_COMPLETION,
+                &mut resp,
+                Some(Delta::from_millis(5000)),
+            );
+            r2.store(
+                match r {
+                    Ok(n) if resp[..n] == *b"synced!!" => n as i32,
+                    Ok(_) => -1000,
+                    Err(e) => e.to_errno(),
+                },
+                Ordering::Relaxed,
+            );
+        })?;
+        let mut req = None;
+        assert!(wait_for(2000, || {
+            req = host.next().ok();
+            req.is_some()
+        }));
+        let wire = packet::parse(&req.ok_or(EIO)?, &LIMITS)
+            .map_err(|_| EIO)?
+            .desc
+            .trans_id;
+        host.send(&ch, &completion_bytes(wire, b"synced!!"))?;
+        assert!(wait_for(3000, || result.load(Ordering::Relaxed) != i32::MIN));
+        assert_eq!(result.load(Ordering::Relaxed), 8);
+        ch.disable();
+        Ok(())
+    }
+
+    #[test]
+    fn api_disable_cancels_outstanding_sends_once() -> Result {
+        let done = Done::new()?;
+        let (ch, rec, _host) = hv_client()?;
+        for _ in 0..2 {
+            harness::send_recorded(
+                &ch,
+                b"never answered",
+                SendFlags::WAIT_FOR_COMPLETION,
+                &done,
+            )?;
+        }
+        ch.disable();
+        assert_eq!(done.count.load(Ordering::Relaxed), 2);
+        assert_eq!(done.cancelled.load(Ordering::Relaxed), 2);
+        assert_eq!(rec.count(Ev::Closed), 1);
         Ok(())
     }
 }

@@ -1,0 +1,205 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The hv transport: a kmcl channel over a `struct vmbus_channel` of
+//! `hv_vmbus`, through Linux's own ring code.
+//!
+//! - Sends go through `vmbus_sendpacket_getid()`. Requests that want a
+//!   completion get their wire id from the channel's requestor, which maps it
+//!   back to kmcl's generation-tagged id when the completion arrives; kmcl
+//!   then checks that id as on any transport. Linux signals the host itself.
+//! - Receives go through `hv_pkt_iter_first()` / `__hv_pkt_iter_next()` /
+//!   `hv_pkt_iter_close()`, which copy each packet out of the ring; kmcl
+//!   refuses a packet whose length Linux had to clamp, and parses every copy.
+//! - GPA-direct sends (`vmbus_sendpacket_mpb_desc()`) are not wired yet and
+//!   fail with `EIO`.
+
+use core::ptr::NonNull;
+
+use kernel::prelude::*;
+
+use crate::{
+    transport::WriteError,
+    vmbus::ffi::VmbusChannel,
+    wire::{
+        packet::{
+            self,
+            Descriptor, //
+        },
+        ring::RingError,
+    },
+};
+
+mod ffi {
+    use kernel::prelude::*;
+
+    use crate::vmbus::ffi::VmbusChannel;
+
+    extern "C" {
+        pub(super) fn kmcl_hv_sendpacket(
+            c: *mut VmbusChannel,
+            buf: *mut c_void,
+            len: u32,
+            requestid: u64,
+            trans_id: *mut u64,
+            ty: u16,
+            flags: u32,
+        ) -> c_int;
+        pub(super) fn kmcl_hv_recvpacket(c: *mut VmbusChannel, buf: *mut c_void, len: u32)
+            -> c_int;
+        pub(super) fn kmcl_hv_recv_close(c: *mut VmbusChannel);
+        pub(super) fn kmcl_hv_begin_read(c: *mut VmbusChannel);
+        pub(super) fn kmcl_hv_end_read(c: *mut VmbusChannel) -> u32;
+        pub(super) fn kmcl_hv_bytes_to_write(c: *mut VmbusChannel) -> u32;
+        pub(super) fn kmcl_hv_bytes_to_read(c: *mut VmbusChannel) -> u32;
+        pub(super) fn kmcl_hv_ring_datasize(c: *mut VmbusChannel) -> u32;
+        pub(super) fn kmcl_hv_set_pending_send_size(c: *mut VmbusChannel, size: u32);
+        pub(super) fn kmcl_hv_request_addr(
+            c: *mut VmbusChannel,
+            trans_id: u64,
+            rqst_addr: u64,
+        ) -> u64;
+    }
+}
+
+/// `VMBUS_RQST_ERROR`: the requestor does not know the id.
+const RQST_ERROR: u64 = u64::MAX - 1;
+/// `VMBUS_RQST_ADDR_ANY`.
+const RQST_ADDR_ANY: u64 = u64::MAX;
+
+/// What to do with the `vmbus_channel` when the kmcl channel closes.
+pub(crate) type Release = unsafe extern "C" fn(*mut VmbusChannel);
+
+/// One open hv channel.
+///
+/// # Invariants
+///
+/// `chan` is an open `vmbus_channel` (rings, packet buffer and requestor set
+/// up) that stays valid until `release` runs in [`HvEndpoint::close`].
+pub(crate) struct HvEndpoint {
+    chan: NonNull<VmbusChannel>,
+    release: Option<Release>,
+}
+
+// SAFETY: Linux's ring functions take the channel's own locks; kmcl calls
+// them with its channel lock held, from any context.
+unsafe impl Send for HvEndpoint {}
+// SAFETY: as above.
+unsafe impl Sync for HvEndpoint {}
+
+impl HvEndpoint {
+    /// Wraps an open channel.
+    #[cfg_attr(not(CONFIG_KUNIT), allow(dead_code))]
+    ///
+    /// # Safety
+    ///
+    /// `chan` must be an open `vmbus_channel` that stays valid until
+    /// `release` is called with it (or forever, without `release`).
+    pub(crate) unsafe fn new(chan: NonNull<VmbusChannel>, release: Option<Release>) -> Self {
+        // INVARIANT: the caller's promise.
+        Self { chan, release }
+    }
+
+    fn raw(&self) -> *mut VmbusChannel {
+        self.chan.as_ptr()
+    }
+
+    /// Sends one packet kmcl encoded: Linux builds the descriptor again from
+    /// its type, flags and id. Returns the id on the wire.
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<u64, WriteError> {
+        let head: &[u8; 16] = bytes
+            .get(..16)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(WriteError::Broken)?;
+        let d = Descriptor::decode(head);
+        if d.ty == packet::TYPE_DATA_GPA_DIRECT {
+            return Err(WriteError::Broken);
+        }
+        let payload = bytes
+            .get(d.offset8 as usize * 8..d.len8 as usize * 8)
+            .ok_or(WriteError::Broken)?;
+        let mut wire = 0u64;
+        // SAFETY: `chan` is open by the invariant; Linux only reads `payload`
+        // (its prototype takes a mutable pointer for historical reasons).
+        let r = unsafe {
+            ffi::kmcl_hv_sendpacket(
+                self.raw(),
+                payload.as_ptr().cast_mut().cast(),
+                payload.len() as u32,
+                d.trans_id,
+                &mut wire,
+                d.ty,
+                u32::from(d.flags),
+            )
+        };
+        match r {
+            0 => Ok(wire),
+            // Linux needs strictly more free space than packet and trailer.
+            r if r == EAGAIN.to_errno() => Err(WriteError::Full(
+                bytes.len() as u32 + crate::wire::ring::TRAILER_SIZE + 1,
+            )),
+            _ => Err(WriteError::Broken),
+        }
+    }
+
+    /// The next packet, copied out by `hv_pkt_iter`.
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
+        // SAFETY: `chan` is open; `buf` is writable for its length.
+        let n = unsafe {
+            ffi::kmcl_hv_recvpacket(self.raw(), buf.as_mut_ptr().cast(), buf.len() as u32)
+        };
+        match n {
+            0 => Ok(None),
+            n if n > 0 => Ok(Some(n as usize)),
+            n if n == EMSGSIZE.to_errno() => Err(RingError::TooLarge { len: 0 }),
+            _ => Err(RingError::BadPacket),
+        }
+    }
+
+    pub(crate) fn commit(&mut self) {
+        // SAFETY: `chan` is open.
+        unsafe { ffi::kmcl_hv_recv_close(self.raw()) }
+    }
+
+    pub(crate) fn begin_read(&mut self) {
+        // SAFETY: `chan` is open.
+        unsafe { ffi::kmcl_hv_begin_read(self.raw()) }
+    }
+
+    pub(crate) fn end_read(&mut self) -> bool {
+        // SAFETY: `chan` is open.
+        unsafe { ffi::kmcl_hv_end_read(self.raw()) != 0 }
+    }
+
+    pub(crate) fn free(&self) -> u32 {
+        // SAFETY: `chan` is open.
+        unsafe { ffi::kmcl_hv_bytes_to_write(self.raw()) }
+    }
+
+    pub(crate) fn set_pending_send_size(&mut self, size: u32) {
+        // SAFETY: `chan` is open.
+        unsafe { ffi::kmcl_hv_set_pending_send_size(self.raw(), size) }
+    }
+
+    /// kmcl's id for the wire id of a completion, through the requestor;
+    /// `None` for an id the requestor does not know.
+    pub(crate) fn completion_id(&mut self, wire: u64) -> Option<u64> {
+        // SAFETY: `chan` is open.
+        let id = unsafe { ffi::kmcl_hv_request_addr(self.raw(), wire, RQST_ADDR_ANY) };
+        (id != RQST_ERROR).then_some(id)
+    }
+
+    pub(crate) fn ring_fill(&self) -> [(u32, u32); 2] {
+        // SAFETY: `chan` is open.
+        let size = unsafe { ffi::kmcl_hv_ring_datasize(self.raw()) };
+        // SAFETY: `chan` is open.
+        let inc = unsafe { ffi::kmcl_hv_bytes_to_read(self.raw()) };
+        [(size - self.free(), size), (inc, size)]
+    }
+
+    pub(crate) fn close(self) {
+        if let Some(release) = self.release {
+            // SAFETY: the invariant: `release` ends the channel's life, once.
+            unsafe { release(self.chan.as_ptr()) }
+        }
+    }
+}
