@@ -707,26 +707,9 @@ impl Channel {
             }
             g.cfg.sizing()
         };
-        // The preallocations sleep: make them outside the lock. The control
-        // mutex keeps the state Disabled meanwhile.
-        let mut rx = RxState::new();
-        rx.prepare(&sizing)?;
-        let mut tx = TxState::new();
-        tx.prepare(&sizing)?;
-        let bus = {
-            let mut g = self.inner.lock();
-            let Some(bus) = g.cfg.bus.clone() else {
-                return Err(ENODEV);
-            };
-            rx.quota = g.rx.quota;
-            rx.passive = g.rx.passive;
-            g.rx = rx;
-            g.tx = tx;
-            g.state = State::Enabled;
-            g.peer_gone = false;
-            g.disabling = false;
-            g.opened = false;
-            bus
+        self.prepare_enabled(&sizing)?;
+        let Some(bus) = self.inner.lock().cfg.bus.clone() else {
+            return Err(ENODEV);
         };
         let pending = self.inner.lock().pending_restore.take();
         let r = match (self.endpoint, pending) {
@@ -936,6 +919,28 @@ impl Channel {
         Ok(())
     }
 
+    /// Makes the preallocations of an Enable (packet pool, transaction table,
+    /// send queue, incoming slots) and moves a Disabled channel to Enabled.
+    /// Called with the control mutex held, which keeps the state Disabled
+    /// while the allocations, which sleep, run outside the channel lock.
+    fn prepare_enabled(&self, sizing: &Sizing) -> Result {
+        let mut rx = RxState::new();
+        rx.prepare(sizing)?;
+        let mut tx = TxState::new();
+        tx.prepare(sizing)?;
+        let mut g = self.inner.lock();
+        // The quota and the delivery context are settings, not state.
+        rx.quota = g.rx.quota;
+        rx.passive = g.rx.passive;
+        g.rx = rx;
+        g.tx = tx;
+        g.state = State::Enabled;
+        g.peer_gone = false;
+        g.disabling = false;
+        g.opened = false;
+        Ok(())
+    }
+
     /// Opens the channel on an open `hv_vmbus` channel: the preallocations of
     /// an Enable, then Opened, Started and PostStarted, in the caller's
     /// thread. Used by the hv driver's probe and by the interop suites.
@@ -960,21 +965,7 @@ impl Channel {
             }
             g.cfg.sizing()
         };
-        let mut rx = RxState::new();
-        rx.prepare(&sizing)?;
-        let mut tx = TxState::new();
-        tx.prepare(&sizing)?;
-        {
-            let mut g = self.inner.lock();
-            rx.quota = g.rx.quota;
-            rx.passive = g.rx.passive;
-            g.rx = rx;
-            g.tx = tx;
-            g.state = State::Enabled;
-            g.peer_gone = false;
-            g.disabling = false;
-            g.opened = false;
-        }
+        self.prepare_enabled(&sizing)?;
         // SAFETY: the caller's promise.
         let ep = unsafe { crate::transport::hv::HvEndpoint::new(chan, release) };
         self.attach(Attachment::Hv(ep))?;

@@ -53,10 +53,18 @@ use crate::wire::{
     },
 };
 
+/// The test channel's own helpers; the ring functions are the transport's.
 mod ffi {
     use kernel::prelude::*;
 
     use crate::vmbus::ffi::VmbusChannel;
+
+    pub(super) use crate::transport::hv::ffi::{
+        kmcl_hv_recv_close,
+        kmcl_hv_recvpacket,
+        kmcl_hv_request_addr,
+        kmcl_hv_sendpacket, //
+    };
 
     extern "C" {
         pub(super) fn kmcl_hv_test_channel_new(
@@ -73,19 +81,6 @@ mod ffi {
             size: *mut u32,
         );
         pub(super) fn kmcl_hv_test_sig_events(c: *mut VmbusChannel) -> u64;
-        pub(super) fn kmcl_hv_sendpacket(
-            c: *mut VmbusChannel,
-            buf: *mut c_void,
-            len: u32,
-            requestid: u64,
-            trans_id: *mut u64,
-            ty: u16,
-            flags: u32,
-        ) -> c_int;
-        pub(super) fn kmcl_hv_recvpacket(c: *mut VmbusChannel, buf: *mut c_void, len: u32)
-            -> c_int;
-        pub(super) fn kmcl_hv_recv_close(c: *mut VmbusChannel);
-        pub(super) fn kmcl_hv_request_addr(c: *mut VmbusChannel, trans_id: u64, rqst: u64) -> u64;
     }
 }
 

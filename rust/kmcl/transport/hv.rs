@@ -29,13 +29,14 @@ use crate::{
     },
 };
 
-mod ffi {
+/// The helper's hv functions; the interop suites call some directly.
+pub(crate) mod ffi {
     use kernel::prelude::*;
 
     use crate::vmbus::ffi::VmbusChannel;
 
     extern "C" {
-        pub(super) fn kmcl_hv_sendpacket(
+        pub(crate) fn kmcl_hv_sendpacket(
             c: *mut VmbusChannel,
             buf: *mut c_void,
             len: u32,
@@ -44,16 +45,16 @@ mod ffi {
             ty: u16,
             flags: u32,
         ) -> c_int;
-        pub(super) fn kmcl_hv_recvpacket(c: *mut VmbusChannel, buf: *mut c_void, len: u32)
+        pub(crate) fn kmcl_hv_recvpacket(c: *mut VmbusChannel, buf: *mut c_void, len: u32)
             -> c_int;
-        pub(super) fn kmcl_hv_recv_close(c: *mut VmbusChannel);
-        pub(super) fn kmcl_hv_begin_read(c: *mut VmbusChannel);
-        pub(super) fn kmcl_hv_end_read(c: *mut VmbusChannel) -> u32;
-        pub(super) fn kmcl_hv_bytes_to_write(c: *mut VmbusChannel) -> u32;
-        pub(super) fn kmcl_hv_bytes_to_read(c: *mut VmbusChannel) -> u32;
-        pub(super) fn kmcl_hv_ring_datasize(c: *mut VmbusChannel) -> u32;
-        pub(super) fn kmcl_hv_set_pending_send_size(c: *mut VmbusChannel, size: u32);
-        pub(super) fn kmcl_hv_request_addr(
+        pub(crate) fn kmcl_hv_recv_close(c: *mut VmbusChannel);
+        pub(crate) fn kmcl_hv_begin_read(c: *mut VmbusChannel);
+        pub(crate) fn kmcl_hv_end_read(c: *mut VmbusChannel) -> u32;
+        pub(crate) fn kmcl_hv_bytes_to_write(c: *mut VmbusChannel) -> u32;
+        pub(crate) fn kmcl_hv_bytes_to_read(c: *mut VmbusChannel) -> u32;
+        pub(crate) fn kmcl_hv_ring_datasize(c: *mut VmbusChannel) -> u32;
+        pub(crate) fn kmcl_hv_set_pending_send_size(c: *mut VmbusChannel, size: u32);
+        pub(crate) fn kmcl_hv_request_addr(
             c: *mut VmbusChannel,
             trans_id: u64,
             rqst_addr: u64,
