@@ -158,6 +158,12 @@ int kmcl_hv_sendpacket(struct vmbus_channel *c, void *buf, u32 len,
 	return vmbus_sendpacket_getid(c, buf, len, requestid, trans_id, type, flags);
 }
 
+int kmcl_hv_sendpacket_mpb(struct vmbus_channel *c, void *desc, u32 desc_size,
+			   void *buf, u32 len, u64 requestid)
+{
+	return vmbus_sendpacket_mpb_desc(c, desc, desc_size, buf, len, requestid);
+}
+
 int kmcl_hv_recvpacket(struct vmbus_channel *c, void *buf, u32 len)
 {
 	struct hv_ring_buffer_info *rbi = &c->inbound;

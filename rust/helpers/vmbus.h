@@ -50,6 +50,8 @@ bool kmcl_vmbus_channel_rescinded(struct vmbus_channel *chan);
 /* The hv transport. */
 int kmcl_hv_sendpacket(struct vmbus_channel *c, void *buf, u32 len,
 		       u64 requestid, u64 *trans_id, u16 type, u32 flags);
+int kmcl_hv_sendpacket_mpb(struct vmbus_channel *c, void *desc, u32 desc_size,
+			   void *buf, u32 len, u64 requestid);
 int kmcl_hv_recvpacket(struct vmbus_channel *c, void *buf, u32 len);
 void kmcl_hv_recv_close(struct vmbus_channel *c);
 void kmcl_hv_begin_read(struct vmbus_channel *c);

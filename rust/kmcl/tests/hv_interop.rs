@@ -714,4 +714,35 @@ mod tests {
         assert_eq!(rec.count(Ev::Closed), 1);
         Ok(())
     }
+
+    #[test]
+    fn api_external_pfns_reach_the_host_as_gpa_direct() -> Result {
+        let done = Done::new()?;
+        let (ch, _rec, mut host) = hv_client()?;
+        let pfns = [0x1234u64, 0x1235];
+        let range = crate::channel::outgoing::ExternalRange {
+            byte_count: 5000,
+            byte_offset: 96,
+            pfns: &pfns,
+        };
+        let mut pkt = ch.packet_allocate()?;
+        pkt.set_pointer(Done::cookie(&done));
+        pkt.set_completion_routine(harness::record_completion);
+        pkt.send_with_external_pfns(b"gpa", &[range], SendFlags::WAIT_FOR_COMPLETION)
+            .map_err(|e| e.error)?;
+        let p = host.next()?;
+        let pk = packet::parse(&p, &LIMITS).map_err(|_| EIO)?;
+        let Kind::GpaDirect(ranges) = pk.kind else {
+            return Err(EINVAL);
+        };
+        assert!(pk.completion_requested());
+        assert!(harness::padded_eq(pk.payload, b"gpa"));
+        let r = ranges.iter().next().ok_or(EINVAL)?;
+        assert_eq!((r.byte_count, r.byte_offset, r.pfn_count()), (5000, 96, 2));
+        assert_eq!((r.pfn(0), r.pfn(1)), (Some(0x1234), Some(0x1235)));
+        host.send(&ch, &completion_bytes(pk.desc.trans_id, b""))?;
+        assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == 1));
+        ch.disable();
+        Ok(())
+    }
 }

@@ -10,8 +10,8 @@
 //! - Receives go through `hv_pkt_iter_first()` / `__hv_pkt_iter_next()` /
 //!   `hv_pkt_iter_close()`, which copy each packet out of the ring; kmcl
 //!   refuses a packet whose length Linux had to clamp, and parses every copy.
-//! - GPA-direct sends (`vmbus_sendpacket_mpb_desc()`) are not wired yet and
-//!   fail with `EIO`.
+//! - GPA-direct sends go through `vmbus_sendpacket_mpb_desc()`, with the
+//!   range list kmcl encoded.
 
 use core::ptr::NonNull;
 
@@ -44,6 +44,14 @@ pub(crate) mod ffi {
             trans_id: *mut u64,
             ty: u16,
             flags: u32,
+        ) -> c_int;
+        pub(crate) fn kmcl_hv_sendpacket_mpb(
+            c: *mut VmbusChannel,
+            desc: *mut c_void,
+            desc_size: u32,
+            buf: *mut c_void,
+            len: u32,
+            requestid: u64,
         ) -> c_int;
         pub(crate) fn kmcl_hv_recvpacket(c: *mut VmbusChannel, buf: *mut c_void, len: u32)
             -> c_int;
@@ -112,25 +120,45 @@ impl HvEndpoint {
             .and_then(|h| h.try_into().ok())
             .ok_or(WriteError::Broken)?;
         let d = Descriptor::decode(head);
-        if d.ty == packet::TYPE_DATA_GPA_DIRECT {
-            return Err(WriteError::Broken);
-        }
+        let off = d.offset8 as usize * 8;
         let payload = bytes
-            .get(d.offset8 as usize * 8..d.len8 as usize * 8)
+            .get(off..d.len8 as usize * 8)
             .ok_or(WriteError::Broken)?;
         let mut wire = 0u64;
-        // SAFETY: `chan` is open by the invariant; Linux only reads `payload`
-        // (its prototype takes a mutable pointer for historical reasons).
-        let r = unsafe {
-            ffi::kmcl_hv_sendpacket(
-                self.raw(),
-                payload.as_ptr().cast_mut().cast(),
-                payload.len() as u32,
-                d.trans_id,
-                &mut wire,
-                d.ty,
-                u32::from(d.flags),
-            )
+        let r = if d.ty == packet::TYPE_DATA_GPA_DIRECT {
+            // Linux fills in the descriptor of the header it is given, so
+            // hand it a copy: descriptor, GPA header and ranges.
+            let mut hdr = [0u8; 512];
+            let h = hdr.get_mut(..off).ok_or(WriteError::Broken)?;
+            h.copy_from_slice(&bytes[..off]);
+            // SAFETY: `chan` is open; `hdr` holds a `vmbus_packet_mpb_array`
+            // of `off` bytes with its range count set; Linux only reads
+            // `payload`.
+            unsafe {
+                ffi::kmcl_hv_sendpacket_mpb(
+                    self.raw(),
+                    h.as_mut_ptr().cast(),
+                    off as u32,
+                    payload.as_ptr().cast_mut().cast(),
+                    payload.len() as u32,
+                    d.trans_id,
+                )
+            }
+        } else {
+            // SAFETY: `chan` is open by the invariant; Linux only reads
+            // `payload` (its prototype takes a mutable pointer for historical
+            // reasons).
+            unsafe {
+                ffi::kmcl_hv_sendpacket(
+                    self.raw(),
+                    payload.as_ptr().cast_mut().cast(),
+                    payload.len() as u32,
+                    d.trans_id,
+                    &mut wire,
+                    d.ty,
+                    u32::from(d.flags),
+                )
+            }
         };
         match r {
             0 => Ok(wire),
