@@ -9,13 +9,16 @@
 
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
+# The benchmark kernel: the test VM without the debug checkers.
+export KMCL_KCONFIG=kmcl-bench.config
 "$top/tools/setup/install-deps.sh"
 . "$top/tools/setup/env.sh"
 "$top/tools/setup/build-kernel.sh"
-"$top/tools/testing/build-modules.sh" >/dev/null
 out="$top/build/bench"
-mkdir -p "$out"
-mods="$top/build/modules"
+mods="$out/modules"
+mkdir -p "$mods"
+# Modules for that kernel, in a tree of their own.
+make -C "$KMCL_KBUILD" M="$top" MO="$mods" BINDGEN="$KMCL_BINDGEN" -j"$(nproc)" modules >/dev/null
 
 echo "==> host: ring core against memcpy (cargo, release)"
 (cd "$top/tools/kmcl-wire" && cargo run -q --release --example ring_bench) | tee "$out/host.txt"

@@ -11,7 +11,9 @@ _kmcl_setup_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 KMCL_TOP=$(cd "$_kmcl_setup_dir/../.." && pwd)
 KMCL_KSRC="$KMCL_CACHE/src/linux-$KMCL_KERNEL_VERSION"
-KMCL_FRAGMENT="$KMCL_TOP/tools/kconfig/kmcl.config"
+# KMCL_KCONFIG selects the fragment: kmcl.config (the debug kernel of make
+# check) by default, kmcl-bench.config for make bench.
+KMCL_FRAGMENT="$KMCL_TOP/tools/kconfig/${KMCL_KCONFIG:-kmcl.config}"
 
 # The kernel build is keyed by everything that changes its output.
 KMCL_KEY=$( { cat "$_kmcl_setup_dir/versions.sh" "$KMCL_FRAGMENT"
