@@ -102,14 +102,8 @@ impl Demo {
         )?;
         let server = endpoint(&bus, Endpoint::Server, &server_cb, c"demo-server")?;
         let client = endpoint(&bus, Endpoint::Client, &client_cb, c"demo-client")?;
-        let mut waited = 0;
-        while client.state() != State::Started || server.state() != State::Started {
-            if waited == 5000 {
-                return Err(ETIMEDOUT);
-            }
-            fsleep(Delta::from_millis(1));
-            waited += 1;
-        }
+        client.wait_for_state(State::Started, Delta::from_millis(5000))?;
+        server.wait_for_state(State::Started, Delta::from_millis(5000))?;
         pr_info!("demo: loopback client and echo server connected\n");
         let mut answered = 0;
         for i in 0..8u64 {

@@ -118,9 +118,7 @@ fn open(instance: u8) -> Result<ChannelHandle> {
     h.init_set_vmbus_handle(Bus::Loopback(loopback::default_bus()?))?;
     h.init_set_target_pnp(ECHO_TYPE, Some(Guid(inst)))?;
     h.enable()?;
-    if !wait(5000, || h.state() == State::Started) {
-        return Err(ETIMEDOUT);
-    }
+    h.wait_for_state(State::Started, Delta::from_millis(5000))?;
     Ok(h)
 }
 

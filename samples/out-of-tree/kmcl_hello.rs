@@ -5,14 +5,7 @@
 //! It connects a client and a server of its own on a private loopback bus
 //! and makes one synchronous request; its KUnit suite checks the answer.
 
-use kernel::{
-    prelude::*,
-    sync::Arc,
-    time::{
-        delay::fsleep,
-        Delta, //
-    },
-};
+use kernel::{prelude::*, sync::Arc, time::Delta};
 
 use kmcl::{
     channel::{
@@ -73,13 +66,8 @@ fn connect(bus: &Arc<LoopbackBus>) -> Result<(ChannelHandle, ChannelHandle)> {
     }
     let client = ends.pop().ok_or(EINVAL)?;
     let server = ends.pop().ok_or(EINVAL)?;
-    for _ in 0..5000 {
-        if client.state() == State::Started {
-            return Ok((client, server));
-        }
-        fsleep(Delta::from_millis(1));
-    }
-    Err(ETIMEDOUT)
+    client.wait_for_state(State::Started, Delta::from_millis(5000))?;
+    Ok((client, server))
 }
 
 /// One request; returns the answer's first 5 bytes.

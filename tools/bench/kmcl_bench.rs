@@ -279,14 +279,8 @@ impl Pair {
         }
         let client = ends.pop().ok_or(EINVAL)?;
         let server = ends.pop().ok_or(EINVAL)?;
-        let mut waited = 0;
-        while client.state() != State::Started || server.state() != State::Started {
-            if waited == 10_000 {
-                return Err(ETIMEDOUT);
-            }
-            fsleep(Delta::from_millis(1));
-            waited += 1;
-        }
+        client.wait_for_state(State::Started, Delta::from_millis(10_000))?;
+        server.wait_for_state(State::Started, Delta::from_millis(10_000))?;
         Ok(Pair {
             client,
             server,

@@ -185,19 +185,15 @@ fn open_pair() -> Result<Pair> {
     client.enable()?;
     server.set_transaction_quota(2)?;
     client.set_transaction_quota(2)?;
-    for _ in 0..10_000 {
-        if client.state() == State::Started && server.state() == State::Started {
-            return Ok(Pair {
-                client,
-                server,
-                crx,
-                srx,
-                _bus: bus,
-            });
-        }
-        fsleep(Delta::from_millis(1));
-    }
-    Err(ETIMEDOUT)
+    client.wait_for_state(State::Started, Delta::from_millis(10_000))?;
+    server.wait_for_state(State::Started, Delta::from_millis(10_000))?;
+    Ok(Pair {
+        client,
+        server,
+        crx,
+        srx,
+        _bus: bus,
+    })
 }
 
 /// A sender thread, as a work item of its own (each module's work items need

@@ -441,6 +441,28 @@ impl Channel {
         self.stats.ring_full.load(Ordering::Relaxed)
     }
 
+    /// Waits in process context until the channel is in `state`, for at
+    /// most `timeout`; `ETIMEDOUT` otherwise. Enable returns before the
+    /// channel opens: this is how a caller waits for `State::Started`.
+    pub fn wait_for_state(&self, state: State, timeout: kernel::time::Delta) -> Result {
+        kernel::task::might_sleep();
+        let ms = u32::try_from(timeout.as_millis().max(0)).unwrap_or(u32::MAX);
+        let deadline = sys::jiffies() + u64::from(kernel::time::msecs_to_jiffies(ms) as u32);
+        let mut g = self.inner.lock();
+        while g.state != state {
+            let now = sys::jiffies();
+            if now >= deadline {
+                return Err(ETIMEDOUT);
+            }
+            // State changes notify the condition variable; the timeout only
+            // bounds the wait.
+            let _ = self
+                .cond
+                .wait_interruptible_timeout(&mut g, (deadline - now) as kernel::time::Jiffies);
+        }
+        Ok(())
+    }
+
     /// The current lifecycle state.
     pub fn state(&self) -> State {
         self.inner.lock().state
@@ -911,6 +933,7 @@ impl Channel {
                 false
             }
         };
+        self.cond.notify_all();
         if !paused {
             self.call_state(|cb, ch| cb.started(ch));
             self.start_delivery();

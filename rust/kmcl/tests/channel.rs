@@ -166,6 +166,24 @@ mod tests {
     }
 
     #[test]
+    fn wait_for_state_times_out_or_returns_once_there() -> Result {
+        let mut p = Pair::new(|_| Ok(()))?;
+        p.client.enable()?;
+        assert_eq!(
+            p.client
+                .wait_for_state(State::Started, kernel::time::Delta::from_millis(30)),
+            Err(ETIMEDOUT)
+        );
+        p.server.enable()?;
+        p.client
+            .wait_for_state(State::Started, kernel::time::Delta::from_millis(5000))?;
+        p.server
+            .wait_for_state(State::Started, kernel::time::Delta::from_millis(5000))?;
+        assert_eq!(p.client.state(), State::Started);
+        Ok(())
+    }
+
+    #[test]
     fn state_callbacks_run_in_order() -> Result {
         let mut p = Pair::connected()?;
         for rec in [&p.crec, &p.srec] {
