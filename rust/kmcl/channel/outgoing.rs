@@ -1189,13 +1189,6 @@ impl Channel {
     pub(crate) fn send_raw_inband(&self, data: &[u8], trans_id: u64) -> Result {
         let d = packet::encode_simple(packet::TYPE_DATA_INBAND, 0, trans_id, data.len())
             .ok_or(EINVAL)?;
-        let head = d.encode();
-        // Ring writes take whole 8-byte words: the aligned body, then the
-        // tail padded with zeroes.
-        let body = data.len() & !7;
-        let mut tail = [0u8; 8];
-        tail[..data.len() - body].copy_from_slice(&data[body..]);
-        let tail_len = if data.len() == body { 0 } else { 8 };
         let signal = {
             let mut g = self.inner.lock();
             usable_for_send(&g)?;
@@ -1206,7 +1199,7 @@ impl Channel {
                 return Err(EAGAIN);
             }
             let att = g.att.as_mut().ok_or(ENODEV)?;
-            match att.write_parts(&[&head, &data[..body], &tail[..tail_len]]) {
+            match att.write_inband(&d, data) {
                 Ok(s) => s,
                 Err(WriteError::Full(_)) => return Err(EAGAIN),
                 Err(WriteError::Broken) => return Err(EIO),

@@ -124,47 +124,64 @@ impl HvEndpoint {
         let payload = bytes
             .get(off..d.len8 as usize * 8)
             .ok_or(WriteError::Broken)?;
-        let mut wire = 0u64;
-        let r = if d.ty == packet::TYPE_DATA_GPA_DIRECT {
-            // Linux fills in the descriptor of the header it is given, so
-            // hand it a copy: descriptor, GPA header and ranges.
-            let mut hdr = [0u8; 512];
-            let h = hdr.get_mut(..off).ok_or(WriteError::Broken)?;
-            h.copy_from_slice(&bytes[..off]);
-            // SAFETY: `chan` is open; `hdr` holds a `vmbus_packet_mpb_array`
-            // of `off` bytes with its range count set; Linux only reads
-            // `payload`.
-            unsafe {
-                ffi::kmcl_hv_sendpacket_mpb(
-                    self.raw(),
-                    h.as_mut_ptr().cast(),
-                    off as u32,
-                    payload.as_ptr().cast_mut().cast(),
-                    payload.len() as u32,
-                    d.trans_id,
-                )
-            }
-        } else {
-            // SAFETY: `chan` is open by the invariant; Linux only reads
-            // `payload` (its prototype takes a mutable pointer for historical
-            // reasons).
-            unsafe {
-                ffi::kmcl_hv_sendpacket(
-                    self.raw(),
-                    payload.as_ptr().cast_mut().cast(),
-                    payload.len() as u32,
-                    d.trans_id,
-                    &mut wire,
-                    d.ty,
-                    u32::from(d.flags),
-                )
-            }
+        if d.ty != packet::TYPE_DATA_GPA_DIRECT {
+            return self.send(d.ty, d.flags, d.trans_id, payload);
+        }
+        // Linux fills in the descriptor of the header it is given, so hand
+        // it a copy: descriptor, GPA header and ranges.
+        let mut hdr = [0u8; 512];
+        let h = hdr.get_mut(..off).ok_or(WriteError::Broken)?;
+        h.copy_from_slice(&bytes[..off]);
+        // SAFETY: `chan` is open; `hdr` holds a `vmbus_packet_mpb_array` of
+        // `off` bytes with its range count set; Linux only reads `payload`.
+        let r = unsafe {
+            ffi::kmcl_hv_sendpacket_mpb(
+                self.raw(),
+                h.as_mut_ptr().cast(),
+                off as u32,
+                payload.as_ptr().cast_mut().cast(),
+                payload.len() as u32,
+                d.trans_id,
+            )
         };
+        // The requestor's id is not reported for GPA-direct packets.
+        self.result(r, bytes.len()).map(|()| 0)
+    }
+
+    /// Sends `payload` (padded by Linux) as a packet of type `ty`; returns
+    /// the id on the wire.
+    pub(crate) fn send(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        trans_id: u64,
+        payload: &[u8],
+    ) -> Result<u64, WriteError> {
+        let mut wire = 0u64;
+        // SAFETY: `chan` is open by the invariant; Linux only reads `payload`
+        // (its prototype takes a mutable pointer for historical reasons).
+        let r = unsafe {
+            ffi::kmcl_hv_sendpacket(
+                self.raw(),
+                payload.as_ptr().cast_mut().cast(),
+                payload.len() as u32,
+                trans_id,
+                &mut wire,
+                ty,
+                u32::from(flags),
+            )
+        };
+        let len = packet::DESCRIPTOR_SIZE + packet::align8(payload.len());
+        self.result(r, len).map(|()| wire)
+    }
+
+    /// Maps Linux's return of a write of `len` bytes (descriptor, payload).
+    fn result(&self, r: c_int, len: usize) -> Result<(), WriteError> {
         match r {
-            0 => Ok(wire),
+            0 => Ok(()),
             // Linux needs strictly more free space than packet and trailer.
             r if r == EAGAIN.to_errno() => Err(WriteError::Full(
-                bytes.len() as u32 + crate::wire::ring::TRAILER_SIZE + 1,
+                len as u32 + crate::wire::ring::TRAILER_SIZE + 1,
             )),
             _ => Err(WriteError::Broken),
         }

@@ -14,7 +14,10 @@ use kernel::{
 
 use crate::{
     channel::Channel,
-    wire::ring::RingError, //
+    wire::{
+        packet,
+        ring::RingError, //
+    },
 };
 
 pub(crate) mod hv;
@@ -71,6 +74,14 @@ impl Bus {
     }
 }
 
+fn ring_result(r: Result<crate::wire::ring::WriteOutcome, RingError>) -> Result<bool, WriteError> {
+    match r {
+        Ok(o) => Ok(o.signal),
+        Err(RingError::Full { needed }) => Err(WriteError::Full(needed)),
+        Err(_) => Err(WriteError::Broken),
+    }
+}
+
 /// Why a write did not go into the ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WriteError {
@@ -108,38 +119,37 @@ impl SignalTarget {
 impl Attachment {
     /// Writes one encoded packet; `Ok(true)` if the peer must be signalled.
     pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
-        self.write_parts(&[bytes])
+        match self {
+            Attachment::Loopback(e) => ring_result(e.writer.write(&[bytes])),
+            // Linux's ring code signals the host itself.
+            Attachment::Hv(e) => e.write(bytes).map(|_| false),
+        }
     }
 
-    /// Writes one packet from parts, each a multiple of 8 bytes.
-    pub(crate) fn write_parts(&mut self, parts: &[&[u8]]) -> Result<bool, WriteError> {
-        let r = match self {
-            Attachment::Loopback(e) => e.writer.write(parts),
-            Attachment::Hv(e) => {
-                // Linux takes one buffer; parts are only split by the
-                // allocation-free send, which the hv transport serves from
-                // a bounded stack copy.
-                let mut buf = [0u8; 256];
-                let total: usize = parts.iter().map(|p| p.len()).sum();
-                let bytes = match parts {
-                    [one] => *one,
-                    _ if total <= buf.len() => {
-                        let mut at = 0;
-                        for p in parts {
-                            buf[at..at + p.len()].copy_from_slice(p);
-                            at += p.len();
-                        }
-                        &buf[..total]
-                    }
-                    _ => return Err(WriteError::Broken),
-                };
-                return e.write(bytes).map(|_| false);
+    /// Writes an in-band packet with descriptor `head` and the unpadded
+    /// `data`, allocating nothing (for sends from atomic context).
+    pub(crate) fn write_inband(
+        &mut self,
+        head: &packet::Descriptor,
+        data: &[u8],
+    ) -> Result<bool, WriteError> {
+        match self {
+            Attachment::Loopback(e) => {
+                // Ring writes take whole 8-byte words: the aligned body,
+                // then the tail padded with zeroes.
+                let body = data.len() & !7;
+                let mut tail = [0u8; 8];
+                tail[..data.len() - body].copy_from_slice(&data[body..]);
+                let tail_len = if data.len() == body { 0 } else { 8 };
+                ring_result(
+                    e.writer
+                        .write(&[&head.encode(), &data[..body], &tail[..tail_len]]),
+                )
             }
-        };
-        match r {
-            Ok(o) => Ok(o.signal),
-            Err(RingError::Full { needed }) => Err(WriteError::Full(needed)),
-            Err(_) => Err(WriteError::Broken),
+            // Linux builds the descriptor and the padding itself.
+            Attachment::Hv(e) => e
+                .send(head.ty, head.flags, head.trans_id, data)
+                .map(|_| false),
         }
     }
 
