@@ -745,4 +745,24 @@ mod tests {
         ch.disable();
         Ok(())
     }
+
+    #[test]
+    fn api_zero_timeout_send_over_hv_takes_any_size() -> Result {
+        let (ch, _rec, mut host) = hv_client()?;
+        let data = KVec::from_elem(0x5au8, 1001, GFP_KERNEL)?;
+        let r = crate::sys::with_bh_disabled(|| {
+            ch.send_synchronous_request(
+                &data,
+                SendFlags::NONE,
+                &mut [],
+                Some(Delta::from_millis(0)),
+            )
+        });
+        assert_eq!(r, Ok(0));
+        let p = host.next()?;
+        let pk = packet::parse(&p, &LIMITS).map_err(|_| EIO)?;
+        assert!(harness::padded_eq(pk.payload, &data));
+        ch.disable();
+        Ok(())
+    }
 }
