@@ -11,6 +11,7 @@
  */
 
 #include <linux/hyperv.h>
+#include <linux/interrupt.h>
 #include <linux/mm.h>
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
@@ -25,7 +26,18 @@ struct kmcl_hv_test_ring {
 struct kmcl_hv_test_channel {
 	struct vmbus_channel chan;
 	struct kmcl_hv_test_ring rings[2];
+	/* The host's interrupt runs the channel callback here, as hv_vmbus's tasklet does. */
+	struct tasklet_struct tasklet;
 };
+
+static void kmcl_hv_test_tasklet(struct tasklet_struct *tl)
+{
+	struct kmcl_hv_test_channel *t = from_tasklet(t, tl, tasklet);
+	void (*cb)(void *) = READ_ONCE(t->chan.onchannel_callback);
+
+	if (cb)
+		cb(t->chan.channel_callback_context);
+}
 
 static int ring_init(struct hv_ring_buffer_info *rbi,
 		     struct kmcl_hv_test_ring *r, u32 page_cnt, u32 max_pkt)
@@ -79,6 +91,7 @@ void kmcl_hv_test_channel_free(struct vmbus_channel *c)
 	if (!c)
 		return;
 	t = container_of(c, struct kmcl_hv_test_channel, chan);
+	tasklet_kill(&t->tasklet);
 	ring_free(&c->outbound, &t->rings[0]);
 	ring_free(&c->inbound, &t->rings[1]);
 	kfree(c->requestor.req_arr);
@@ -86,40 +99,29 @@ void kmcl_hv_test_channel_free(struct vmbus_channel *c)
 	kfree(t);
 }
 
+/*
+ * A channel that is open already, without a device: as kmcl_hv_test_open()
+ * opens one, with the requestor callbacks a driver sets before vmbus_open().
+ */
 struct vmbus_channel *kmcl_hv_test_channel_new(u32 ring_pages, u32 max_pkt,
 					       u32 rqstor_size)
 {
-	struct kmcl_hv_test_channel *t = kzalloc(sizeof(*t), GFP_KERNEL);
-	struct vmbus_channel *c;
-	u32 i;
+	static const guid_t none;
+	struct vmbus_channel *c = kmcl_hv_test_channel_alloc(&none, &none, 0);
 
-	if (!t)
+	if (!c)
 		return NULL;
-	c = &t->chan;
-	c->is_dedicated_interrupt = true;
 	c->max_pkt_size = max_pkt;
-	if (ring_init(&c->outbound, &t->rings[0], ring_pages, 0) ||
-	    ring_init(&c->inbound, &t->rings[1], ring_pages, max_pkt))
-		goto fail;
+	c->rqstor_size = rqstor_size;
 	if (rqstor_size) {
-		c->requestor.req_arr = kcalloc(rqstor_size, sizeof(u64), GFP_KERNEL);
-		c->requestor.req_bitmap = bitmap_zalloc(rqstor_size, GFP_KERNEL);
-		if (!c->requestor.req_arr || !c->requestor.req_bitmap)
-			goto fail;
-		for (i = 0; i < rqstor_size - 1; i++)
-			c->requestor.req_arr[i] = i + 1;
-		c->requestor.req_arr[i] = U64_MAX;
-		c->requestor.size = rqstor_size;
-		spin_lock_init(&c->requestor.req_lock);
-		c->rqstor_size = rqstor_size;
-		/* As drivers that use the requestor set them before vmbus_open(). */
 		c->next_request_id_callback = vmbus_next_request_id;
 		c->request_addr_callback = vmbus_request_addr;
 	}
+	if (kmcl_hv_test_open(c, ring_pages << PAGE_SHIFT, NULL, NULL)) {
+		kmcl_hv_test_channel_free(c);
+		return NULL;
+	}
 	return c;
-fail:
-	kmcl_hv_test_channel_free(c);
-	return NULL;
 }
 
 void kmcl_hv_test_ring(struct vmbus_channel *c, int inbound, void **control,
@@ -137,3 +139,169 @@ u64 kmcl_hv_test_sig_events(struct vmbus_channel *c)
 	return c->sig_events;
 }
 
+
+/*
+ * Stand-ins for vmbus_open() and friends on a device the suites build: a
+ * bare channel as hv_vmbus has it for an offer, opened with rings in memory.
+ * kmcl's hv bus calls these through the same table it uses for Linux's
+ * functions, so binding, open, close, rescind and suspend run kmcl's real
+ * code; only the host's side of the open is not there.
+ */
+
+static int kmcl_hv_test_open_error;
+static int kmcl_hv_test_gpadl_error;
+static bool kmcl_hv_test_reencrypt_fails;
+static u32 kmcl_hv_test_next_gpadl;
+
+struct kmcl_hv_test_device {
+	struct hv_device dev;
+};
+
+static void kmcl_hv_test_device_release(struct device *d)
+{
+	kfree(container_of(d, struct kmcl_hv_test_device, dev.device));
+}
+
+struct vmbus_channel *kmcl_hv_test_channel_alloc(const guid_t *type,
+						 const guid_t *instance,
+						 u16 mmio_mb)
+{
+	struct kmcl_hv_test_channel *t = kzalloc(sizeof(*t), GFP_KERNEL);
+
+	if (!t)
+		return NULL;
+	tasklet_setup(&t->tasklet, kmcl_hv_test_tasklet);
+	t->chan.is_dedicated_interrupt = true;
+	t->chan.offermsg.offer.if_type = *type;
+	t->chan.offermsg.offer.if_instance = *instance;
+	t->chan.offermsg.offer.mmio_megabytes = mmio_mb;
+	return &t->chan;
+}
+
+struct hv_device *kmcl_hv_test_device_new(struct vmbus_channel *c)
+{
+	struct kmcl_hv_test_device *t = kzalloc(sizeof(*t), GFP_KERNEL);
+
+	if (!t)
+		return NULL;
+	device_initialize(&t->dev.device);
+	t->dev.device.release = kmcl_hv_test_device_release;
+	t->dev.channel = c;
+	t->dev.dev_type = c->offermsg.offer.if_type;
+	t->dev.dev_instance = c->offermsg.offer.if_instance;
+	if (dev_set_name(&t->dev.device, "kmcl-test-%pUl", &t->dev.dev_instance)) {
+		put_device(&t->dev.device);
+		return NULL;
+	}
+	return &t->dev;
+}
+
+void kmcl_hv_test_device_put(struct hv_device *dev)
+{
+	put_device(&dev->device);
+}
+
+void kmcl_hv_test_set_errors(int open, int gpadl, bool reencrypt_fails)
+{
+	kmcl_hv_test_open_error = open;
+	kmcl_hv_test_gpadl_error = gpadl;
+	kmcl_hv_test_reencrypt_fails = reencrypt_fails;
+}
+
+int kmcl_hv_test_open(struct vmbus_channel *c, u32 ring_bytes,
+		      void (*cb)(void *), void *ctx)
+{
+	u32 max_pkt = c->max_pkt_size, rqstor = c->rqstor_size;
+	struct kmcl_hv_test_channel *t =
+		container_of(c, struct kmcl_hv_test_channel, chan);
+	u32 pages = ring_bytes >> PAGE_SHIFT;
+	u32 i;
+
+	if (kmcl_hv_test_open_error)
+		return kmcl_hv_test_open_error;
+	if (!PAGE_ALIGNED(ring_bytes) || pages < 2 || c->onchannel_callback)
+		return -EINVAL;
+	/* As vmbus_open(): sizes and requestor from what the driver set. */
+	if (ring_init(&c->outbound, &t->rings[0], pages, 0) ||
+	    ring_init(&c->inbound, &t->rings[1], pages, max_pkt))
+		goto fail;
+	if (rqstor) {
+		c->requestor.req_arr = kcalloc(rqstor, sizeof(u64), GFP_KERNEL);
+		c->requestor.req_bitmap = bitmap_zalloc(rqstor, GFP_KERNEL);
+		if (!c->requestor.req_arr || !c->requestor.req_bitmap)
+			goto fail;
+		for (i = 0; i < rqstor - 1; i++)
+			c->requestor.req_arr[i] = i + 1;
+		c->requestor.req_arr[i] = U64_MAX;
+		c->requestor.size = rqstor;
+		spin_lock_init(&c->requestor.req_lock);
+	}
+	c->channel_callback_context = ctx;
+	WRITE_ONCE(c->onchannel_callback, cb);
+	return 0;
+fail:
+	kmcl_hv_test_close(c);
+	return -ENOMEM;
+}
+
+void kmcl_hv_test_close(struct vmbus_channel *c)
+{
+	struct kmcl_hv_test_channel *t =
+		container_of(c, struct kmcl_hv_test_channel, chan);
+
+	/* As vmbus_close(): no callback runs once this returns. */
+	WRITE_ONCE(c->onchannel_callback, NULL);
+	tasklet_kill(&t->tasklet);
+	ring_free(&c->outbound, &t->rings[0]);
+	ring_free(&c->inbound, &t->rings[1]);
+	kfree(c->requestor.req_arr);
+	bitmap_free(c->requestor.req_bitmap);
+	memset(&c->outbound, 0, sizeof(c->outbound));
+	memset(&c->inbound, 0, sizeof(c->inbound));
+	memset(&c->requestor, 0, sizeof(c->requestor));
+	memset(t->rings, 0, sizeof(t->rings));
+	c->channel_callback_context = NULL;
+}
+
+/* The host's interrupt: the channel callback runs in a tasklet. */
+void kmcl_hv_test_interrupt(struct vmbus_channel *c)
+{
+	tasklet_schedule(&container_of(c, struct kmcl_hv_test_channel, chan)->tasklet);
+}
+
+void kmcl_hv_test_open_params(struct vmbus_channel *c, u32 *ring_datasize,
+			      u32 *max_pkt, u32 *rqstor, bool *direct)
+{
+	*ring_datasize = c->outbound.ring_datasize;
+	*max_pkt = c->max_pkt_size;
+	*rqstor = c->rqstor_size;
+	*direct = c->callback_mode == HV_CALL_DIRECT;
+}
+
+void kmcl_hv_test_set_rescind(struct vmbus_channel *c)
+{
+	WRITE_ONCE(c->rescind, true);
+}
+
+/* GPADLs: the host's part is a counter; the decrypted state is tracked as Linux does. */
+int kmcl_hv_test_gpadl_establish(struct vmbus_channel *c, void *buf, u32 size,
+				 struct vmbus_gpadl *g)
+{
+	if (kmcl_hv_test_gpadl_error)
+		return kmcl_hv_test_gpadl_error;
+	if (!PAGE_ALIGNED(buf) || !PAGE_ALIGNED(size) || !size)
+		return -EINVAL;
+	g->gpadl_handle = ++kmcl_hv_test_next_gpadl;
+	g->buffer = buf;
+	g->size = size;
+	/* As in a confidential VM: the pages are shared with the host now. */
+	g->decrypted = true;
+	return 0;
+}
+
+int kmcl_hv_test_gpadl_teardown(struct vmbus_channel *c, struct vmbus_gpadl *g)
+{
+	g->gpadl_handle = 0;
+	g->decrypted = kmcl_hv_test_reencrypt_fails;
+	return 0;
+}

@@ -11,10 +11,12 @@
  */
 
 #include <linux/hyperv.h>
+#include <linux/kmemleak.h>
 #include <linux/mod_devicetable.h>
 #include <linux/module.h>
 #include <linux/slab.h>
 #include <linux/stddef.h>
+#include <linux/vmalloc.h>
 
 #include "vmbus.h"
 
@@ -228,4 +230,137 @@ void kmcl_hv_set_pending_send_size(struct vmbus_channel *c, u32 size)
 u64 kmcl_hv_request_addr(struct vmbus_channel *c, u64 trans_id, u64 rqst_addr)
 {
 	return vmbus_request_addr_match(c, trans_id, rqst_addr);
+}
+
+/*
+ * A request kmcl gave up on (a synchronous request that timed out) keeps
+ * its slot in the requestor until the host completes it. Release the slot
+ * that holds kmcl's id rqst_addr, so that a host that never answers cannot
+ * exhaust the requestor. kmcl's ids carry a generation, so a value names one
+ * request; a late completion for it is then refused like a forged one.
+ */
+bool kmcl_hv_request_release(struct vmbus_channel *c, u64 rqst_addr)
+{
+	struct vmbus_requestor *rqstor = &c->requestor;
+	unsigned long flags;
+	u64 id = 0;
+	u32 i;
+
+	if (!rqstor->req_arr)
+		return false;
+	spin_lock_irqsave(&rqstor->req_lock, flags);
+	for (i = 0; i < rqstor->size; i++) {
+		if (test_bit(i, rqstor->req_bitmap) &&
+		    rqstor->req_arr[i] == rqst_addr) {
+			id = i + 1;
+			break;
+		}
+	}
+	spin_unlock_irqrestore(&rqstor->req_lock, flags);
+	return id && vmbus_request_addr_match(c, id, rqst_addr) == rqst_addr;
+}
+
+/* ---- Opening and closing a bound device's channel. ---- */
+
+/*
+ * What vmbus_open() reads from the channel, set before it runs: the packet
+ * buffer size, the requestor, and the read mode.
+ */
+void kmcl_hv_prepare_open(struct vmbus_channel *c, u32 max_pkt, u32 rqstor)
+{
+	c->max_pkt_size = max_pkt;
+	c->rqstor_size = rqstor;
+	c->next_request_id_callback = vmbus_next_request_id;
+	c->request_addr_callback = vmbus_request_addr;
+	/*
+	 * kmcl masks and unmasks the host's interrupts itself around each
+	 * drain, and may leave packets in the ring when the driver's quota is
+	 * used up. In batched mode hv_vmbus would reschedule the tasklet for as
+	 * long as such packets stay there.
+	 */
+	set_channel_read_mode(c, HV_CALL_DIRECT);
+}
+
+int kmcl_hv_open(struct vmbus_channel *c, u32 ring_bytes, void (*cb)(void *),
+		 void *ctx)
+{
+	return vmbus_open(c, ring_bytes, ring_bytes, NULL, 0, cb, ctx);
+}
+
+void kmcl_hv_close(struct vmbus_channel *c)
+{
+	vmbus_close(c);
+}
+
+u32 kmcl_hv_device_offer_mmio_mb(struct hv_device *dev)
+{
+	return dev->channel ? dev->channel->offermsg.offer.mmio_megabytes : 0;
+}
+
+int kmcl_hv_allocate_mmio(struct hv_device *dev, u64 size, u64 *start)
+{
+	struct resource *res = NULL;
+	int ret;
+
+	ret = vmbus_allocate_mmio(&res, dev, 0, -1, size, PAGE_SIZE, false);
+	if (!ret)
+		*start = res->start;
+	return ret;
+}
+
+void kmcl_hv_free_mmio(u64 start, u64 size)
+{
+	vmbus_free_mmio(start, size);
+}
+
+/* ---- GPADLs. ---- */
+
+struct vmbus_gpadl *kmcl_hv_gpadl_alloc(void)
+{
+	return kzalloc(sizeof(struct vmbus_gpadl), GFP_KERNEL);
+}
+
+void kmcl_hv_gpadl_free(struct vmbus_gpadl *g)
+{
+	kfree(g);
+}
+
+int kmcl_hv_gpadl_establish(struct vmbus_channel *c, void *buf, u32 size,
+			    struct vmbus_gpadl *g)
+{
+	return vmbus_establish_gpadl(c, buf, size, g);
+}
+
+int kmcl_hv_gpadl_teardown(struct vmbus_channel *c, struct vmbus_gpadl *g)
+{
+	return vmbus_teardown_gpadl(c, g);
+}
+
+u32 kmcl_hv_gpadl_handle(const struct vmbus_gpadl *g)
+{
+	return g->gpadl_handle;
+}
+
+bool kmcl_hv_gpadl_decrypted(const struct vmbus_gpadl *g)
+{
+	return g->decrypted;
+}
+
+void *kmcl_hv_vmap_pages(struct page **pages, u32 count)
+{
+	return vmap(pages, count, VM_MAP, PAGE_KERNEL);
+}
+
+void kmcl_hv_vunmap(void *addr)
+{
+	vunmap(addr);
+}
+
+/*
+ * Memory the host may still see (its re-encryption failed) must never go
+ * back to the allocator. kmcl keeps it forever; tell kmemleak so.
+ */
+void kmcl_mark_not_leak(const void *ptr)
+{
+	kmemleak_not_leak(ptr);
 }

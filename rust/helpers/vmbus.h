@@ -15,6 +15,8 @@ struct hv_device;
 struct hv_driver;
 struct hv_vmbus_device_id;
 struct module;
+struct page;
+struct vmbus_gpadl;
 struct vmbus_channel;
 
 /*
@@ -61,6 +63,26 @@ u32 kmcl_hv_bytes_to_read(struct vmbus_channel *c);
 u32 kmcl_hv_ring_datasize(struct vmbus_channel *c);
 void kmcl_hv_set_pending_send_size(struct vmbus_channel *c, u32 size);
 u64 kmcl_hv_request_addr(struct vmbus_channel *c, u64 trans_id, u64 rqst_addr);
+bool kmcl_hv_request_release(struct vmbus_channel *c, u64 rqst_addr);
+
+/* Bound devices: open and close, MMIO, GPADLs. */
+void kmcl_hv_prepare_open(struct vmbus_channel *c, u32 max_pkt, u32 rqstor);
+int kmcl_hv_open(struct vmbus_channel *c, u32 ring_bytes, void (*cb)(void *),
+		 void *ctx);
+void kmcl_hv_close(struct vmbus_channel *c);
+u32 kmcl_hv_device_offer_mmio_mb(struct hv_device *dev);
+int kmcl_hv_allocate_mmio(struct hv_device *dev, u64 size, u64 *start);
+void kmcl_hv_free_mmio(u64 start, u64 size);
+struct vmbus_gpadl *kmcl_hv_gpadl_alloc(void);
+void kmcl_hv_gpadl_free(struct vmbus_gpadl *g);
+int kmcl_hv_gpadl_establish(struct vmbus_channel *c, void *buf, u32 size,
+			    struct vmbus_gpadl *g);
+int kmcl_hv_gpadl_teardown(struct vmbus_channel *c, struct vmbus_gpadl *g);
+u32 kmcl_hv_gpadl_handle(const struct vmbus_gpadl *g);
+bool kmcl_hv_gpadl_decrypted(const struct vmbus_gpadl *g);
+void *kmcl_hv_vmap_pages(struct page **pages, u32 count);
+void kmcl_hv_vunmap(void *addr);
+void kmcl_mark_not_leak(const void *ptr);
 
 /* Used by the KUnit suites. */
 int kmcl_guid_parse(const char *s, guid_t *out);

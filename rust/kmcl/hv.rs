@@ -1,36 +1,99 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The hv transport: kmcl's driver on the VMBus bus.
+//! kmcl's drivers on the VMBus bus.
 //!
-//! kmcl registers one `hv_driver`, named `kmcl`. Its static id table is empty:
-//! the interface types it binds are those that client channels target, which
-//! are only known at run time.
+//! At load, kmcl registers a driver named `kmcl` with no ids: it binds
+//! nothing, and its registration tells whether the machine has a VMBus. The
+//! drivers that bind devices are registered per interface type as client
+//! channels target them; see [`crate::transport::hv::bus`].
+
+use core::sync::atomic::{
+    AtomicPtr,
+    Ordering, //
+};
 
 use kernel::{
     device_id::IdArray,
-    prelude::*, //
+    prelude::*,
+    sync::{
+        Arc,
+        ArcBorrow, //
+    },
 };
 
-use crate::vmbus;
+use crate::{
+    transport::hv::{
+        bus::HvDevice,
+        HvBus,
+        LINUX_OPS, //
+    },
+    vmbus,
+};
 
-/// kmcl's VMBus driver.
+/// kmcl's VMBus driver, registered once per targeted interface type.
 pub(crate) struct HvDriver;
 
-/// Per-device state of a bound VMBus device.
-pub(crate) struct HvDeviceData;
+/// A device bound to kmcl.
+pub(crate) struct Bound {
+    bus: Arc<HvBus>,
+    dev: Arc<HvDevice>,
+}
 
 static ID_TABLE: IdArray<vmbus::DeviceId, (), 0> = IdArray::new([]);
 
 impl vmbus::Driver for HvDriver {
     type IdInfo = ();
-    type Data = HvDeviceData;
+    type Data = Bound;
 
     const ID_TABLE: &'static dyn vmbus::IdTable<()> = &ID_TABLE;
 
-    fn probe(dev: &vmbus::Device, _id_info: &'static ()) -> impl PinInit<HvDeviceData, Error> {
-        dev_info!(dev.as_ref(), "bound offer of class {}\n", dev.class_id());
-        Ok::<_, Error>(HvDeviceData)
+    fn probe(dev: &vmbus::Device, _id_info: Option<&'static ()>) -> impl PinInit<Bound, Error> {
+        let bus = default_bus().ok_or(ENODEV);
+        bus.and_then(|bus| {
+            let d = bus.probe(dev)?;
+            dev_info!(
+                dev.as_ref(),
+                "bound offer {} of type {}\n",
+                dev.instance_id(),
+                dev.class_id()
+            );
+            Ok(Bound { bus, dev: d })
+        })
     }
+
+    fn remove(_dev: &vmbus::Device, data: Pin<&Bound>) {
+        data.bus.remove(&data.dev);
+    }
+
+    fn shutdown(_dev: &vmbus::Device, data: Pin<&Bound>) {
+        // The channel closes as on removal; nothing opens it again.
+        data.bus.remove(&data.dev);
+    }
+
+    fn suspend(_dev: &vmbus::Device, data: Pin<&Bound>) -> Result {
+        data.bus.suspend(&data.dev);
+        Ok(())
+    }
+
+    fn resume(_dev: &vmbus::Device, data: Pin<&Bound>) -> Result {
+        data.bus.resume(&data.dev);
+        Ok(())
+    }
+}
+
+/// kmcl's VMBus, while the module is loaded on a machine that has one.
+static BUS: AtomicPtr<HvBus> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The VMBus of client channels that name no bus; `None` without VMBus.
+pub(crate) fn default_bus() -> Option<Arc<HvBus>> {
+    let p = BUS.load(Ordering::Acquire);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `BUS` holds a reference from `Arc::into_raw` until
+    // `Transport::drop`, which runs at unload, when no channel is left to
+    // call this.
+    Some(unsafe { ArcBorrow::from_raw(p) }.into())
 }
 
 /// The registered hv transport.
@@ -42,12 +105,30 @@ impl Transport {
     /// Registers kmcl's VMBus driver. Returns `None` where the machine has no
     /// VMBus, which leaves kmcl usable with the loopback transport alone.
     pub(crate) fn register(module: &'static ThisModule) -> Result<Option<Self>> {
-        match vmbus::Registration::new(c"kmcl", module) {
-            Ok(registration) => Ok(Some(Self {
-                _registration: registration,
-            })),
-            Err(e) if e == ENODEV => Ok(None),
-            Err(e) => Err(e),
+        let registration = match vmbus::Registration::new(c"kmcl", module) {
+            Ok(registration) => registration,
+            Err(e) if e == ENODEV => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let bus = HvBus::new(&LINUX_OPS, Some(module))?;
+        let old = BUS.swap(Arc::into_raw(bus).cast_mut(), Ordering::AcqRel);
+        if !old.is_null() {
+            // SAFETY: a reference stored by an earlier registration.
+            drop(unsafe { Arc::from_raw(old) });
+        }
+        Ok(Some(Self {
+            _registration: registration,
+        }))
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        let p = BUS.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !p.is_null() {
+            // SAFETY: the reference stored by `register`.
+            let bus = unsafe { Arc::from_raw(p) };
+            bus.shutdown();
         }
     }
 }

@@ -29,6 +29,7 @@ use kernel::{
         to_result, //
     },
     prelude::*,
+    str::CString,
     types::ForeignOwnable,
     ThisModule,
 };
@@ -104,6 +105,7 @@ pub mod ffi {
             instance: *mut Guid,
         );
         pub(crate) fn kmcl_vmbus_channel_rescinded(chan: *mut VmbusChannel) -> bool;
+        pub(crate) fn kmcl_hv_device_offer_mmio_mb(dev: *mut HvDevice) -> u32;
     }
 }
 
@@ -216,8 +218,14 @@ impl Device {
         unsafe { &*ptr.cast::<Self>() }
     }
 
-    fn as_raw(&self) -> *mut ffi::HvDevice {
+    pub(crate) fn as_raw(&self) -> *mut ffi::HvDevice {
         core::ptr::from_ref(self).cast_mut().cast()
+    }
+
+    /// MMIO space the host's offer asks for, in MiB.
+    pub fn offer_mmio_megabytes(&self) -> u32 {
+        // SAFETY: `self` is a live `hv_device` by the type invariant.
+        unsafe { ffi::kmcl_hv_device_offer_mmio_mb(self.as_raw()) }
     }
 
     /// The interface type (class) GUID of the offer this device represents.
@@ -312,8 +320,14 @@ pub trait Driver: Send + Sync + 'static {
     /// The interface types this driver binds.
     const ID_TABLE: &'static dyn IdTable<Self::IdInfo>;
 
-    /// Binds a device whose class matched `id_info`'s entry of the table.
-    fn probe(dev: &Device, id_info: &'static Self::IdInfo) -> impl PinInit<Self::Data, Error>;
+    /// Binds a device. `id_info` is the information of the entry of
+    /// [`Driver::ID_TABLE`] that matched; `None` when the device matched an
+    /// id given at run time ([`Registration::with_classes`], or sysfs
+    /// `new_id`), which carries none.
+    fn probe(
+        dev: &Device,
+        id_info: Option<&'static Self::IdInfo>,
+    ) -> impl PinInit<Self::Data, Error>;
 
     /// Unbinds a device; `data` is dropped afterwards.
     fn remove(dev: &Device, data: Pin<&Self::Data>) {
@@ -360,13 +374,11 @@ impl<T: Driver> Adapter<T> {
         // SAFETY: the bus passes a device that is live for the whole callback.
         let device = unsafe { Device::from_raw(dev) };
         from_result(|| {
-            let table = T::ID_TABLE;
-            // SAFETY: `id` is an entry of `T::ID_TABLE`, or of the dynamic ids,
-            // which `hv_vmbus` hands out as a pointer to a `hv_vmbus_device_id` too.
-            let class = Guid(unsafe { (*id).guid });
-            // Dynamic ids (sysfs `new_id`) are not in the static table; they carry
-            // no driver information, so such a class cannot be bound.
-            let (_, info) = table.lookup(&class).ok_or(ENODEV)?;
+            // SAFETY: `id` is an entry of the id table `hv_vmbus` matched, static
+            // or given at run time; either is a `hv_vmbus_device_id`. It is null
+            // only if the bus matched no id, which it does not probe.
+            let class = Guid(unsafe { id.as_ref() }.ok_or(ENODEV)?.guid);
+            let info = T::ID_TABLE.lookup(&class).map(|(_, info)| info);
             let data = KBox::pin_init(T::probe(device, info), GFP_KERNEL)?;
             // SAFETY: `dev` is live; the pointer is taken back in `remove_callback`.
             unsafe { ffi::kmcl_hv_set_drvdata(dev, data.into_foreign()) };
@@ -429,6 +441,13 @@ impl<T: Driver> Adapter<T> {
     }
 }
 
+/// The C callbacks of driver type `T`, for the KUnit suites to call as
+/// `hv_vmbus` would.
+#[cfg(CONFIG_KUNIT)]
+pub(crate) fn driver_ops<T: Driver>() -> &'static ffi::DriverOps {
+    &Adapter::<T>::OPS
+}
+
 /// A registered VMBus driver; unregistered when dropped.
 ///
 /// # Invariants
@@ -437,6 +456,10 @@ impl<T: Driver> Adapter<T> {
 /// `hv_vmbus`; it stays registered until `drop`.
 pub struct Registration<T: Driver> {
     drv: NonNull<ffi::HvDriver>,
+    /// The id table and name of a registration made at run time; `drv`
+    /// points into both.
+    _ids: KVec<ffi::HvVmbusDeviceId>,
+    _name: Option<CString>,
     _t: PhantomData<T>,
     _pin: PhantomPinned,
 }
@@ -452,18 +475,64 @@ impl<T: Driver> Registration<T> {
     ///
     /// Fails with `ENODEV` where the machine has no VMBus.
     pub fn new(name: &'static CStr, module: &'static ThisModule) -> Result<Self> {
-        let ops: &'static ffi::DriverOps = &Adapter::<T>::OPS;
-        // SAFETY: `name`, the id table and `ops` are `'static`.
-        let drv =
-            unsafe { ffi::kmcl_vmbus_driver_alloc(name.as_char_ptr(), T::ID_TABLE.as_ptr(), ops) };
-        let drv = NonNull::new(drv).ok_or(ENOMEM)?;
-        // SAFETY: `drv` is a fresh driver object; `module` and `name` are `'static`.
-        let ret = to_result(unsafe {
-            ffi::kmcl_vmbus_driver_register(
-                drv.as_ptr(),
-                module.as_ptr().cast(),
+        // SAFETY: `name` and the id table are `'static`.
+        unsafe {
+            Self::register(
                 name.as_char_ptr(),
+                T::ID_TABLE.as_ptr(),
+                KVec::new(),
+                None,
+                module,
             )
+        }
+    }
+
+    /// Registers driver `T` under `name` for the interface types `classes`,
+    /// known only at run time, in place of [`Driver::ID_TABLE`]. Such
+    /// devices are probed with no id information.
+    ///
+    /// Fails with `ENODEV` where the machine has no VMBus, and with `EBUSY`
+    /// if a driver of that name is registered already.
+    pub fn with_classes(
+        name: CString,
+        classes: &[Guid],
+        module: &'static ThisModule,
+    ) -> Result<Self> {
+        if classes.is_empty() {
+            return Err(EINVAL);
+        }
+        let mut ids = KVec::with_capacity(classes.len() + 1, GFP_KERNEL)?;
+        for class in classes {
+            ids.push(DeviceId::new(*class).0, GFP_KERNEL)?;
+        }
+        // `hv_vmbus` stops at the all-zero entry.
+        ids.push(DeviceId::new(Guid::NULL).0, GFP_KERNEL)?;
+        let (name_ptr, ids_ptr) = (name.as_char_ptr(), ids.as_ptr());
+        // SAFETY: the name and the table are moved into the registration,
+        // which keeps them until the driver is unregistered; moving a `KVec`
+        // or a `CString` does not move their heap buffers.
+        unsafe { Self::register(name_ptr, ids_ptr, ids, Some(name), module) }
+    }
+
+    /// # Safety
+    ///
+    /// `name` and `ids` must stay valid until the registration is dropped.
+    unsafe fn register(
+        name: *const c_char,
+        ids: *const ffi::HvVmbusDeviceId,
+        own_ids: KVec<ffi::HvVmbusDeviceId>,
+        own_name: Option<CString>,
+        module: &'static ThisModule,
+    ) -> Result<Self> {
+        let ops: &'static ffi::DriverOps = &Adapter::<T>::OPS;
+        // SAFETY: `name` and `ids` outlive the driver by the caller's promise;
+        // `ops` is `'static`.
+        let drv = unsafe { ffi::kmcl_vmbus_driver_alloc(name, ids, ops) };
+        let drv = NonNull::new(drv).ok_or(ENOMEM)?;
+        // SAFETY: `drv` is a fresh driver object; `module` is `'static` and
+        // `name` outlives the registration.
+        let ret = to_result(unsafe {
+            ffi::kmcl_vmbus_driver_register(drv.as_ptr(), module.as_ptr().cast(), name)
         });
         if let Err(e) = ret {
             // SAFETY: registration failed, so nothing references `drv`.
@@ -473,6 +542,8 @@ impl<T: Driver> Registration<T> {
         // INVARIANT: `drv` is allocated and registered.
         Ok(Self {
             drv,
+            _ids: own_ids,
+            _name: own_name,
             _t: PhantomData,
             _pin: PhantomPinned,
         })

@@ -18,9 +18,18 @@ use kernel::{
 use super::Channel;
 use crate::{
     sys,
-    transport::loopback::{
-        Connection,
-        GpadlEntry, //
+    transport::{
+        hv::{
+            bus::HvDevice,
+            memory::{
+                self as hv_memory,
+                HvGpadl, //
+            },
+        },
+        loopback::{
+            Connection,
+            GpadlEntry, //
+        },
     },
 };
 
@@ -79,8 +88,20 @@ impl GpadlMemory {
 /// A GPADL created by a client. Dropping it deletes it (blocking).
 pub struct Gpadl {
     id: u32,
-    conn: Arc<Connection>,
+    backing: Option<Backing>,
     mem: Option<GpadlMemory>,
+}
+
+/// Where a GPADL lives.
+enum Backing {
+    Loopback(Arc<Connection>),
+    Hv(HvGpadl),
+}
+
+/// What an open channel shares memory through.
+enum Peer {
+    Loopback(Arc<Connection>),
+    Hv(Arc<HvDevice>),
 }
 
 impl Gpadl {
@@ -96,7 +117,12 @@ impl Gpadl {
 
     fn delete_inner(&mut self) -> Option<GpadlMemory> {
         kernel::task::might_sleep();
-        let conn = &self.conn;
+        let conn = match self.backing.take() {
+            Some(Backing::Loopback(conn)) => conn,
+            Some(Backing::Hv(g)) => return g.delete(self.mem.take()),
+            None => return self.mem.take(),
+        };
+        let conn = &conn;
         let mut g = conn.gpadls.lock();
         let Some(pos) = g.entries.iter().position(|e| e.id == self.id) else {
             return self.mem.take();
@@ -198,19 +224,33 @@ impl Drop for GpadlMapping {
 }
 
 impl Channel {
-    fn connection(&self) -> Result<Arc<Connection>> {
+    /// What the open channel shares memory through; `ENODEV` once the peer
+    /// is gone or before the channel opened.
+    fn peer(&self) -> Result<Peer> {
         let g = self.inner.lock();
         if g.peer_gone {
             return Err(ENODEV);
         }
-        g.att
-            .as_ref()
-            .and_then(|a| a.loopback().cloned())
-            .ok_or(ENODEV)
+        match g.att.as_ref() {
+            Some(crate::transport::Attachment::Loopback(e)) => Ok(Peer::Loopback(e.conn.clone())),
+            Some(crate::transport::Attachment::Hv(e)) => {
+                e.device().cloned().map(Peer::Hv).ok_or(EOPNOTSUPP)
+            }
+            None => Err(ENODEV),
+        }
+    }
+
+    fn connection(&self) -> Result<Arc<Connection>> {
+        match self.peer()? {
+            Peer::Loopback(conn) => Ok(conn),
+            Peer::Hv(_) => Err(EOPNOTSUPP),
+        }
     }
 
     /// Creates a GPADL over `buffer` (`VmbChannelCreateGpadlFromBuffer`);
     /// returns once the server side has it. `flags`: [`GPADL_READ_ONLY`].
+    /// Over the hv transport the buffer must be whole pages (page-aligned,
+    /// a multiple of 4 KiB long), as Linux shares pages; `EINVAL` otherwise.
     pub fn create_gpadl_from_buffer(&self, buffer: KVVec<u8>, flags: u32) -> Result<Gpadl> {
         self.create_gpadl(GpadlMemory::Buffer(buffer), flags)
     }
@@ -225,7 +265,17 @@ impl Channel {
         if flags & !GPADL_READ_ONLY != 0 || self.endpoint() != super::Endpoint::Client {
             return Err(EINVAL);
         }
-        let conn = self.connection()?;
+        let conn = match self.peer()? {
+            Peer::Loopback(conn) => conn,
+            Peer::Hv(dev) => {
+                let (g, id, mem) = HvGpadl::establish(&dev, mem).map_err(|(e, _)| e)?;
+                return Ok(Gpadl {
+                    id,
+                    backing: Some(Backing::Hv(g)),
+                    mem: Some(mem),
+                });
+            }
+        };
         let (pfns, len) = mem.pfns()?;
         let offset = mem.offset();
         let mut g = conn.gpadls.lock();
@@ -247,7 +297,7 @@ impl Channel {
         drop(g);
         Ok(Gpadl {
             id,
-            conn,
+            backing: Some(Backing::Loopback(conn)),
             mem: Some(mem),
         })
     }
@@ -296,33 +346,69 @@ impl Channel {
     }
 
     /// Sets the monitor-notification latency in 100 ns units
-    /// (`VmbChannelSetInterruptLatency`). The loopback transport signals
-    /// without monitor pages, so the value is only recorded.
+    /// (`VmbChannelSetInterruptLatency`). Neither transport can apply it:
+    /// the loopback signals without monitor pages, and Linux 7.3 offers a
+    /// guest no way to change a channel's monitor latency (the host sets it
+    /// in the offer). The value is recorded and shown in debugfs.
     pub fn set_interrupt_latency(&self, latency_100ns: u32) -> Result {
-        self.connection()?;
+        self.peer()?;
         self.inner.lock().interrupt_latency = latency_100ns;
         Ok(())
     }
 
     /// The MMIO space reserved for the device (`VmbChannelGetMmioSpace`);
-    /// valid after Opened; `ENOENT` if the server reserved none.
+    /// valid after Opened; `ENOENT` if the server reserved none. Over the
+    /// hv transport the range is allocated with `vmbus_allocate_mmio()` on
+    /// first use, as large as the host's offer asks, and freed when the
+    /// channel closes.
     pub fn mmio_space(&self) -> Result<MmioSpace> {
-        let conn = self.connection()?;
-        if conn.mmio().is_empty() {
-            return Err(ENOENT);
+        match self.peer()? {
+            Peer::Loopback(conn) => {
+                if conn.mmio().is_empty() {
+                    return Err(ENOENT);
+                }
+                Ok(MmioSpace::Loopback(conn))
+            }
+            Peer::Hv(dev) => {
+                let (start, len) = hv_memory::mmio(&dev)?;
+                Ok(MmioSpace::Physical { start, len })
+            }
         }
-        Ok(MmioSpace { conn })
     }
 }
 
 /// The MMIO space of an open channel.
-pub struct MmioSpace {
-    conn: Arc<Connection>,
+pub enum MmioSpace {
+    /// Memory that stands for MMIO on the loopback transport.
+    Loopback(Arc<Connection>),
+    /// A physical address range to map (`ioremap`) on the hv transport.
+    Physical {
+        /// First physical address.
+        start: u64,
+        /// Length in bytes.
+        len: u64,
+    },
 }
 
 impl MmioSpace {
-    /// The space.
-    pub fn as_slice(&self) -> &[u8] {
-        self.conn.mmio()
+    /// The space as memory, on the loopback transport.
+    pub fn as_slice(&self) -> Option<&[u8]> {
+        match self {
+            MmioSpace::Loopback(conn) => Some(conn.mmio()),
+            MmioSpace::Physical { .. } => None,
+        }
+    }
+
+    /// Length of the space in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            MmioSpace::Loopback(conn) => conn.mmio().len() as u64,
+            MmioSpace::Physical { len, .. } => *len,
+        }
+    }
+
+    /// Whether the space is empty (never, for a space that was returned).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

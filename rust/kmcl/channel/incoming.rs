@@ -117,6 +117,12 @@ impl RxState {
         Ok(())
     }
 
+    /// Bytes of a slot that hold the packet (the rest is the driver's
+    /// context area).
+    pub(crate) fn packet_room(&self) -> usize {
+        self.slot_size - self.ctx_size
+    }
+
     /// Frees the slots when the channel goes back to Disabled.
     pub(crate) fn release(&mut self) {
         self.free = KVec::new();

@@ -214,6 +214,13 @@ impl Config {
     }
 }
 
+/// What `vmbus_open()` is given for a client channel.
+pub(crate) struct HvOpenParams {
+    pub(crate) ring_pages: u32,
+    pub(crate) max_pkt: u32,
+    pub(crate) rqstor: u32,
+}
+
 /// Control events for the channel's process-context work.
 pub(crate) mod event {
     /// Look for the offer and open it (client).
@@ -243,6 +250,12 @@ pub(crate) struct Inner {
     pub(crate) disabling: bool,
     /// The Opened callback ran successfully, so Closed is owed.
     pub(crate) opened: bool,
+    /// The transport went away for a while (hibernation): after the
+    /// teardown a client waits, Enabled, to open again.
+    pub(crate) reconnect: bool,
+    /// The host rescinded the client's device: calls fail with `ENODEV`
+    /// until the next Enable.
+    pub(crate) lost: bool,
     /// Monitor latency set by `set_interrupt_latency`, in 100 ns units.
     pub(crate) interrupt_latency: u32,
     /// A save ended: Disable parks the connection for a restored instance.
@@ -385,6 +398,8 @@ impl Channel {
                     peer_gone: false,
                     disabling: false,
                     opened: false,
+                    reconnect: false,
+                    lost: false,
                     interrupt_latency: 0,
                     servicing: false,
                     restore_buf: KVec::new(),
@@ -723,12 +738,17 @@ impl Channel {
             if g.cfg.target_type.is_null() {
                 return Err(EINVAL);
             }
-            if g.cfg.bus.is_none() {
-                // Without a bus handle the channel would use VMBus itself.
-                return Err(ENODEV);
-            }
             g.cfg.sizing()
         };
+        // A channel that names no bus uses the machine's VMBus.
+        let bus = {
+            let named = self.inner.lock().cfg.bus.clone();
+            match named.or_else(|| crate::hv::default_bus().map(Bus::Hv)) {
+                Some(bus) => bus,
+                None => return Err(ENODEV),
+            }
+        };
+        self.inner.lock().cfg.bus = Some(bus);
         self.prepare_enabled(&sizing)?;
         let Some(bus) = self.inner.lock().cfg.bus.clone() else {
             return Err(ENODEV);
@@ -740,10 +760,9 @@ impl Channel {
                 self.post_event(event::PEER_OPENED);
             }),
             (Endpoint::Server, None) => bus.offer(self),
-            (Endpoint::Client, _) => {
+            (Endpoint::Client, _) => bus.add_client(self).map(|()| {
                 self.post_event(event::CONNECT);
-                Ok(())
-            }
+            }),
         };
         if r.is_err() {
             let mut g = self.inner.lock();
@@ -777,17 +796,23 @@ impl Channel {
             }
             (g.cfg.bus.clone(), core::mem::take(&mut g.servicing))
         };
-        if let Some(bus) = bus {
+        if let Some(bus) = &bus {
             if servicing {
                 bus.park(self);
             }
             bus.withdraw(self);
         }
         self.teardown(false);
-        let mut g = self.inner.lock();
-        g.state = State::Disabled;
-        g.events = 0;
-        g.disabling = false;
+        {
+            let mut g = self.inner.lock();
+            g.state = State::Disabled;
+            g.events = 0;
+            g.disabling = false;
+            g.reconnect = false;
+        }
+        if let Some(bus) = bus {
+            bus.release(self);
+        }
     }
 
     /// Pauses incoming delivery (`VmbChannelPause`). Blocks until Suspend has
@@ -882,14 +907,66 @@ impl Channel {
 
     /// Attaches an open connection and moves to Opened.
     pub(crate) fn attach(&self, att: Attachment) -> Result {
+        self.attach_or_return(att).map_err(|(e, att)| {
+            // Nothing used it: closing tells the peer.
+            att.close(self);
+            e
+        })
+    }
+
+    /// As [`Channel::attach`], but hands the connection back on failure.
+    pub(crate) fn attach_or_return(
+        &self,
+        att: Attachment,
+    ) -> core::result::Result<(), (Error, Attachment)> {
         let mut g = self.inner.lock();
-        if g.state != State::Enabled || g.att.is_some() {
-            return Err(EBUSY);
+        if g.state != State::Enabled || g.att.is_some() || g.disabling {
+            return Err((EBUSY, att));
         }
         g.att = Some(att);
         g.state = State::Opened;
         g.peer_gone = false;
         Ok(())
+    }
+
+    /// Looks for the offer again: a device became free.
+    pub(crate) fn post_connect(&self) {
+        self.post_event(event::CONNECT);
+    }
+
+    /// The transport under the channel went away: removed for good (the
+    /// host rescinded the offer, the device was unbound), or, with
+    /// `suspend`, for hibernation, after which a client opens again.
+    pub(crate) fn transport_lost(&self, suspend: bool) {
+        {
+            let mut g = self.inner.lock();
+            if suspend {
+                g.reconnect = true;
+            } else {
+                g.lost = true;
+            }
+        }
+        self.peer_closed();
+    }
+
+    /// The host's interrupt, in the channel's tasklet: flush the send queue
+    /// and drain the ring in place.
+    pub(crate) fn on_host_interrupt(&self) {
+        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        self.on_interrupt();
+    }
+
+    /// The sizes `vmbus_open()` is given for this channel.
+    pub(crate) fn hv_open_params(&self) -> HvOpenParams {
+        let g = self.inner.lock();
+        HvOpenParams {
+            ring_pages: g.cfg.ring_pages,
+            // The largest packet kmcl accepts (descriptor, ranges and
+            // payload): Linux copies each packet out into a buffer this big.
+            max_pkt: g.rx.packet_room() as u32,
+            // One requestor slot per transaction slot: never exhausted.
+            rqstor: g.tx.slot_count(),
+        }
     }
 
     /// The peer closed: sends fail from now on, and the control work tears
@@ -961,18 +1038,19 @@ impl Channel {
         g.peer_gone = false;
         g.disabling = false;
         g.opened = false;
+        g.lost = false;
         Ok(())
     }
 
-    /// Opens the channel on an open `hv_vmbus` channel: the preallocations of
-    /// an Enable, then Opened, Started and PostStarted, in the caller's
-    /// thread. Used by the hv driver's probe and by the interop suites.
+    /// Opens the channel on a `vmbus_channel` that is open already: the
+    /// preallocations of an Enable, then Opened, Started and PostStarted, in
+    /// the caller's thread. The interop suites use it to put kmcl on a
+    /// channel they built, without a device.
     ///
     /// # Safety
     ///
-    /// As [`transport::hv::HvEndpoint::new`](crate::transport::hv).
-    // Only the interop suites call it until the hv driver's probe opens
-    // channels (see Documentation/testing.rst).
+    /// As [`transport::hv::HvEndpoint::new`](crate::transport::hv) with
+    /// `Owner::Raw(release)`.
     #[cfg_attr(not(CONFIG_KUNIT), allow(dead_code))]
     pub(crate) unsafe fn open_on_hv(
         &self,
@@ -990,7 +1068,9 @@ impl Channel {
         };
         self.prepare_enabled(&sizing)?;
         // SAFETY: the caller's promise.
-        let ep = unsafe { crate::transport::hv::HvEndpoint::new(chan, release) };
+        let ep = unsafe {
+            crate::transport::hv::HvEndpoint::new(chan, crate::transport::hv::Owner::Raw(release))
+        };
         self.attach(Attachment::Hv(ep))?;
         drop(_c);
         let r = self.run_open_sequence();
@@ -1059,20 +1139,30 @@ impl Channel {
                 self.teardown(true);
                 let mut g = self.inner.lock();
                 g.peer_gone = false;
+                let reconnect = core::mem::take(&mut g.reconnect);
                 g.state = match self.endpoint {
                     // A server's offer stays up for the next client.
                     Endpoint::Server => State::Enabled,
+                    // A client whose device hibernated waits for it again.
+                    Endpoint::Client if reconnect => State::Enabled,
                     // A client needs a new Enable.
                     Endpoint::Client => State::Disabled,
                 };
-                if g.state == State::Disabled {
+                let state = g.state;
+                if state == State::Disabled {
                     g.rx.release();
                     g.tx.release();
                 }
                 let bus = g.cfg.bus.clone();
                 drop(g);
-                if let (Endpoint::Server, Some(bus)) = (self.endpoint, bus) {
-                    bus.offer_available(self);
+                self.cond.notify_all();
+                match (self.endpoint, bus) {
+                    (Endpoint::Server, Some(bus)) => bus.offer_available(self),
+                    (Endpoint::Client, Some(bus)) if state == State::Enabled => {
+                        bus.wait_again(self)
+                    }
+                    (Endpoint::Client, Some(bus)) => bus.release(self),
+                    _ => {}
                 }
             }
         }

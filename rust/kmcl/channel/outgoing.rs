@@ -751,7 +751,7 @@ impl TxState {
 
 /// Whether the channel can take a send now.
 fn usable_for_send(g: &Inner) -> Result {
-    if g.peer_gone || g.disabling || g.state == State::Closing {
+    if g.peer_gone || g.lost || g.disabling || g.state == State::Closing {
         return Err(ENODEV);
     }
     match g.state {
@@ -779,6 +779,9 @@ impl Channel {
     /// and `EINVAL` while the channel is Disabled.
     pub fn packet_allocate(&self) -> Result<Packet> {
         let mut g = self.inner.lock();
+        if g.lost {
+            return Err(ENODEV);
+        }
         if g.state == State::Disabled {
             return Err(EINVAL);
         }
@@ -826,6 +829,7 @@ impl Channel {
                 }
                 Err(WriteError::Full(_)) => {}
                 Err(WriteError::Broken) => return Err((EIO, item)),
+                Err(WriteError::Gone) => return Err((ENODEV, item)),
             }
         }
         let is_tx = match &item {
@@ -906,7 +910,8 @@ impl Channel {
                         sys::atomic(|| p.complete_routine(Ok(()), &[]));
                     }
                 }
-                Err(WriteError::Full(_)) => return,
+                // The host rescinded the channel: its removal tears down.
+                Err(WriteError::Full(_)) | Err(WriteError::Gone) => return,
                 Err(WriteError::Broken) => {
                     drop(g);
                     pr_err!(
@@ -1146,6 +1151,11 @@ impl Channel {
                 Some(dl) => {
                     let now = sys::jiffies();
                     if now >= dl {
+                        // Over hv, Linux's requestor holds the request too.
+                        let written = !g.tx.slots[slot as usize].queued;
+                        if let (true, Some(att)) = (written, g.att.as_mut()) {
+                            att.forget_request((u64::from(gen) << 32) | u64::from(slot + 1));
+                        }
                         g.tx.free_slot(slot);
                         drop(g);
                         self.cond.notify_all();
@@ -1203,6 +1213,7 @@ impl Channel {
                 Ok(s) => s,
                 Err(WriteError::Full(_)) => return Err(EAGAIN),
                 Err(WriteError::Broken) => return Err(EIO),
+                Err(WriteError::Gone) => return Err(ENODEV),
             }
         };
         self.stats.packets_sent.fetch_add(1, Ordering::Relaxed);

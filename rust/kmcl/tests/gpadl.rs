@@ -152,7 +152,8 @@ mod tests {
         })?;
         p.up()?;
         let mmio = p.client.mmio_space()?;
-        assert_eq!(mmio.as_slice().len(), 2 << 20);
+        assert_eq!(mmio.as_slice().map(|s| s.len()), Some(2 << 20));
+        assert_eq!(mmio.len(), 2 << 20);
         assert_eq!(p.client.set_interrupt_latency(100), Ok(()));
         let q = Pair::connected()?;
         assert!(matches!(q.client.mmio_space(), Err(e) if e == ENOENT));

@@ -573,3 +573,15 @@ pub(crate) fn completion_bytes(id: u64, payload: &[u8]) -> KVec<u8> {
     }
     v
 }
+
+/// An in-band packet as kmcl encodes it.
+pub(crate) fn inband(trans_id: u64, flags: u16, payload: &[u8]) -> Result<KVec<u8>> {
+    use crate::wire::packet;
+    let d = packet::encode_simple(packet::TYPE_DATA_INBAND, flags, trans_id, payload.len())
+        .ok_or(EINVAL)?;
+    let mut v = KVec::new();
+    v.extend_from_slice(&d.encode(), GFP_KERNEL)?;
+    v.extend_from_slice(payload, GFP_KERNEL)?;
+    v.resize(d.len8 as usize * 8, 0, GFP_KERNEL)?;
+    Ok(v)
+}

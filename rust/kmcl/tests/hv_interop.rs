@@ -25,6 +25,7 @@ use kernel::{
 use super::harness::{
     self,
     completion_bytes,
+    inband,
     mode,
     wait_for,
     Done,
@@ -96,6 +97,30 @@ const LIMITS: Limits = Limits {
     max_external_bytes: 16 * 4096,
 };
 
+/// A view of the guest-to-host ring (`inbound == false`) or the
+/// host-to-guest one of a test-built channel.
+///
+/// # Safety
+///
+/// `c` must be a live test-built channel with rings, which outlive the view.
+pub(super) unsafe fn ring_of(
+    c: *mut crate::vmbus::ffi::VmbusChannel,
+    inbound: bool,
+) -> Result<RingMemory> {
+    let (mut control, mut data, mut size) = (core::ptr::null_mut(), core::ptr::null_mut(), 0u32);
+    // SAFETY: `c` is live by the caller's promise; the out-pointers are valid.
+    unsafe { ffi::kmcl_hv_test_ring(c, inbound.into(), &mut control, &mut data, &mut size) };
+    // SAFETY: the rings outlive the view by the caller's promise.
+    unsafe {
+        RingMemory::new(
+            NonNull::new(control.cast()).ok_or(ENODEV)?,
+            NonNull::new(data.cast()).ok_or(ENODEV)?,
+            size,
+        )
+    }
+    .ok_or(EINVAL)
+}
+
 /// A test-built channel; freed on drop.
 ///
 /// # Invariants
@@ -117,22 +142,9 @@ impl TestChannel {
 
     /// The guest-to-host ring (`inbound == false`) or the host-to-guest one.
     fn ring(&self, inbound: bool) -> Result<RingMemory> {
-        let (mut control, mut data, mut size) =
-            (core::ptr::null_mut(), core::ptr::null_mut(), 0u32);
-        // SAFETY: `c` is live by the invariant; the out-pointers are valid.
-        unsafe {
-            ffi::kmcl_hv_test_ring(self.c, inbound.into(), &mut control, &mut data, &mut size)
-        };
-        // SAFETY: the rings live as long as the channel, which outlives every
-        // view a test makes (the views are dropped before `self`).
-        unsafe {
-            RingMemory::new(
-                NonNull::new(control.cast()).ok_or(EINVAL)?,
-                NonNull::new(data.cast()).ok_or(EINVAL)?,
-                size,
-            )
-        }
-        .ok_or(EINVAL)
+        // SAFETY: `c` is live by the invariant and has rings; the views a
+        // test makes are dropped before `self`.
+        unsafe { ring_of(self.c, inbound) }
     }
 
     /// `vmbus_sendpacket_getid()`: returns the transaction id on the wire.
@@ -243,17 +255,6 @@ impl Drop for TestChannel {
         // SAFETY: by the invariant, `c` is live and freed only here.
         unsafe { ffi::kmcl_hv_test_channel_free(self.c) }
     }
-}
-
-/// An in-band packet as kmcl encodes it.
-fn inband(trans_id: u64, flags: u16, payload: &[u8]) -> Result<KVec<u8>> {
-    let d = packet::encode_simple(packet::TYPE_DATA_INBAND, flags, trans_id, payload.len())
-        .ok_or(EINVAL)?;
-    let mut v = KVec::new();
-    v.extend_from_slice(&d.encode(), GFP_KERNEL)?;
-    v.extend_from_slice(payload, GFP_KERNEL)?;
-    v.resize(d.len8 as usize * 8, 0, GFP_KERNEL)?;
-    Ok(v)
 }
 
 const VM_PKT_DATA_INBAND: u16 = 6;

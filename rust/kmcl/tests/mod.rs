@@ -9,6 +9,7 @@ mod channel;
 mod gpadl;
 mod guid;
 mod hostile;
+mod hv_binding;
 mod hv_interop;
 mod receive;
 mod send;

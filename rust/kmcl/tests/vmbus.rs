@@ -33,7 +33,7 @@ impl vmbus::Driver for NeverProbed {
     type Data = ();
     const ID_TABLE: &'static dyn IdTable<u32> = &TABLE;
 
-    fn probe(_dev: &vmbus::Device, _info: &'static u32) -> impl PinInit<(), Error> {
+    fn probe(_dev: &vmbus::Device, _info: Option<&'static u32>) -> impl PinInit<(), Error> {
         Err::<(), _>(EINVAL)
     }
 }

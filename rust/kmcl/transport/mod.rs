@@ -20,7 +20,7 @@ use crate::{
     },
 };
 
-pub(crate) mod hv;
+pub mod hv;
 pub mod loopback;
 
 /// A VMBus instance a channel can be offered on or opened from
@@ -29,18 +29,48 @@ pub mod loopback;
 pub enum Bus {
     /// An in-kernel loopback bus.
     Loopback(Arc<loopback::LoopbackBus>),
+    /// A VMBus of `hv_vmbus`: kmcl's, or a test's. Clients only: a Linux
+    /// guest cannot offer channels.
+    Hv(Arc<hv::HvBus>),
 }
 
 impl Bus {
     pub(crate) fn offer(&self, server: &Channel) -> Result {
         match self {
             Bus::Loopback(b) => b.offer(server),
+            Bus::Hv(_) => Err(EOPNOTSUPP),
         }
     }
 
+    /// A client was enabled on this bus.
+    pub(crate) fn add_client(&self, client: &Channel) -> Result {
+        match self {
+            Bus::Loopback(_) => Ok(()),
+            Bus::Hv(b) => b.add_client(client),
+        }
+    }
+
+    /// The channel stops looking for a peer (Disable).
     pub(crate) fn withdraw(&self, chan: &Channel) {
         match self {
             Bus::Loopback(b) => b.withdraw(chan),
+            Bus::Hv(b) => b.withdraw(chan),
+        }
+    }
+
+    /// The channel is Disabled again, torn down.
+    pub(crate) fn release(&self, chan: &Channel) {
+        match self {
+            Bus::Loopback(_) => {}
+            Bus::Hv(b) => b.remove_client(chan),
+        }
+    }
+
+    /// A client whose transport hibernated waits for it again.
+    pub(crate) fn wait_again(&self, client: &Channel) {
+        match self {
+            Bus::Loopback(_) => {}
+            Bus::Hv(b) => b.wait_again(client),
         }
     }
 
@@ -49,6 +79,7 @@ impl Bus {
     pub(crate) fn connect(&self, client: &Channel) -> Result<bool> {
         match self {
             Bus::Loopback(b) => b.connect(client),
+            Bus::Hv(b) => b.connect(client),
         }
     }
 
@@ -56,6 +87,7 @@ impl Bus {
     pub(crate) fn park(&self, server: &Channel) {
         match self {
             Bus::Loopback(b) => b.park(server),
+            Bus::Hv(_) => {}
         }
     }
 
@@ -63,6 +95,7 @@ impl Bus {
     pub(crate) fn rejoin(&self, server: &Channel, token: u64) -> Result {
         match self {
             Bus::Loopback(b) => b.rejoin(server, token),
+            Bus::Hv(_) => Err(EOPNOTSUPP),
         }
     }
 
@@ -70,6 +103,7 @@ impl Bus {
     pub(crate) fn offer_available(&self, server: &Channel) {
         match self {
             Bus::Loopback(b) => b.offer_available(server),
+            Bus::Hv(_) => {}
         }
     }
 }
@@ -89,14 +123,13 @@ pub(crate) enum WriteError {
     Full(u32),
     /// The ring is unusable (the peer corrupted it).
     Broken,
+    /// The host rescinded the channel.
+    Gone,
 }
 
 /// The transport side of an open channel.
 pub(crate) enum Attachment {
     Loopback(loopback::Endpoint),
-    // Constructed by `Channel::open_on_hv`, which only the interop suites
-    // call until the hv driver's probe opens channels.
-    #[cfg_attr(not(CONFIG_KUNIT), allow(dead_code))]
     Hv(hv::HvEndpoint),
 }
 
@@ -225,11 +258,20 @@ impl Attachment {
         }
     }
 
-    /// The loopback connection, for GPADLs and MMIO.
+    /// The loopback connection, for GPADLs, MMIO and save.
     pub(crate) fn loopback(&self) -> Option<&Arc<loopback::Connection>> {
         match self {
             Attachment::Loopback(e) => Some(&e.conn),
             Attachment::Hv(_) => None,
+        }
+    }
+
+    /// Gives up on request `id` (kmcl's transaction id), which was written
+    /// and will not be waited for any more.
+    pub(crate) fn forget_request(&mut self, id: u64) {
+        match self {
+            Attachment::Loopback(_) => {}
+            Attachment::Hv(e) => e.forget_request(id),
         }
     }
 

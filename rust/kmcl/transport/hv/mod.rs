@@ -12,10 +12,17 @@
 //!   refuses a packet whose length Linux had to clamp, and parses every copy.
 //! - GPA-direct sends go through `vmbus_sendpacket_mpb_desc()`, with the
 //!   range list kmcl encoded.
+//! - Devices are bound, opened and closed in [`bus`]; GPADLs and MMIO are
+//!   in `memory`.
 
 use core::ptr::NonNull;
 
 use kernel::prelude::*;
+
+pub mod bus;
+pub(crate) mod memory;
+
+pub use bus::HvBus;
 
 use crate::{
     transport::WriteError,
@@ -67,26 +74,65 @@ pub(crate) mod ffi {
             trans_id: u64,
             rqst_addr: u64,
         ) -> u64;
+        pub(crate) fn kmcl_hv_request_release(c: *mut VmbusChannel, rqst_addr: u64) -> bool;
     }
 }
+
+/// The channel callback type of `vmbus_open()`.
+pub(crate) type ChannelCallback = unsafe extern "C" fn(*mut c_void);
+
+/// The functions that open and close a device's channel and share memory
+/// with the host: Linux's, or the KUnit suites' stand-ins, which build the
+/// rings in memory and play the host's part of each message exchange.
+pub(crate) struct Ops {
+    /// `vmbus_open()` with ring bytes per direction, callback and context;
+    /// it reads the sizes kmcl set with `kmcl_hv_prepare_open()`.
+    pub(crate) open:
+        unsafe extern "C" fn(*mut VmbusChannel, u32, Option<ChannelCallback>, *mut c_void) -> c_int,
+    /// `vmbus_close()`.
+    pub(crate) close: unsafe extern "C" fn(*mut VmbusChannel),
+    /// `vmbus_establish_gpadl()`.
+    pub(crate) gpadl_establish:
+        unsafe extern "C" fn(*mut VmbusChannel, *mut c_void, u32, *mut memory::VmbusGpadl) -> c_int,
+    /// `vmbus_teardown_gpadl()`.
+    pub(crate) gpadl_teardown:
+        unsafe extern "C" fn(*mut VmbusChannel, *mut memory::VmbusGpadl) -> c_int,
+}
+
+/// Linux's functions.
+pub(crate) static LINUX_OPS: Ops = Ops {
+    open: memory::ffi::kmcl_hv_open,
+    close: memory::ffi::kmcl_hv_close,
+    gpadl_establish: memory::ffi::kmcl_hv_gpadl_establish,
+    gpadl_teardown: memory::ffi::kmcl_hv_gpadl_teardown,
+};
 
 /// `VMBUS_RQST_ERROR`: the requestor does not know the id.
 const RQST_ERROR: u64 = u64::MAX - 1;
 /// `VMBUS_RQST_ADDR_ANY`.
 const RQST_ADDR_ANY: u64 = u64::MAX;
 
-/// What to do with the `vmbus_channel` when the kmcl channel closes.
+/// What to do with a test-built `vmbus_channel` when the kmcl channel closes.
 pub(crate) type Release = unsafe extern "C" fn(*mut VmbusChannel);
+
+/// Who owns the `vmbus_channel` under an endpoint.
+pub(crate) enum Owner {
+    /// A device bound to kmcl; closing hands it back to the bus.
+    Device(bus::Lease),
+    /// A channel the interop suites built, with its destructor.
+    #[cfg_attr(not(CONFIG_KUNIT), allow(dead_code))]
+    Raw(Option<Release>),
+}
 
 /// One open hv channel.
 ///
 /// # Invariants
 ///
 /// `chan` is an open `vmbus_channel` (rings, packet buffer and requestor set
-/// up) that stays valid until `release` runs in [`HvEndpoint::close`].
+/// up) that stays valid until `owner` lets go of it in [`HvEndpoint::close`].
 pub(crate) struct HvEndpoint {
     chan: NonNull<VmbusChannel>,
-    release: Option<Release>,
+    owner: Owner,
 }
 
 // SAFETY: Linux's ring functions take the channel's own locks; kmcl calls
@@ -97,15 +143,22 @@ unsafe impl Sync for HvEndpoint {}
 
 impl HvEndpoint {
     /// Wraps an open channel.
-    #[cfg_attr(not(CONFIG_KUNIT), allow(dead_code))]
     ///
     /// # Safety
     ///
-    /// `chan` must be an open `vmbus_channel` that stays valid until
-    /// `release` is called with it (or forever, without `release`).
-    pub(crate) unsafe fn new(chan: NonNull<VmbusChannel>, release: Option<Release>) -> Self {
+    /// `chan` must be an open `vmbus_channel` that stays valid until `owner`
+    /// lets go of it (for `Owner::Raw(None)`, forever).
+    pub(crate) unsafe fn new(chan: NonNull<VmbusChannel>, owner: Owner) -> Self {
         // INVARIANT: the caller's promise.
-        Self { chan, release }
+        Self { chan, owner }
+    }
+
+    /// The bound device under this endpoint, if any.
+    pub(crate) fn device(&self) -> Option<&kernel::sync::Arc<bus::HvDevice>> {
+        match &self.owner {
+            Owner::Device(lease) => Some(&lease.dev),
+            Owner::Raw(_) => None,
+        }
     }
 
     fn raw(&self) -> *mut VmbusChannel {
@@ -183,6 +236,8 @@ impl HvEndpoint {
             r if r == EAGAIN.to_errno() => Err(WriteError::Full(
                 len as u32 + crate::wire::ring::TRAILER_SIZE + 1,
             )),
+            // Linux refuses writes once the host rescinded the channel.
+            r if r == ENODEV.to_errno() => Err(WriteError::Gone),
             _ => Err(WriteError::Broken),
         }
     }
@@ -234,6 +289,13 @@ impl HvEndpoint {
         (id != RQST_ERROR).then_some(id)
     }
 
+    /// Gives up on the request with kmcl id `id`: its requestor slot is
+    /// free again, and a late completion for it is refused.
+    pub(crate) fn forget_request(&mut self, id: u64) {
+        // SAFETY: `chan` is open.
+        let _ = unsafe { ffi::kmcl_hv_request_release(self.raw(), id) };
+    }
+
     pub(crate) fn ring_fill(&self) -> [(u32, u32); 2] {
         // SAFETY: `chan` is open.
         let size = unsafe { ffi::kmcl_hv_ring_datasize(self.raw()) };
@@ -243,9 +305,13 @@ impl HvEndpoint {
     }
 
     pub(crate) fn close(self) {
-        if let Some(release) = self.release {
-            // SAFETY: the invariant: `release` ends the channel's life, once.
-            unsafe { release(self.chan.as_ptr()) }
+        match self.owner {
+            Owner::Device(lease) => bus::HvBus::close(lease),
+            Owner::Raw(Some(release)) => {
+                // SAFETY: the invariant: `release` ends the channel's life, once.
+                unsafe { release(self.chan.as_ptr()) }
+            }
+            Owner::Raw(None) => {}
         }
     }
 }

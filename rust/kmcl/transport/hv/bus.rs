@@ -1,0 +1,562 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Binding: how client channels find and open their VMBus devices.
+//!
+//! `hv_vmbus` creates one `hv_device` per offer of the host and binds it to
+//! the driver whose id table holds the offer's interface type. kmcl learns
+//! the interface types it must bind only when a client channel is enabled
+//! (`TargetPnp`), so it registers one `hv_driver` per targeted type, named
+//! `kmcl-<type>`, with a one-entry id table built at run time:
+//!
+//! - The first Enable of a client targeting a type registers its driver; the
+//!   driver core then probes every unbound device of that type, present or
+//!   offered later. When the last client targeting the type goes back to
+//!   Disabled, the driver is unregistered (from kmcl's workqueue, so that
+//!   no channel ever waits on the driver core) and the devices are free for
+//!   other drivers again.
+//! - A probed device is recorded here. A client whose target it matches
+//!   (type, and instance if the client named one) opens its channel with
+//!   `vmbus_open()`, from the client's process-context work; a failure is
+//!   reported to the driver as PnpFailure.
+//! - Removal (rescind, unbind) and suspend close the client's side: the
+//!   channel sees its peer gone, runs Suspend and Closed, and the device's
+//!   `vmbus_channel` is closed before `remove` returns. After a suspend the
+//!   client waits, Enabled, for the device's resume and then opens again.
+//!
+//! The alternative, sysfs `new_id` on one kmcl driver, has no in-kernel
+//! interface in 7.3 and would let user space bind any class to kmcl.
+//! Documentation/hv-transport.rst discusses the choice.
+
+use core::ptr::NonNull;
+
+use kernel::{
+    new_condvar, new_mutex,
+    prelude::*,
+    str::CString,
+    sync::{
+        Arc,
+        ArcBorrow,
+        CondVar,
+        Mutex, //
+    },
+    workqueue::{
+        impl_has_work,
+        new_work,
+        Work,
+        WorkItem, //
+    },
+    ThisModule,
+};
+
+use super::{
+    HvEndpoint,
+    Ops,
+    Owner, //
+};
+use crate::{
+    channel::Channel,
+    sys,
+    transport::Attachment,
+    vmbus::{
+        self,
+        ffi::{
+            HvDevice as RawDevice,
+            VmbusChannel, //
+        },
+    },
+    wire::guid::Guid,
+};
+
+/// A VMBus device bound to kmcl: one offer of the host.
+///
+/// # Invariants
+///
+/// Until the bus has run [`HvBus::remove`] for it, `raw` and `chan` point to
+/// the live `hv_device` and its primary channel. After that kmcl does not
+/// touch them: every user goes through [`HvDevice::memory`], whose `open`
+/// flag is cleared before the device goes.
+#[pin_data]
+pub(crate) struct HvDevice {
+    raw: NonNull<RawDevice>,
+    chan: NonNull<VmbusChannel>,
+    class: Guid,
+    instance: Guid,
+    mmio_bytes: u64,
+    pub(crate) ops: &'static Ops,
+    /// Memory shared with the host while the channel is open.
+    #[pin]
+    pub(crate) memory: Mutex<DeviceMemory>,
+}
+
+// SAFETY: the device is only reached through `hv_vmbus`'s functions, which
+// take its locks; kmcl's own state in it is under `memory`.
+unsafe impl Send for HvDevice {}
+// SAFETY: as above.
+unsafe impl Sync for HvDevice {}
+
+/// GPADLs and MMIO of an open device channel, torn down before it closes.
+pub(crate) struct DeviceMemory {
+    /// The channel is open: GPADLs may be created.
+    pub(crate) open: bool,
+    /// Live GPADLs (`struct vmbus_gpadl` addresses).
+    pub(crate) gpadls: KVec<usize>,
+    /// The MMIO range allocated for the channel's user, if any.
+    pub(crate) mmio_start: Option<u64>,
+}
+
+impl HvDevice {
+    fn new(dev: &vmbus::Device, ops: &'static Ops) -> Result<Arc<Self>> {
+        let chan = dev.channel().ok_or(ENODEV)?;
+        let raw = NonNull::new(dev.as_raw()).ok_or(EINVAL)?;
+        let chan = NonNull::new(chan.as_raw()).ok_or(EINVAL)?;
+        Arc::pin_init(
+            try_pin_init!(HvDevice {
+                raw,
+                chan,
+                class: dev.class_id(),
+                instance: dev.instance_id(),
+                mmio_bytes: u64::from(dev.offer_mmio_megabytes()) << 20,
+                ops,
+                memory <- new_mutex!(DeviceMemory {
+                    open: false,
+                    gpadls: KVec::new(),
+                    mmio_start: None,
+                }, "kmcl::HvDevice::memory"),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// The device's primary channel. Valid while `memory.open` is set.
+    pub(crate) fn channel(&self) -> *mut VmbusChannel {
+        self.chan.as_ptr()
+    }
+
+    /// The `hv_device`. Valid while `memory.open` is set.
+    pub(crate) fn raw(&self) -> *mut RawDevice {
+        self.raw.as_ptr()
+    }
+
+    /// Bytes of MMIO space the host's offer asks for.
+    pub(crate) fn mmio_bytes(&self) -> u64 {
+        self.mmio_bytes
+    }
+
+    fn matches(&self, class: &Guid, instance: &Option<Guid>) -> bool {
+        self.class == *class && instance.is_none_or(|i| i == self.instance)
+    }
+
+    /// Tears down what the driver left shared, before the channel closes.
+    fn release_memory(&self) {
+        let mut m = self.memory.lock();
+        m.open = false;
+        for g in core::mem::take(&mut m.gpadls) {
+            pr_warn!(
+                "device {}: a GPADL outlived the channel's Closed; torn down at close\n",
+                self.instance
+            );
+            super::memory::teardown_gpadl(self, g as *mut _);
+        }
+        if let Some(start) = m.mmio_start.take() {
+            super::memory::free_mmio(self, start);
+        }
+    }
+}
+
+/// A device and who uses it.
+struct Entry {
+    dev: Arc<HvDevice>,
+    /// The client whose channel is open (or opening) on the device.
+    user: Option<Arc<Channel>>,
+    /// Removed: never opened again.
+    gone: bool,
+    /// Suspended for hibernation until resume.
+    suspended: bool,
+}
+
+/// The drivers registered per interface type.
+struct Class {
+    class: Guid,
+    /// Client channels, Enabled or further, that target the type.
+    users: u32,
+    registration: Option<vmbus::Registration<crate::hv::HvDriver>>,
+}
+
+struct Inner {
+    devices: KVec<Entry>,
+    /// Enabled clients without a device.
+    waiting: KVec<Arc<Channel>>,
+}
+
+/// A VMBus as client channels see it: the devices bound to kmcl.
+///
+/// kmcl has one, over `hv_vmbus`, on machines with a VMBus; it is the bus
+/// of every client channel that names none. The KUnit suites make their
+/// own, with stand-ins for `vmbus_open()` and friends, and feed it devices
+/// they build.
+#[pin_data]
+pub struct HvBus {
+    ops: &'static Ops,
+    /// Registers a driver per targeted type; `None` on a bus fed by hand.
+    module: Option<&'static ThisModule>,
+    #[pin]
+    classes: Mutex<KVec<Class>>,
+    #[pin]
+    inner: Mutex<Inner>,
+    #[pin]
+    cond: CondVar,
+    #[pin]
+    release_work: Work<HvBus>,
+}
+
+impl_has_work! {
+    impl HasWork<Self> for HvBus { self.release_work }
+}
+
+/// An open device channel, held by the channel's attachment.
+pub(crate) struct Lease {
+    bus: Arc<HvBus>,
+    pub(crate) dev: Arc<HvDevice>,
+    /// The reference to the client that `vmbus_open()` got as its callback
+    /// context; taken back after `vmbus_close()`.
+    ctx: *const Channel,
+}
+
+impl HvBus {
+    /// A bus whose devices are opened through `ops`. With `module`, it
+    /// registers a driver for every type a client targets.
+    pub(crate) fn new(ops: &'static Ops, module: Option<&'static ThisModule>) -> Result<Arc<Self>> {
+        Arc::pin_init(
+            try_pin_init!(HvBus {
+                ops,
+                module,
+                classes <- new_mutex!(KVec::new(), "kmcl::HvBus::classes"),
+                inner <- new_mutex!(Inner {
+                    devices: KVec::new(),
+                    waiting: KVec::new(),
+                }, "kmcl::HvBus::inner"),
+                cond <- new_condvar!("kmcl::HvBus::cond"),
+                release_work <- new_work!("kmcl::HvBus::release_work"),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    fn arc(&self) -> Arc<Self> {
+        // SAFETY: every `HvBus` is created by `HvBus::new` inside an `Arc`,
+        // and `&self` proves the count is non-zero for this borrow.
+        unsafe { ArcBorrow::from_raw(core::ptr::from_ref(self)) }.into()
+    }
+
+    // ---- The client side. ----
+
+    /// A client was enabled: bind its interface type and wait for a device.
+    pub(crate) fn add_client(&self, chan: &Channel) -> Result {
+        let (class, _) = chan.interface_ids();
+        self.hold_class(class)?;
+        let mut g = self.inner.lock();
+        if let Err(e) = g.waiting.push(chan.arc(), GFP_KERNEL) {
+            drop(g);
+            self.release_class(class);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// A client stops looking for a device (Disable).
+    pub(crate) fn withdraw(&self, chan: &Channel) {
+        let mut g = self.inner.lock();
+        g.waiting.retain(|c| !core::ptr::eq(&**c, chan));
+    }
+
+    /// A client is Disabled again: let go of its interface type.
+    pub(crate) fn remove_client(&self, chan: &Channel) {
+        self.withdraw(chan);
+        self.release_class(chan.interface_ids().0);
+    }
+
+    /// A client whose device was suspended waits for it again.
+    pub(crate) fn wait_again(&self, chan: &Channel) {
+        let mut g = self.inner.lock();
+        if !g.waiting.iter().any(|c| core::ptr::eq(&**c, chan)) {
+            // The list was sized when the client was added; this push
+            // reuses that room.
+            let _ = g.waiting.push(chan.arc(), GFP_KERNEL);
+        }
+    }
+
+    /// Opens a device for a waiting client: `Ok(true)` when attached,
+    /// `Ok(false)` when no device is free for it. An error is the open's,
+    /// for PnpFailure; the client then keeps waiting.
+    pub(crate) fn connect(&self, chan: &Channel) -> Result<bool> {
+        let (class, instance) = chan.interface_ids();
+        let dev = {
+            let mut g = self.inner.lock();
+            let Some(pos) = g.waiting.iter().position(|c| core::ptr::eq(&**c, chan)) else {
+                // Disabled meanwhile.
+                return Ok(false);
+            };
+            let Some(e) = g.devices.iter_mut().find(|e| {
+                !e.gone && !e.suspended && e.user.is_none() && e.dev.matches(&class, &instance)
+            }) else {
+                return Ok(false);
+            };
+            e.user = Some(chan.arc());
+            let dev = e.dev.clone();
+            let _ = g.waiting.remove(pos);
+            dev
+        };
+        match self.open(chan, &dev) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.user_gone(&dev);
+                self.wait_again(chan);
+                Err(e)
+            }
+        }
+    }
+
+    fn open(&self, chan: &Channel, dev: &Arc<HvDevice>) -> Result {
+        let p = chan.hv_open_params();
+        let ring_bytes = p.ring_pages.checked_mul(4096).ok_or(EINVAL)?;
+        let ctx = Arc::into_raw(chan.arc());
+        dev.memory.lock().open = true;
+        // SAFETY: the device is bound and its channel closed and unused.
+        unsafe { super::memory::ffi::kmcl_hv_prepare_open(dev.channel(), p.max_pkt, p.rqstor) };
+        // SAFETY: as above; `ctx` stays a valid channel reference until it
+        // is taken back after the close.
+        let r = unsafe {
+            (self.ops.open)(
+                dev.channel(),
+                ring_bytes,
+                Some(on_channel_callback),
+                ctx.cast_mut().cast(),
+            )
+        };
+        if let Err(e) = kernel::error::to_result(r) {
+            dev.memory.lock().open = false;
+            // SAFETY: the open failed, so Linux holds no copy of `ctx`.
+            drop(unsafe { Arc::from_raw(ctx) });
+            pr_info!(
+                "device {}: open of the channel failed ({:?})\n",
+                dev.instance,
+                e
+            );
+            return Err(e);
+        }
+        let lease = Lease {
+            bus: self.arc(),
+            dev: dev.clone(),
+            ctx,
+        };
+        // SAFETY: the channel is open, and stays valid until the lease's
+        // close: the device is not removed before its user lets go.
+        let ep = unsafe { HvEndpoint::new(dev.chan, Owner::Device(lease)) };
+        if let Err((e, att)) = chan.attach_or_return(Attachment::Hv(ep)) {
+            // Disabled meanwhile.
+            att.close(chan);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The lease's channel closes (its attachment is dropped).
+    pub(crate) fn close(lease: Lease) {
+        let Lease { bus, dev, ctx } = lease;
+        dev.release_memory();
+        // SAFETY: the channel is open by the lease; after the close Linux
+        // runs no more callbacks with `ctx`.
+        unsafe { (dev.ops.close)(dev.channel()) };
+        // SAFETY: `ctx` came from `Arc::into_raw` in `open`.
+        drop(unsafe { Arc::from_raw(ctx) });
+        bus.user_gone(&dev);
+    }
+
+    fn user_gone(&self, dev: &Arc<HvDevice>) {
+        let announce = {
+            let mut g = self.inner.lock();
+            match g.devices.iter_mut().find(|e| Arc::ptr_eq(&e.dev, dev)) {
+                Some(e) => {
+                    e.user = None;
+                    !e.gone && !e.suspended
+                }
+                None => false,
+            }
+        };
+        self.cond.notify_all();
+        if announce {
+            self.announce(dev);
+        }
+    }
+
+    /// Tells the clients waiting for `dev`'s type that it is free.
+    fn announce(&self, dev: &HvDevice) {
+        let g = self.inner.lock();
+        for c in g.waiting.iter() {
+            let (class, instance) = c.interface_ids();
+            if dev.matches(&class, &instance) {
+                c.post_connect();
+            }
+        }
+    }
+
+    // ---- The device side: `hv_vmbus` probes, removes, suspends. ----
+
+    /// Records a device bound to kmcl and offers it to waiting clients.
+    pub(crate) fn probe(&self, dev: &vmbus::Device) -> Result<Arc<HvDevice>> {
+        let d = HvDevice::new(dev, self.ops)?;
+        self.inner.lock().devices.push(
+            Entry {
+                dev: d.clone(),
+                user: None,
+                gone: false,
+                suspended: false,
+            },
+            GFP_KERNEL,
+        )?;
+        self.announce(&d);
+        Ok(d)
+    }
+
+    /// Closes the client's side of `dev`, and waits until it has.
+    fn evict(&self, dev: &Arc<HvDevice>, suspend: bool) {
+        let user = {
+            let mut g = self.inner.lock();
+            let Some(e) = g.devices.iter_mut().find(|e| Arc::ptr_eq(&e.dev, dev)) else {
+                return;
+            };
+            if suspend {
+                e.suspended = true;
+            } else {
+                e.gone = true;
+            }
+            e.user.clone()
+        };
+        if let Some(chan) = user {
+            chan.transport_lost(suspend);
+        }
+        let mut g = self.inner.lock();
+        while g
+            .devices
+            .iter()
+            .any(|e| Arc::ptr_eq(&e.dev, dev) && e.user.is_some())
+        {
+            self.cond.wait(&mut g);
+        }
+    }
+
+    /// The device goes away (rescind, unbind, driver unregistered). Returns
+    /// once its channel is closed.
+    pub(crate) fn remove(&self, dev: &Arc<HvDevice>) {
+        self.evict(dev, false);
+        let mut g = self.inner.lock();
+        g.devices.retain(|e| !Arc::ptr_eq(&e.dev, dev));
+    }
+
+    /// Hibernation: the client's side closes (Suspend, Closed) and waits.
+    pub(crate) fn suspend(&self, dev: &Arc<HvDevice>) {
+        self.evict(dev, true);
+    }
+
+    /// Back from hibernation: the waiting client opens the device again.
+    pub(crate) fn resume(&self, dev: &Arc<HvDevice>) {
+        {
+            let mut g = self.inner.lock();
+            if let Some(e) = g.devices.iter_mut().find(|e| Arc::ptr_eq(&e.dev, dev)) {
+                e.suspended = false;
+            }
+        }
+        self.announce(dev);
+    }
+
+    // ---- Drivers per interface type. ----
+
+    fn hold_class(&self, class: Guid) -> Result {
+        let mut g = self.classes.lock();
+        let pos = match g.iter().position(|c| c.class == class) {
+            Some(pos) => pos,
+            None => {
+                g.push(
+                    Class {
+                        class,
+                        users: 0,
+                        registration: None,
+                    },
+                    GFP_KERNEL,
+                )?;
+                g.len() - 1
+            }
+        };
+        if g[pos].registration.is_none() {
+            if let Some(module) = self.module {
+                let name = CString::try_from_fmt(fmt!("kmcl-{}", class))?;
+                let r = vmbus::Registration::with_classes(name, &[class], module)?;
+                g[pos].registration = Some(r);
+            }
+        }
+        g[pos].users += 1;
+        Ok(())
+    }
+
+    fn release_class(&self, class: Guid) {
+        let idle = {
+            let mut g = self.classes.lock();
+            match g.iter_mut().find(|c| c.class == class) {
+                Some(c) => {
+                    c.users = c.users.saturating_sub(1);
+                    c.users == 0 && c.registration.is_some()
+                }
+                None => false,
+            }
+        };
+        if idle {
+            // Unregistering removes the type's devices, which waits for
+            // their users: never do it from a channel's own thread.
+            let _ = sys::wq().enqueue(self.arc());
+        }
+    }
+
+    /// Unregisters the drivers of types no client targets any more.
+    fn unregister_idle(&self) {
+        let mut g = self.classes.lock();
+        for c in g.iter_mut() {
+            if c.users == 0 {
+                // The driver core removes the devices; kmcl's remove runs
+                // for each, under this lock, which keeps a new Enable of the
+                // type from registering it again meanwhile.
+                drop(c.registration.take());
+            }
+        }
+        g.retain(|c| c.users != 0);
+    }
+
+    /// Unregisters every driver; at module unload, when no client is left.
+    pub(crate) fn shutdown(&self) {
+        let regs = {
+            let mut g = self.classes.lock();
+            core::mem::take(&mut *g)
+        };
+        drop(regs);
+    }
+}
+
+impl WorkItem for HvBus {
+    type Pointer = Arc<HvBus>;
+
+    fn run(this: Arc<HvBus>) {
+        this.unregister_idle();
+    }
+}
+
+/// The channel callback `vmbus_open()` was given: runs in the channel's
+/// tasklet when the host signals, drains the ring and flushes sends.
+///
+/// # Safety
+///
+/// `ctx` is the channel reference given to `vmbus_open()`, which is kept
+/// until after `vmbus_close()`.
+unsafe extern "C" fn on_channel_callback(ctx: *mut c_void) {
+    // SAFETY: by the function's safety contract, `ctx` is a live `Arc`.
+    let chan = unsafe { ArcBorrow::<Channel>::from_raw(ctx.cast_const().cast()) };
+    chan.on_host_interrupt();
+}

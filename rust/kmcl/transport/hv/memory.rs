@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Memory shared with the host over the hv transport: GPADLs through
+//! `vmbus_establish_gpadl()` / `vmbus_teardown_gpadl()`, and MMIO space
+//! through `vmbus_allocate_mmio()`.
+//!
+//! In a confidential VM, establishing a GPADL makes its pages visible to
+//! the host (decrypts them), and tearing it down encrypts them again.
+//! `struct vmbus_gpadl` records whether the pages are still decrypted. If
+//! they are after a teardown (or after a failed establish), the host may
+//! still read and write them: kmcl then never hands them back to the
+//! allocator, nor to the driver, and leaks them on purpose.
+
+use core::ptr::NonNull;
+
+use kernel::{
+    prelude::*,
+    sync::Arc, //
+};
+
+use super::bus::HvDevice;
+use crate::channel::gpadl::GpadlMemory;
+
+/// The helper's functions for devices and shared memory.
+pub(crate) mod ffi {
+    use kernel::prelude::*;
+
+    use super::VmbusGpadl;
+    use crate::{
+        transport::hv::ChannelCallback,
+        vmbus::ffi::{
+            HvDevice,
+            VmbusChannel, //
+        },
+    };
+
+    extern "C" {
+        pub(crate) fn kmcl_hv_prepare_open(c: *mut VmbusChannel, max_pkt: u32, rqstor: u32);
+        pub(crate) fn kmcl_hv_open(
+            c: *mut VmbusChannel,
+            ring_bytes: u32,
+            cb: Option<ChannelCallback>,
+            ctx: *mut c_void,
+        ) -> c_int;
+        pub(crate) fn kmcl_hv_close(c: *mut VmbusChannel);
+        pub(crate) fn kmcl_hv_allocate_mmio(
+            dev: *mut HvDevice,
+            size: u64,
+            start: *mut u64,
+        ) -> c_int;
+        pub(crate) fn kmcl_hv_free_mmio(start: u64, size: u64);
+        pub(crate) fn kmcl_hv_gpadl_alloc() -> *mut VmbusGpadl;
+        pub(crate) fn kmcl_hv_gpadl_free(g: *mut VmbusGpadl);
+        pub(crate) fn kmcl_hv_gpadl_establish(
+            c: *mut VmbusChannel,
+            buf: *mut c_void,
+            size: u32,
+            g: *mut VmbusGpadl,
+        ) -> c_int;
+        pub(crate) fn kmcl_hv_gpadl_teardown(c: *mut VmbusChannel, g: *mut VmbusGpadl) -> c_int;
+        pub(crate) fn kmcl_hv_gpadl_handle(g: *const VmbusGpadl) -> u32;
+        pub(crate) fn kmcl_hv_gpadl_decrypted(g: *const VmbusGpadl) -> bool;
+        pub(crate) fn kmcl_hv_vmap_pages(pages: *mut *mut c_void, count: u32) -> *mut c_void;
+        pub(crate) fn kmcl_hv_vunmap(addr: *mut c_void);
+        pub(crate) fn kmcl_mark_not_leak(ptr: *const c_void);
+    }
+}
+
+/// Opaque `struct vmbus_gpadl`.
+#[repr(C)]
+pub(crate) struct VmbusGpadl {
+    _opaque: [u8; 0],
+}
+
+/// A GPADL established on a bound device.
+///
+/// # Invariants
+///
+/// `g` was allocated by `kmcl_hv_gpadl_alloc` and is freed only in
+/// [`HvGpadl::delete`]; `vmap`, if set, maps the GPADL's pages.
+pub(crate) struct HvGpadl {
+    dev: Arc<HvDevice>,
+    g: NonNull<VmbusGpadl>,
+    vmap: Option<NonNull<c_void>>,
+}
+
+// SAFETY: the GPADL is only reached under the device's memory lock.
+unsafe impl Send for HvGpadl {}
+// SAFETY: `&HvGpadl` exposes nothing.
+unsafe impl Sync for HvGpadl {}
+
+/// Whether the host may still see `g`'s pages.
+fn decrypted(g: NonNull<VmbusGpadl>) -> bool {
+    // SAFETY: `g` is a live `vmbus_gpadl`.
+    unsafe { ffi::kmcl_hv_gpadl_decrypted(g.as_ptr()) }
+}
+
+/// Keeps memory the host may still see out of the allocator for good.
+fn quarantine(mem: GpadlMemory) {
+    pr_err!("GPADL memory could not be made private again; leaking it\n");
+    let (ptr, cap) = match mem {
+        GpadlMemory::Buffer(b) => {
+            let (ptr, _, cap) = b.into_raw_parts();
+            (ptr.cast::<c_void>().cast_const(), cap)
+        }
+        GpadlMemory::Pages(p) => {
+            let (ptr, _, cap) = p.into_raw_parts();
+            (ptr.cast::<c_void>().cast_const(), cap)
+        }
+    };
+    if cap != 0 {
+        // SAFETY: `ptr` is the start of a live allocation, never freed now.
+        unsafe { ffi::kmcl_mark_not_leak(ptr) };
+    }
+}
+
+/// The address and size `vmbus_establish_gpadl()` is given for `mem`, and
+/// the mapping made for it, if any.
+fn map(mem: &GpadlMemory) -> Result<(*mut c_void, u32, Option<NonNull<c_void>>)> {
+    match mem {
+        GpadlMemory::Buffer(b) => {
+            // Linux shares whole pages: the buffer must be made of them.
+            if b.is_empty() || b.as_ptr() as usize % 4096 != 0 || b.len() % 4096 != 0 {
+                return Err(EINVAL);
+            }
+            let size = u32::try_from(b.len()).map_err(|_| EINVAL)?;
+            Ok((b.as_ptr().cast_mut().cast(), size, None))
+        }
+        GpadlMemory::Pages(pages) => {
+            let count = u32::try_from(pages.len()).map_err(|_| EINVAL)?;
+            let size = count.checked_mul(4096).ok_or(EINVAL)?;
+            if count == 0 {
+                return Err(EINVAL);
+            }
+            let mut raw = KVec::with_capacity(pages.len(), GFP_KERNEL)?;
+            for p in pages.iter() {
+                raw.push(p.as_ptr().cast::<c_void>(), GFP_KERNEL)?;
+            }
+            // SAFETY: `raw` holds `count` valid pages, owned by `mem`.
+            let va = unsafe { ffi::kmcl_hv_vmap_pages(raw.as_mut_ptr(), count) };
+            let va = NonNull::new(va).ok_or(ENOMEM)?;
+            Ok((va.as_ptr(), size, Some(va)))
+        }
+    }
+}
+
+fn unmap(vmap: Option<NonNull<c_void>>) {
+    if let Some(va) = vmap {
+        // SAFETY: `va` came from `kmcl_hv_vmap_pages` and is unmapped once.
+        unsafe { ffi::kmcl_hv_vunmap(va.as_ptr()) };
+    }
+}
+
+impl HvGpadl {
+    /// Establishes a GPADL over `mem` on `dev`'s open channel; returns once
+    /// the host has it. On failure, `mem` comes back, unless the host may
+    /// still see it.
+    pub(crate) fn establish(
+        dev: &Arc<HvDevice>,
+        mem: GpadlMemory,
+    ) -> core::result::Result<(Self, u32, GpadlMemory), (Error, Option<GpadlMemory>)> {
+        let (va, size, vmap) = match map(&mem) {
+            Ok(m) => m,
+            Err(e) => return Err((e, Some(mem))),
+        };
+        // SAFETY: a plain allocation.
+        let Some(g) = NonNull::new(unsafe { ffi::kmcl_hv_gpadl_alloc() }) else {
+            unmap(vmap);
+            return Err((ENOMEM, Some(mem)));
+        };
+        let fail = |e: Error, mem: GpadlMemory| {
+            let mem = if decrypted(g) {
+                quarantine(mem);
+                None
+            } else {
+                Some(mem)
+            };
+            unmap(vmap);
+            // SAFETY: `g` is not registered anywhere.
+            unsafe { ffi::kmcl_hv_gpadl_free(g.as_ptr()) };
+            Err((e, mem))
+        };
+        let mut m = dev.memory.lock();
+        if !m.open {
+            drop(m);
+            return fail(ENODEV, mem);
+        }
+        if let Err(e) = m.gpadls.reserve(1, GFP_KERNEL) {
+            drop(m);
+            return fail(e.into(), mem);
+        }
+        // SAFETY: the channel is open while `open` is set under this lock;
+        // `va` maps `size` bytes of `mem`, which outlives the GPADL.
+        let r = unsafe { (dev.ops.gpadl_establish)(dev.channel(), va, size, g.as_ptr()) };
+        if let Err(e) = kernel::error::to_result(r) {
+            drop(m);
+            return fail(e, mem);
+        }
+        // Cannot fail: room was reserved above.
+        let _ = m.gpadls.push_within_capacity(g.as_ptr() as usize);
+        drop(m);
+        // SAFETY: `g` is live.
+        let handle = unsafe { ffi::kmcl_hv_gpadl_handle(g.as_ptr()) };
+        // INVARIANT: `g` is from `kmcl_hv_gpadl_alloc`; `vmap` maps `mem`.
+        Ok((
+            Self {
+                dev: dev.clone(),
+                g,
+                vmap,
+            },
+            handle,
+            mem,
+        ))
+    }
+
+    /// Tears the GPADL down (unless the channel's close did already) and
+    /// hands `mem` back, unless the host may still see it.
+    pub(crate) fn delete(self, mem: Option<GpadlMemory>) -> Option<GpadlMemory> {
+        kernel::task::might_sleep();
+        let mut m = self.dev.memory.lock();
+        let key = self.g.as_ptr() as usize;
+        if let Some(pos) = m.gpadls.iter().position(|&g| g == key) {
+            let _ = m.gpadls.remove(pos);
+            teardown_gpadl(&self.dev, self.g.as_ptr());
+        }
+        drop(m);
+        let mem = match mem {
+            Some(mem) if decrypted(self.g) => {
+                quarantine(mem);
+                None
+            }
+            mem => mem,
+        };
+        unmap(self.vmap);
+        // SAFETY: the GPADL is torn down and no longer listed: last use.
+        unsafe { ffi::kmcl_hv_gpadl_free(self.g.as_ptr()) };
+        mem
+    }
+}
+
+/// `vmbus_teardown_gpadl()` on `dev`'s channel, which is open: called with
+/// the device's memory lock held.
+pub(crate) fn teardown_gpadl(dev: &HvDevice, g: *mut VmbusGpadl) {
+    // SAFETY: the caller holds the memory lock with the channel open, and
+    // `g` is a GPADL established on it.
+    let r = unsafe { (dev.ops.gpadl_teardown)(dev.channel(), g) };
+    if r != 0 {
+        pr_warn!("GPADL teardown failed ({})\n", r);
+    }
+}
+
+/// The MMIO range for `dev`'s open channel: allocated on first use from
+/// the ranges Hyper-V gave the VMBus, sized by the host's offer.
+pub(crate) fn mmio(dev: &HvDevice) -> Result<(u64, u64)> {
+    let size = dev.mmio_bytes();
+    let mut m = dev.memory.lock();
+    if !m.open {
+        return Err(ENODEV);
+    }
+    if let Some(start) = m.mmio_start {
+        return Ok((start, size));
+    }
+    if size == 0 {
+        return Err(ENOENT);
+    }
+    let mut start = 0u64;
+    // SAFETY: the device is live while its channel is open.
+    kernel::error::to_result(unsafe { ffi::kmcl_hv_allocate_mmio(dev.raw(), size, &mut start) })?;
+    m.mmio_start = Some(start);
+    Ok((start, size))
+}
+
+/// Gives back the MMIO range at `start`.
+pub(crate) fn free_mmio(dev: &HvDevice, start: u64) {
+    // SAFETY: `start` was allocated by `mmio` with this size, once.
+    unsafe { ffi::kmcl_hv_free_mmio(start, dev.mmio_bytes()) };
+}
