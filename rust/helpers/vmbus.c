@@ -169,21 +169,32 @@ int kmcl_hv_sendpacket_mpb(struct vmbus_channel *c, void *desc, u32 desc_size,
 int kmcl_hv_recvpacket(struct vmbus_channel *c, void *buf, u32 len)
 {
 	struct hv_ring_buffer_info *rbi = &c->inbound;
-	const struct vmpacket_descriptor *desc = hv_pkt_iter_first(c);
+	const struct vmpacket_descriptor *desc;
 	const struct vmpacket_descriptor *raw;
-	u32 n;
+	u32 n, w;
 
+	/*
+	 * The host owns the write index. Linux trusts it to lie inside the
+	 * ring; one beyond it, or not on a packet boundary, makes every
+	 * following read garbage. kmcl refuses the ring instead.
+	 */
+	w = READ_ONCE(rbi->ring_buffer->write_index);
+	if (w >= rbi->ring_datasize || w % 8)
+		return -EBADMSG;
+	desc = hv_pkt_iter_first(c);
 	if (!desc)
 		return 0;
 	n = desc->len8 << 3;
 	/*
 	 * hv_pkt_iter_first() clamps a length beyond the data in the ring (or
-	 * the packet buffer) and hands the packet on. kmcl refuses it instead:
-	 * a truncated packet is never delivered.
+	 * the packet buffer), replaces an offset outside the packet, and hands
+	 * the packet on. kmcl refuses such a packet instead: a truncated or
+	 * reinterpreted packet is never delivered.
 	 */
 	raw = (const struct vmpacket_descriptor *)
 		(rbi->ring_buffer->buffer + rbi->priv_read_index);
-	if ((u32)READ_ONCE(raw->len8) << 3 != n)
+	if ((u32)READ_ONCE(raw->len8) << 3 != n ||
+	    READ_ONCE(raw->offset8) != desc->offset8)
 		return -EBADMSG;
 	if (n > len)
 		return -EMSGSIZE;

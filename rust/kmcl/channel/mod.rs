@@ -963,7 +963,10 @@ impl Channel {
             ring_pages: g.cfg.ring_pages,
             // The largest packet kmcl accepts (descriptor, ranges and
             // payload): Linux copies each packet out into a buffer this big.
-            max_pkt: g.rx.packet_room() as u32,
+            // No packet is larger than the ring's data area, and Linux
+            // copies up to this many bytes from the ring even when the host
+            // lies about the length: never more than the ring holds.
+            max_pkt: (g.rx.packet_room() as u32).min((g.cfg.ring_pages - 1) * 4096),
             // One requestor slot per transaction slot: never exhausted.
             rqstor: g.tx.slot_count(),
         }

@@ -48,7 +48,7 @@ const INTERRUPT_MASK: usize = 2;
 const PENDING_SEND_SZ: usize = 3;
 
 /// A packet made of a descriptor and `body`, as raw bytes.
-fn raw(ty: u16, offset8: u16, len8: u16, flags: u16, body: &[u8]) -> KVec<u8> {
+pub(super) fn raw(ty: u16, offset8: u16, len8: u16, flags: u16, body: &[u8]) -> KVec<u8> {
     let d = Descriptor {
         ty,
         offset8,
@@ -65,7 +65,7 @@ fn raw(ty: u16, offset8: u16, len8: u16, flags: u16, body: &[u8]) -> KVec<u8> {
 
 /// A GPA-direct packet with the given range count and ranges
 /// (byte count, byte offset, number of pfns).
-fn gpa(count: u32, ranges: &[(u32, u32, usize)]) -> KVec<u8> {
+pub(super) fn gpa(count: u32, ranges: &[(u32, u32, usize)]) -> KVec<u8> {
     let mut body = KVec::new();
     let _ = body.extend_from_slice(&0u32.to_le_bytes(), GFP_KERNEL);
     let _ = body.extend_from_slice(&count.to_le_bytes(), GFP_KERNEL);

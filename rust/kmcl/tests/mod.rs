@@ -10,6 +10,7 @@ mod gpadl;
 mod guid;
 mod hostile;
 mod hv_binding;
+mod hv_hostile;
 mod hv_interop;
 mod receive;
 mod send;
