@@ -7,10 +7,11 @@
 //! an in-band packet that carries the request's transaction id. This is the
 //! protocol `hv_utils` implements in C.
 //!
-//! Here the channel opens the heartbeat interface type on kmcl's loopback
-//! bus, where `heartbeat_host.ko` plays the host. On a Hyper-V guest the
-//! same driver code serves the real offer once kmcl's hv transport binds it
-//! and `hv_utils` has let go of the device (`Documentation/samples.rst`).
+//! By default the channel opens the heartbeat interface type on kmcl's
+//! loopback bus, where `heartbeat_host.ko` plays the host. With `vmbus=1`
+//! it names no bus and so opens the machine's VMBus offer: on a Hyper-V
+//! guest, once `hv_utils` has let go of the heartbeat device, the same code
+//! answers the real host (`Documentation/samples.rst`).
 
 use core::sync::atomic::{
     AtomicU32,
@@ -50,6 +51,12 @@ module! {
     authors: ["The kmcl developers"],
     description: "kmcl sample: Hyper-V heartbeat integration component (VSC)",
     license: "GPL",
+    params: {
+        vmbus: bool {
+            default: false,
+            description: "Open the host's heartbeat offer on VMBus instead of kmcl's loopback bus",
+        },
+    },
 }
 
 /// The heartbeat interface type, as Hyper-V offers it.
@@ -132,7 +139,9 @@ impl kernel::Module for HvHeartbeat {
         chan.init_set_process_packet_callbacks(cb.clone())?;
         chan.init_set_state_change_callbacks(cb)?;
         chan.init_set_ring_buffer_page_count(4)?;
-        chan.init_set_vmbus_handle(Bus::Loopback(loopback::default_bus()?))?;
+        if !module_parameters::vmbus.value() {
+            chan.init_set_vmbus_handle(Bus::Loopback(loopback::default_bus()?))?;
+        }
         chan.init_set_target_pnp(HEARTBEAT, None)?;
         chan.enable()?;
         Ok(HvHeartbeat { chan })
