@@ -330,6 +330,55 @@ mod tests {
     }
 
     #[test]
+    fn api_full_ring_queues_and_the_host_interrupt_resumes() -> Result {
+        let bus = bus()?;
+        let (h, rec, dev, d) = opened(&bus)?;
+        let mut host = dev.host()?;
+        let done = Done::new()?;
+        let mut buf = [0u8; 1000];
+        let mut sent = 0u64;
+        // Fill the ring, then queue a few more behind it.
+        while h.stats_ring_full() == 0 && sent < 64 {
+            sent += 1;
+            buf[..8].copy_from_slice(&sent.to_le_bytes());
+            harness::send_recorded(&h, &buf, SendFlags::NONE, &done)?;
+        }
+        assert!(h.stats_ring_full() > 0);
+        for _ in 0..3 {
+            sent += 1;
+            buf[..8].copy_from_slice(&sent.to_le_bytes());
+            harness::send_recorded(&h, &buf, SendFlags::NONE, &done)?;
+        }
+        // kmcl asked the host to signal when there is room.
+        assert!(host.reader.memory().snapshot()[3] > 0);
+        // The host reads everything, interrupting the guest when the ring
+        // drains; the tasklet's callback flushes the queue, in order.
+        let mut seen = 0u64;
+        while seen < sent {
+            let p = match host.next() {
+                Ok(p) => p,
+                Err(_) => return Err(ETIMEDOUT),
+            };
+            let pk = packet::parse(&p, &LIMITS).map_err(|_| EIO)?;
+            let mut head = [0u8; 8];
+            head.copy_from_slice(&pk.payload[..8]);
+            seen += 1;
+            assert_eq!(u64::from_le_bytes(head), seen);
+            if host.reader.available().unwrap_or(0) == 0 {
+                host.interrupt();
+            }
+        }
+        assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == sent as u32));
+        assert!(done.order.1.load(Ordering::Relaxed));
+        // ProcessingComplete follows deliveries over hv too.
+        host.send(&inband(1, 0, b"batch")?)?;
+        assert!(wait_for(2000, || rec.batches().iter().sum::<u32>() == 1));
+        h.disable();
+        bus.remove(&d);
+        Ok(())
+    }
+
+    #[test]
     fn api_reply_reaches_the_host_as_an_inband_packet() -> Result {
         let bus = bus()?;
         let (h, rec, dev, d) = opened(&bus)?;
