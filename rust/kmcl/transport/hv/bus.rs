@@ -278,10 +278,15 @@ impl HvBus {
     /// A client whose device was suspended waits for it again.
     pub(crate) fn wait_again(&self, chan: &Channel) {
         let mut g = self.inner.lock();
-        if !g.waiting.iter().any(|c| core::ptr::eq(&**c, chan)) {
-            // The list was sized when the client was added; this push
-            // reuses that room.
-            let _ = g.waiting.push(chan.arc(), GFP_KERNEL);
+        if !g.waiting.iter().any(|c| core::ptr::eq(&**c, chan))
+            && g.waiting.push(chan.arc(), GFP_KERNEL).is_err()
+        {
+            // Out of memory: the client stays Enabled without a device
+            // until it is disabled and enabled again.
+            pr_warn!(
+                "client channel {}: cannot wait for a device (out of memory)\n",
+                chan.id()
+            );
         }
     }
 
@@ -307,7 +312,7 @@ impl HvBus {
             dev
         };
         match self.open(chan, &dev) {
-            Ok(()) => Ok(true),
+            Ok(attached) => Ok(attached),
             Err(e) => {
                 self.user_gone(&dev);
                 self.wait_again(chan);
@@ -316,7 +321,9 @@ impl HvBus {
         }
     }
 
-    fn open(&self, chan: &Channel, dev: &Arc<HvDevice>) -> Result {
+    /// Opens `dev` for `chan`: `Ok(false)` if the channel was disabled
+    /// meanwhile (the device is closed again and free).
+    fn open(&self, chan: &Channel, dev: &Arc<HvDevice>) -> Result<bool> {
         let p = chan.hv_open_params();
         let ring_bytes = p.ring_pages.checked_mul(4096).ok_or(EINVAL)?;
         let ctx = Arc::into_raw(chan.arc());
@@ -352,12 +359,13 @@ impl HvBus {
         // SAFETY: the channel is open, and stays valid until the lease's
         // close: the device is not removed before its user lets go.
         let ep = unsafe { HvEndpoint::new(dev.chan, Owner::Device(lease)) };
-        if let Err((e, att)) = chan.attach_or_return(Attachment::Hv(ep)) {
-            // Disabled meanwhile.
+        if let Err((_, att)) = chan.attach_or_return(Attachment::Hv(ep)) {
+            // Disabled meanwhile: not a PnP failure. Closing hands the
+            // device back.
             att.close(chan);
-            return Err(e);
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The lease's channel closes (its attachment is dropped).
