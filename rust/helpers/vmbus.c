@@ -295,6 +295,11 @@ void kmcl_hv_prepare_open(struct vmbus_channel *c, u32 max_pkt, u32 rqstor)
 int kmcl_hv_open(struct vmbus_channel *c, u32 ring_bytes, void (*cb)(void *),
 		 void *ctx)
 {
+	/*
+	 * RingBufferPageCount counts 4 KiB pages, as Hyper-V does; vmbus_open()
+	 * wants whole kernel pages, which are larger on some architectures.
+	 */
+	ring_bytes = PAGE_ALIGN(ring_bytes);
 	return vmbus_open(c, ring_bytes, ring_bytes, NULL, 0, cb, ctx);
 }
 
