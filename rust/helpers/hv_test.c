@@ -117,7 +117,7 @@ struct vmbus_channel *kmcl_hv_test_channel_new(u32 ring_pages, u32 max_pkt,
 		c->next_request_id_callback = vmbus_next_request_id;
 		c->request_addr_callback = vmbus_request_addr;
 	}
-	if (kmcl_hv_test_open(c, ring_pages << PAGE_SHIFT, NULL, NULL)) {
+	if (kmcl_hv_test_open(c, ring_pages, NULL, NULL)) {
 		kmcl_hv_test_channel_free(c);
 		return NULL;
 	}
@@ -208,18 +208,20 @@ void kmcl_hv_test_set_errors(int open, int gpadl, bool reencrypt_fails)
 	kmcl_hv_test_reencrypt_fails = reencrypt_fails;
 }
 
-int kmcl_hv_test_open(struct vmbus_channel *c, u32 ring_bytes,
+int kmcl_hv_test_open(struct vmbus_channel *c, u32 pages,
 		      void (*cb)(void *), void *ctx)
 {
 	u32 max_pkt = c->max_pkt_size, rqstor = c->rqstor_size;
 	struct kmcl_hv_test_channel *t =
 		container_of(c, struct kmcl_hv_test_channel, chan);
-	u32 pages = ring_bytes >> PAGE_SHIFT;
 	u32 i;
 
+	/* As vmbus_open(): the callback is set before anything can fail. */
+	c->channel_callback_context = ctx;
+	WRITE_ONCE(c->onchannel_callback, cb);
 	if (kmcl_hv_test_open_error)
 		return kmcl_hv_test_open_error;
-	if (!PAGE_ALIGNED(ring_bytes) || pages < 2 || c->onchannel_callback)
+	if (pages < 2 || c->outbound.ring_buffer)
 		return -EINVAL;
 	/* As vmbus_open(): sizes and requestor from what the driver set. */
 	if (ring_init(&c->outbound, &t->rings[0], pages, 0) ||
@@ -236,8 +238,6 @@ int kmcl_hv_test_open(struct vmbus_channel *c, u32 ring_bytes,
 		c->requestor.size = rqstor;
 		spin_lock_init(&c->requestor.req_lock);
 	}
-	c->channel_callback_context = ctx;
-	WRITE_ONCE(c->onchannel_callback, cb);
 	return 0;
 fail:
 	kmcl_hv_test_close(c);
@@ -276,6 +276,11 @@ void kmcl_hv_test_open_params(struct vmbus_channel *c, u32 *ring_datasize,
 	*max_pkt = c->max_pkt_size;
 	*rqstor = c->rqstor_size;
 	*direct = c->callback_mode == HV_CALL_DIRECT;
+}
+
+bool kmcl_hv_test_has_callback(struct vmbus_channel *c)
+{
+	return READ_ONCE(c->onchannel_callback);
 }
 
 void kmcl_hv_test_set_rescind(struct vmbus_channel *c)

@@ -27,13 +27,14 @@ struct vmbus_channel *kmcl_hv_test_channel_alloc(const guid_t *type,
 struct hv_device *kmcl_hv_test_device_new(struct vmbus_channel *c);
 void kmcl_hv_test_device_put(struct hv_device *dev);
 void kmcl_hv_test_set_errors(int open, int gpadl, bool reencrypt_fails);
-int kmcl_hv_test_open(struct vmbus_channel *c, u32 ring_bytes,
+int kmcl_hv_test_open(struct vmbus_channel *c, u32 pages,
 		      void (*cb)(void *), void *ctx);
 void kmcl_hv_test_close(struct vmbus_channel *c);
 void kmcl_hv_test_interrupt(struct vmbus_channel *c);
 void kmcl_hv_test_open_params(struct vmbus_channel *c, u32 *ring_datasize,
 			      u32 *max_pkt, u32 *rqstor, bool *direct);
 void kmcl_hv_test_set_rescind(struct vmbus_channel *c);
+bool kmcl_hv_test_has_callback(struct vmbus_channel *c);
 int kmcl_hv_test_gpadl_establish(struct vmbus_channel *c, void *buf, u32 size,
 				 struct vmbus_gpadl *g);
 int kmcl_hv_test_gpadl_teardown(struct vmbus_channel *c, struct vmbus_gpadl *g);

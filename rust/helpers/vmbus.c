@@ -243,34 +243,6 @@ u64 kmcl_hv_request_addr(struct vmbus_channel *c, u64 trans_id, u64 rqst_addr)
 	return vmbus_request_addr_match(c, trans_id, rqst_addr);
 }
 
-/*
- * A request kmcl gave up on (a synchronous request that timed out) keeps
- * its slot in the requestor until the host completes it. Release the slot
- * that holds kmcl's id rqst_addr, so that a host that never answers cannot
- * exhaust the requestor. kmcl's ids carry a generation, so a value names one
- * request; a late completion for it is then refused like a forged one.
- */
-bool kmcl_hv_request_release(struct vmbus_channel *c, u64 rqst_addr)
-{
-	struct vmbus_requestor *rqstor = &c->requestor;
-	unsigned long flags;
-	u64 id = 0;
-	u32 i;
-
-	if (!rqstor->req_arr)
-		return false;
-	spin_lock_irqsave(&rqstor->req_lock, flags);
-	for (i = 0; i < rqstor->size; i++) {
-		if (test_bit(i, rqstor->req_bitmap) &&
-		    rqstor->req_arr[i] == rqst_addr) {
-			id = i + 1;
-			break;
-		}
-	}
-	spin_unlock_irqrestore(&rqstor->req_lock, flags);
-	return id && vmbus_request_addr_match(c, id, rqst_addr) == rqst_addr;
-}
-
 /* ---- Opening and closing a bound device's channel. ---- */
 
 /*
@@ -292,20 +264,39 @@ void kmcl_hv_prepare_open(struct vmbus_channel *c, u32 max_pkt, u32 rqstor)
 	set_channel_read_mode(c, HV_CALL_DIRECT);
 }
 
-int kmcl_hv_open(struct vmbus_channel *c, u32 ring_bytes, void (*cb)(void *),
+int kmcl_hv_open(struct vmbus_channel *c, u32 ring_pages, void (*cb)(void *),
 		 void *ctx)
 {
 	/*
-	 * RingBufferPageCount counts 4 KiB pages, as Hyper-V does; vmbus_open()
-	 * wants whole kernel pages, which are larger on some architectures.
+	 * RingBufferPageCount counts 4 KiB pages, control page included, as
+	 * Hyper-V does; vmbus_open() wants whole kernel pages, which are
+	 * larger on some architectures.
 	 */
-	ring_bytes = PAGE_ALIGN(ring_bytes);
-	return vmbus_open(c, ring_bytes, ring_bytes, NULL, 0, cb, ctx);
+	u32 bytes = VMBUS_RING_SIZE((ring_pages - 1) * HV_HYP_PAGE_SIZE);
+
+	return vmbus_open(c, bytes, bytes, NULL, 0, cb, ctx);
 }
 
 void kmcl_hv_close(struct vmbus_channel *c)
 {
+	/*
+	 * Also after a failed vmbus_open(), which leaves the callback and its
+	 * context set: closing resets them (and finds nothing else to do).
+	 */
 	vmbus_close(c);
+}
+
+/*
+ * Hands the channel back as hv_vmbus offered it, for the next driver: the
+ * defaults kmcl_hv_prepare_open() overrode.
+ */
+void kmcl_hv_forget_settings(struct vmbus_channel *c)
+{
+	c->max_pkt_size = 0;
+	c->rqstor_size = 0;
+	c->next_request_id_callback = NULL;
+	c->request_addr_callback = NULL;
+	set_channel_read_mode(c, HV_CALL_BATCHED);
 }
 
 u32 kmcl_hv_device_offer_mmio_mb(struct hv_device *dev)

@@ -63,13 +63,13 @@ u32 kmcl_hv_bytes_to_read(struct vmbus_channel *c);
 u32 kmcl_hv_ring_datasize(struct vmbus_channel *c);
 void kmcl_hv_set_pending_send_size(struct vmbus_channel *c, u32 size);
 u64 kmcl_hv_request_addr(struct vmbus_channel *c, u64 trans_id, u64 rqst_addr);
-bool kmcl_hv_request_release(struct vmbus_channel *c, u64 rqst_addr);
 
 /* Bound devices: open and close, MMIO, GPADLs. */
 void kmcl_hv_prepare_open(struct vmbus_channel *c, u32 max_pkt, u32 rqstor);
-int kmcl_hv_open(struct vmbus_channel *c, u32 ring_bytes, void (*cb)(void *),
+int kmcl_hv_open(struct vmbus_channel *c, u32 ring_pages, void (*cb)(void *),
 		 void *ctx);
 void kmcl_hv_close(struct vmbus_channel *c);
+void kmcl_hv_forget_settings(struct vmbus_channel *c);
 u32 kmcl_hv_device_offer_mmio_mb(struct hv_device *dev);
 int kmcl_hv_allocate_mmio(struct hv_device *dev, u64 size, u64 *start);
 void kmcl_hv_free_mmio(u64 start, u64 size);

@@ -50,6 +50,9 @@ impl vmbus::Driver for HvDriver {
     fn probe(dev: &vmbus::Device, _id_info: Option<&'static ()>) -> impl PinInit<Bound, Error> {
         let bus = default_bus().ok_or(ENODEV);
         bus.and_then(|bus| {
+            if !bus.is_targeted(&dev.class_id()) {
+                return Err(ENODEV);
+            }
             let d = bus.probe(dev)?;
             dev_info!(
                 dev.as_ref(),

@@ -101,7 +101,8 @@ enum Backing {
 /// What an open channel shares memory through.
 enum Peer {
     Loopback(Arc<Connection>),
-    Hv(Arc<HvDevice>),
+    /// A bound device, and the open of it this channel has.
+    Hv(Arc<HvDevice>, u64),
 }
 
 impl Gpadl {
@@ -234,7 +235,8 @@ impl Channel {
         match g.att.as_ref() {
             Some(crate::transport::Attachment::Loopback(e)) => Ok(Peer::Loopback(e.conn.clone())),
             Some(crate::transport::Attachment::Hv(e)) => {
-                e.device().cloned().map(Peer::Hv).ok_or(EOPNOTSUPP)
+                let (dev, epoch) = e.device().ok_or(EOPNOTSUPP)?;
+                Ok(Peer::Hv(dev.clone(), epoch))
             }
             None => Err(ENODEV),
         }
@@ -243,7 +245,7 @@ impl Channel {
     fn connection(&self) -> Result<Arc<Connection>> {
         match self.peer()? {
             Peer::Loopback(conn) => Ok(conn),
-            Peer::Hv(_) => Err(EOPNOTSUPP),
+            Peer::Hv(..) => Err(EOPNOTSUPP),
         }
     }
 
@@ -267,8 +269,8 @@ impl Channel {
         }
         let conn = match self.peer()? {
             Peer::Loopback(conn) => conn,
-            Peer::Hv(dev) => {
-                let (g, id, mem) = HvGpadl::establish(&dev, mem).map_err(|(e, _)| e)?;
+            Peer::Hv(dev, epoch) => {
+                let (g, id, mem) = HvGpadl::establish(&dev, epoch, mem).map_err(|(e, _)| e)?;
                 return Ok(Gpadl {
                     id,
                     backing: Some(Backing::Hv(g)),
@@ -369,8 +371,8 @@ impl Channel {
                 }
                 Ok(MmioSpace::Loopback(conn))
             }
-            Peer::Hv(dev) => {
-                let (start, len) = hv_memory::mmio(&dev)?;
+            Peer::Hv(dev, epoch) => {
+                let (start, len) = hv_memory::mmio(&dev, epoch)?;
                 Ok(MmioSpace::Physical { start, len })
             }
         }

@@ -937,9 +937,15 @@ impl Channel {
     /// The transport under the channel went away: removed for good (the
     /// host rescinded the offer, the device was unbound), or, with
     /// `suspend`, for hibernation, after which a client opens again.
-    pub(crate) fn transport_lost(&self, suspend: bool) {
+    ///
+    /// Only an attached channel is affected; `false` otherwise (the bus
+    /// then deals with an open still in flight).
+    pub(crate) fn transport_lost(&self, suspend: bool) -> bool {
         {
             let mut g = self.inner.lock();
+            if g.att.is_none() {
+                return false;
+            }
             if suspend {
                 g.reconnect = true;
             } else {
@@ -947,6 +953,7 @@ impl Channel {
             }
         }
         self.peer_closed();
+        true
     }
 
     /// The host's interrupt, in the channel's tasklet: flush the send queue
@@ -967,8 +974,12 @@ impl Channel {
             // copies up to this many bytes from the ring even when the host
             // lies about the length: never more than the ring holds.
             max_pkt: (g.rx.packet_room() as u32).min((g.cfg.ring_pages - 1) * 4096),
-            // One requestor slot per transaction slot: never exhausted.
-            rqstor: g.tx.slot_count(),
+            // Two requestor slots per transaction slot. A request that timed
+            // out keeps its requestor slot until the host completes it (its
+            // late completion is then refused), so the requestor needs room
+            // beyond the requests in flight; should a host never answer, a
+            // full requestor only queues sends, as a full ring does.
+            rqstor: g.tx.slot_count() * 2,
         }
     }
 
@@ -1042,6 +1053,7 @@ impl Channel {
         g.disabling = false;
         g.opened = false;
         g.lost = false;
+        g.reconnect = false;
         Ok(())
     }
 
@@ -1126,9 +1138,14 @@ impl Channel {
                     Ok(true) => {
                         if let Err(e) = self.run_open_sequence() {
                             self.call_state(|cb, ch| cb.pnp_failure(ch, e));
+                            // Rolled back to Enabled: wait for the device
+                            // to be offered again.
+                            bus.wait_again(self, false);
                         }
                     }
                     Ok(false) => {} // waiting for an offer
+                    // A Disable that raced with the open is no PnP failure.
+                    Err(_) if self.inner.lock().disabling => {}
                     Err(e) => self.call_state(|cb, ch| cb.pnp_failure(ch, e)),
                 }
             }
@@ -1162,7 +1179,7 @@ impl Channel {
                 match (self.endpoint, bus) {
                     (Endpoint::Server, Some(bus)) => bus.offer_available(self),
                     (Endpoint::Client, Some(bus)) if state == State::Enabled => {
-                        bus.wait_again(self)
+                        bus.wait_again(self, true)
                     }
                     (Endpoint::Client, Some(bus)) => bus.release(self),
                     _ => {}

@@ -1151,11 +1151,9 @@ impl Channel {
                 Some(dl) => {
                     let now = sys::jiffies();
                     if now >= dl {
-                        // Over hv, Linux's requestor holds the request too.
-                        let written = !g.tx.slots[slot as usize].queued;
-                        if let (true, Some(att)) = (written, g.att.as_mut()) {
-                            att.forget_request((u64::from(gen) << 32) | u64::from(slot + 1));
-                        }
+                        // Freeing the slot moves its generation on: a late
+                        // completion is refused. Over hv, Linux's requestor
+                        // keeps its own slot until that completion comes.
                         g.tx.free_slot(slot);
                         drop(g);
                         self.cond.notify_all();

@@ -116,6 +116,7 @@ mod ffi {
             direct: *mut bool,
         );
         pub(super) fn kmcl_hv_test_set_rescind(c: *mut VmbusChannel);
+        pub(super) fn kmcl_hv_test_has_callback(c: *mut VmbusChannel) -> bool;
         pub(super) fn kmcl_hv_test_gpadl_establish(
             c: *mut VmbusChannel,
             buf: *mut c_void,
@@ -219,6 +220,12 @@ impl TestDevice {
         // SAFETY: `chan` is live; the out-pointers are valid.
         unsafe { ffi::kmcl_hv_test_open_params(self.raw(), &mut a, &mut b, &mut c, &mut d) };
         (a, b, c, d)
+    }
+
+    /// Whether a channel callback is set, as `vmbus_open()` sets it.
+    pub(super) fn has_callback(&self) -> bool {
+        // SAFETY: `chan` is live.
+        unsafe { ffi::kmcl_hv_test_has_callback(self.raw()) }
     }
 
     pub(super) fn is_open(&self) -> bool {
@@ -473,11 +480,14 @@ mod tests {
         // MaximumPacketSize (default 4096) plus descriptor and ranges.
         // No more than the ring holds, which Linux may copy when a host lies.
         assert!(max_pkt > 4096 && max_pkt <= datasize);
-        // A requestor slot per transaction slot of the channel.
-        assert!(rqstor >= crate::channel::DEFAULT_PACKET_POOL);
+        // Two requestor slots per transaction slot of the channel.
+        assert!(rqstor >= 2 * crate::channel::DEFAULT_PACKET_POOL);
         assert!(direct);
         h.disable();
         assert!(!dev.is_open());
+        // The channel goes back with hv_vmbus's settings for the next driver.
+        assert_eq!(dev.open_params(), (0, 0, 0, false));
+        assert!(!dev.has_callback());
         bus.remove(&d);
         Ok(())
     }
@@ -565,6 +575,12 @@ mod tests {
         assert_eq!(h.state(), State::Enabled);
         assert_eq!(rec.count(Ev::Opened), 0);
         assert!(!dev.is_open());
+        // The failed open left its callback set; kmcl reset it.
+        assert!(!dev.has_callback());
+        // Offered again (as after a resume), the device opens.
+        bus.resume(&d);
+        h.wait_for_state(State::Started, Delta::from_millis(2000))?;
+        assert_eq!(rec.count(Ev::PnpFailure), 1);
         h.disable();
         assert_eq!(h.state(), State::Disabled);
         bus.remove(&d);
@@ -642,7 +658,7 @@ mod tests {
     }
 
     #[test]
-    fn timed_out_request_gives_its_requestor_slot_back() -> Result {
+    fn late_completion_of_a_timed_out_request_never_completes_another() -> Result {
         let bus = bus()?;
         let (h, _rec, dev, d) = opened(&bus)?;
         let mut host = dev.host()?;
@@ -655,22 +671,29 @@ mod tests {
         );
         assert!(matches!(r, Err(e) if e == ETIMEDOUT));
         let p = host.next()?;
-        let wire = packet::parse(&p, &LIMITS).map_err(|_| EIO)?.desc.trans_id;
-        // The late answer finds no request: refused, not delivered.
-        host.send(&completion_bytes(wire, b"late"))?;
+        let late = packet::parse(&p, &LIMITS).map_err(|_| EIO)?.desc.trans_id;
+        // The next request gets a wire id of its own: the requestor keeps
+        // the abandoned one until the host answers it.
+        let done = Done::new()?;
+        harness::send_recorded(&h, b"next", SendFlags::WAIT_FOR_COMPLETION, &done)?;
+        let p = host.next()?;
+        let next = packet::parse(&p, &LIMITS).map_err(|_| EIO)?.desc.trans_id;
+        assert_ne!(next, late);
+        // The late answer is refused and completes nothing.
+        host.send(&completion_bytes(late, b"late"))?;
         assert!(wait_for(2000, || h
             .stats
             .rejected_completions
             .load(Ordering::Relaxed)
             == 1));
-        // The slot is reused by the next request, which completes.
-        let done = Done::new()?;
-        harness::send_recorded(&h, b"next", SendFlags::WAIT_FOR_COMPLETION, &done)?;
-        let p = host.next()?;
-        let wire2 = packet::parse(&p, &LIMITS).map_err(|_| EIO)?.desc.trans_id;
-        assert_eq!(wire2, wire);
-        host.send(&completion_bytes(wire2, b""))?;
+        assert_eq!(done.count.load(Ordering::Relaxed), 0);
+        host.send(&completion_bytes(next, b"mine"))?;
         assert!(wait_for(2000, || done.ok.load(Ordering::Relaxed) == 1));
+        // It carries its own answer, not the late one.
+        assert_eq!(
+            done.resp_head.load(Ordering::Relaxed),
+            u64::from_le_bytes(*b"mine\0\0\0\0")
+        );
         h.disable();
         bus.remove(&d);
         Ok(())

@@ -66,11 +66,12 @@ impl Bus {
         }
     }
 
-    /// A client whose transport hibernated waits for it again.
-    pub(crate) fn wait_again(&self, client: &Channel) {
+    /// A client waits for its device again: after it hibernated (`look`:
+    /// it may be back already), or after an open that failed.
+    pub(crate) fn wait_again(&self, client: &Channel, look: bool) {
         match self {
             Bus::Loopback(_) => {}
-            Bus::Hv(b) => b.wait_again(client),
+            Bus::Hv(b) => b.wait_again(client, look),
         }
     }
 
@@ -263,15 +264,6 @@ impl Attachment {
         match self {
             Attachment::Loopback(e) => Some(&e.conn),
             Attachment::Hv(_) => None,
-        }
-    }
-
-    /// Gives up on request `id` (kmcl's transaction id), which was written
-    /// and will not be waited for any more.
-    pub(crate) fn forget_request(&mut self, id: u64) {
-        match self {
-            Attachment::Loopback(_) => {}
-            Attachment::Hv(e) => e.forget_request(id),
         }
     }
 

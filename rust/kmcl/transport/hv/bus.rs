@@ -12,8 +12,7 @@
 //!   driver core then probes every unbound device of that type, present or
 //!   offered later. When the last client targeting the type goes back to
 //!   Disabled, the driver is unregistered (from kmcl's workqueue, so that
-//!   no channel ever waits on the driver core) and the devices are free for
-//!   other drivers again.
+//!   no channel ever waits on the driver core) and the devices are unbound.
 //! - A probed device is recorded here. A client whose target it matches
 //!   (type, and instance if the client named one) opens its channel with
 //!   `vmbus_open()`, from the client's process-context work; a failure is
@@ -23,9 +22,8 @@
 //!   `vmbus_channel` is closed before `remove` returns. After a suspend the
 //!   client waits, Enabled, for the device's resume and then opens again.
 //!
-//! The alternative, sysfs `new_id` on one kmcl driver, has no in-kernel
-//! interface in 7.3 and would let user space bind any class to kmcl.
-//! Documentation/hv-transport.rst discusses the choice.
+//! Dynamic ids on one kmcl driver have no in-kernel interface in 7.3 (only
+//! sysfs `new_id`). Documentation/hv-transport.rst discusses the choice.
 
 use core::ptr::NonNull;
 
@@ -102,6 +100,8 @@ pub(crate) struct DeviceMemory {
     pub(crate) gpadls: KVec<usize>,
     /// The MMIO range allocated for the channel's user, if any.
     pub(crate) mmio_start: Option<u64>,
+    /// Counts the opens: a request made for one open is refused on another.
+    pub(crate) epoch: u64,
 }
 
 impl HvDevice {
@@ -121,6 +121,7 @@ impl HvDevice {
                     open: false,
                     gpadls: KVec::new(),
                     mmio_start: None,
+                    epoch: 0,
                 }, "kmcl::HvDevice::memory"),
             }),
             GFP_KERNEL,
@@ -144,6 +145,14 @@ impl HvDevice {
 
     fn matches(&self, class: &Guid, instance: &Option<Guid>) -> bool {
         self.class == *class && instance.is_none_or(|i| i == self.instance)
+    }
+
+    /// Whether the host rescinded the offer; its removal follows. Valid
+    /// while the device is on the bus.
+    fn rescinded(&self) -> bool {
+        // SAFETY: the channel lives until the device's removal returns,
+        // which takes it off the bus first.
+        unsafe { vmbus::Channel::from_raw(self.chan.as_ptr()) }.is_rescinded()
     }
 
     /// Tears down what the driver left shared, before the channel closes.
@@ -174,18 +183,30 @@ struct Entry {
     suspended: bool,
 }
 
-/// The drivers registered per interface type.
+impl Entry {
+    /// Free for a client of `class` (and `instance`).
+    fn available_for(&self, class: &Guid, instance: &Option<Guid>) -> bool {
+        !self.gone
+            && !self.suspended
+            && self.user.is_none()
+            && self.dev.matches(class, instance)
+            && !self.dev.rescinded()
+    }
+}
+
+/// The driver registered for an interface type.
 struct Class {
     class: Guid,
-    /// Client channels, Enabled or further, that target the type.
-    users: u32,
-    registration: Option<vmbus::Registration<crate::hv::HvDriver>>,
+    /// Unregistered when the entry is dropped.
+    _registration: vmbus::Registration<crate::hv::HvDriver>,
 }
 
 struct Inner {
     devices: KVec<Entry>,
     /// Enabled clients without a device.
     waiting: KVec<Arc<Channel>>,
+    /// Per interface type, the clients (Enabled or further) targeting it.
+    targets: KVec<(Guid, u32)>,
 }
 
 /// A VMBus as client channels see it: the devices bound to kmcl.
@@ -220,6 +241,8 @@ pub(crate) struct Lease {
     /// The reference to the client that `vmbus_open()` got as its callback
     /// context; taken back after `vmbus_close()`.
     ctx: *const Channel,
+    /// The open this lease is for ([`DeviceMemory::epoch`]).
+    pub(crate) epoch: u64,
 }
 
 impl HvBus {
@@ -234,6 +257,7 @@ impl HvBus {
                 inner <- new_mutex!(Inner {
                     devices: KVec::new(),
                     waiting: KVec::new(),
+                    targets: KVec::new(),
                 }, "kmcl::HvBus::inner"),
                 cond <- new_condvar!("kmcl::HvBus::cond"),
                 release_work <- new_work!("kmcl::HvBus::release_work"),
@@ -275,8 +299,13 @@ impl HvBus {
         self.release_class(chan.interface_ids().0);
     }
 
-    /// A client whose device was suspended waits for it again.
-    pub(crate) fn wait_again(&self, chan: &Channel) {
+    /// A client waits for a device again: after its device was suspended
+    /// (`look`), or after an open or its Opened callback failed. With
+    /// `look`, a device free already (it resumed meanwhile) is looked at
+    /// once; after a failure the client waits for the next offer, so that a
+    /// device that keeps failing is not retried in a loop.
+    pub(crate) fn wait_again(&self, chan: &Channel, look: bool) {
+        let (class, instance) = chan.interface_ids();
         let mut g = self.inner.lock();
         if !g.waiting.iter().any(|c| core::ptr::eq(&**c, chan))
             && g.waiting.push(chan.arc(), GFP_KERNEL).is_err()
@@ -287,6 +316,9 @@ impl HvBus {
                 "client channel {}: cannot wait for a device (out of memory)\n",
                 chan.id()
             );
+        }
+        if look && g.devices.iter().any(|e| e.available_for(&class, &instance)) {
+            chan.post_connect();
         }
     }
 
@@ -301,9 +333,11 @@ impl HvBus {
                 // Disabled meanwhile.
                 return Ok(false);
             };
-            let Some(e) = g.devices.iter_mut().find(|e| {
-                !e.gone && !e.suspended && e.user.is_none() && e.dev.matches(&class, &instance)
-            }) else {
+            let Some(e) = g
+                .devices
+                .iter_mut()
+                .find(|e| e.available_for(&class, &instance))
+            else {
                 return Ok(false);
             };
             e.user = Some(chan.arc());
@@ -314,20 +348,33 @@ impl HvBus {
         match self.open(chan, &dev) {
             Ok(attached) => Ok(attached),
             Err(e) => {
+                // An open that failed because the device is going away
+                // (rescind, hibernation) is no PnP failure.
+                let leaving = dev.rescinded() || !self.still_available(&dev);
                 self.user_gone(&dev);
-                self.wait_again(chan);
-                Err(e)
+                self.wait_again(chan, false);
+                if leaving {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
             }
         }
+    }
+
+    /// Whether `dev` is still on the bus and neither removed nor suspended.
+    fn still_available(&self, dev: &Arc<HvDevice>) -> bool {
+        let g = self.inner.lock();
+        g.devices
+            .iter()
+            .any(|e| Arc::ptr_eq(&e.dev, dev) && !e.gone && !e.suspended)
     }
 
     /// Opens `dev` for `chan`: `Ok(false)` if the channel was disabled
     /// meanwhile (the device is closed again and free).
     fn open(&self, chan: &Channel, dev: &Arc<HvDevice>) -> Result<bool> {
         let p = chan.hv_open_params();
-        let ring_bytes = p.ring_pages.checked_mul(4096).ok_or(EINVAL)?;
         let ctx = Arc::into_raw(chan.arc());
-        dev.memory.lock().open = true;
         // SAFETY: the device is bound and its channel closed and unused.
         unsafe { super::memory::ffi::kmcl_hv_prepare_open(dev.channel(), p.max_pkt, p.rqstor) };
         // SAFETY: as above; `ctx` stays a valid channel reference until it
@@ -335,14 +382,21 @@ impl HvBus {
         let r = unsafe {
             (self.ops.open)(
                 dev.channel(),
-                ring_bytes,
+                p.ring_pages,
                 Some(on_channel_callback),
                 ctx.cast_mut().cast(),
             )
         };
         if let Err(e) = kernel::error::to_result(r) {
-            dev.memory.lock().open = false;
-            // SAFETY: the open failed, so Linux holds no copy of `ctx`.
+            // A failed `vmbus_open()` leaves the callback and `ctx` set;
+            // closing resets them before `ctx` is dropped.
+            // SAFETY: the channel is not open; closing it only resets the
+            // callback and waits for a tasklet that might still run it.
+            unsafe {
+                (self.ops.close)(dev.channel());
+                super::memory::ffi::kmcl_hv_forget_settings(dev.channel());
+            }
+            // SAFETY: no callback runs with `ctx` any more.
             drop(unsafe { Arc::from_raw(ctx) });
             pr_info!(
                 "device {}: open of the channel failed ({:?})\n",
@@ -351,10 +405,17 @@ impl HvBus {
             );
             return Err(e);
         }
+        let epoch = {
+            let mut m = dev.memory.lock();
+            m.open = true;
+            m.epoch += 1;
+            m.epoch
+        };
         let lease = Lease {
             bus: self.arc(),
             dev: dev.clone(),
             ctx,
+            epoch,
         };
         // SAFETY: the channel is open, and stays valid until the lease's
         // close: the device is not removed before its user lets go.
@@ -365,16 +426,38 @@ impl HvBus {
             att.close(chan);
             return Ok(false);
         }
+        // Removed or suspended while it opened: `evict` found no attachment
+        // to close, so close it now; `evict` waits for that.
+        let leaving = {
+            let g = self.inner.lock();
+            g.devices
+                .iter()
+                .find(|e| Arc::ptr_eq(&e.dev, dev))
+                .map(|e| (e.gone, e.suspended))
+        };
+        match leaving {
+            Some((_, true)) => {
+                chan.transport_lost(true);
+            }
+            Some((true, _)) | None => {
+                chan.transport_lost(false);
+            }
+            _ => {}
+        }
         Ok(true)
     }
 
     /// The lease's channel closes (its attachment is dropped).
     pub(crate) fn close(lease: Lease) {
-        let Lease { bus, dev, ctx } = lease;
+        let Lease { bus, dev, ctx, .. } = lease;
         dev.release_memory();
         // SAFETY: the channel is open by the lease; after the close Linux
-        // runs no more callbacks with `ctx`.
-        unsafe { (dev.ops.close)(dev.channel()) };
+        // runs no more callbacks with `ctx`. The next driver gets the
+        // channel's settings as `hv_vmbus` offered it.
+        unsafe {
+            (dev.ops.close)(dev.channel());
+            super::memory::ffi::kmcl_hv_forget_settings(dev.channel());
+        }
         // SAFETY: `ctx` came from `Arc::into_raw` in `open`.
         drop(unsafe { Arc::from_raw(ctx) });
         bus.user_gone(&dev);
@@ -400,6 +483,9 @@ impl HvBus {
     /// Tells the clients waiting for `dev`'s type that it is free.
     fn announce(&self, dev: &HvDevice) {
         let g = self.inner.lock();
+        if dev.rescinded() {
+            return;
+        }
         for c in g.waiting.iter() {
             let (class, instance) = c.interface_ids();
             if dev.matches(&class, &instance) {
@@ -441,7 +527,8 @@ impl HvBus {
             e.user.clone()
         };
         if let Some(chan) = user {
-            chan.transport_lost(suspend);
+            // Still opening: `open` sees the flag set above and closes it.
+            let _ = chan.transport_lost(suspend);
         }
         let mut g = self.inner.lock();
         while g
@@ -479,45 +566,67 @@ impl HvBus {
 
     // ---- Drivers per interface type. ----
 
+    /// Whether an enabled client targets `class`. kmcl's drivers bind only
+    /// such devices, whatever sysfs `new_id` or `driver_override` say.
+    ///
+    /// Runs in probe, which the registration in [`HvBus::hold_class`]
+    /// triggers with the `classes` lock held: the counts live under `inner`.
+    pub(crate) fn is_targeted(&self, class: &Guid) -> bool {
+        self.inner
+            .lock()
+            .targets
+            .iter()
+            .any(|t| t.0 == *class && t.1 > 0)
+    }
+
+    /// Counts a client of `class`; returns the new count.
+    fn count_target(&self, class: Guid, up: bool) -> Result<u32> {
+        let mut g = self.inner.lock();
+        let pos = match g.targets.iter().position(|t| t.0 == class) {
+            Some(pos) => pos,
+            None if up => {
+                g.targets.push((class, 0), GFP_KERNEL)?;
+                g.targets.len() - 1
+            }
+            None => return Ok(0),
+        };
+        let t = &mut g.targets[pos];
+        t.1 = if up { t.1 + 1 } else { t.1.saturating_sub(1) };
+        let n = t.1;
+        if n == 0 {
+            let _ = g.targets.remove(pos);
+        }
+        Ok(n)
+    }
+
     fn hold_class(&self, class: Guid) -> Result {
         let mut g = self.classes.lock();
-        let pos = match g.iter().position(|c| c.class == class) {
-            Some(pos) => pos,
-            None => {
-                g.push(
-                    Class {
-                        class,
-                        users: 0,
-                        registration: None,
-                    },
-                    GFP_KERNEL,
-                )?;
-                g.len() - 1
-            }
-        };
-        if g[pos].registration.is_none() {
-            if let Some(module) = self.module {
-                let name = CString::try_from_fmt(fmt!("kmcl-{}", class))?;
-                let r = vmbus::Registration::with_classes(name, &[class], module)?;
-                g[pos].registration = Some(r);
-            }
+        // Counted first: the registration below probes at once.
+        self.count_target(class, true)?;
+        if self.module.is_none() || g.iter().any(|c| c.class == class) {
+            return Ok(());
         }
-        g[pos].users += 1;
-        Ok(())
+        let registered = (|| {
+            let module = self.module.ok_or(EINVAL)?;
+            let name = CString::try_from_fmt(fmt!("kmcl-{}", class))?;
+            let registration = vmbus::Registration::with_classes(name, &[class], module)?;
+            g.push(
+                Class {
+                    class,
+                    _registration: registration,
+                },
+                GFP_KERNEL,
+            )?;
+            Ok(())
+        })();
+        if registered.is_err() {
+            let _ = self.count_target(class, false);
+        }
+        registered
     }
 
     fn release_class(&self, class: Guid) {
-        let idle = {
-            let mut g = self.classes.lock();
-            match g.iter_mut().find(|c| c.class == class) {
-                Some(c) => {
-                    c.users = c.users.saturating_sub(1);
-                    c.users == 0 && c.registration.is_some()
-                }
-                None => false,
-            }
-        };
-        if idle {
+        if matches!(self.count_target(class, false), Ok(0)) && self.module.is_some() {
             // Unregistering removes the type's devices, which waits for
             // their users: never do it from a channel's own thread.
             let _ = sys::wq().enqueue(self.arc());
@@ -527,15 +636,19 @@ impl HvBus {
     /// Unregisters the drivers of types no client targets any more.
     fn unregister_idle(&self) {
         let mut g = self.classes.lock();
-        for c in g.iter_mut() {
-            if c.users == 0 {
-                // The driver core removes the devices; kmcl's remove runs
-                // for each, under this lock, which keeps a new Enable of the
-                // type from registering it again meanwhile.
-                drop(c.registration.take());
+        let mut i = 0;
+        while i < g.len() {
+            if self.is_targeted(&g[i].class) {
+                i += 1;
+                continue;
             }
+            // The driver core removes the type's devices; kmcl's remove
+            // runs for each, under this lock, which keeps a new Enable of
+            // the type from registering it again meanwhile. No client uses
+            // them, so the removals do not wait.
+            let c = g.remove(i);
+            drop(c);
         }
-        g.retain(|c| c.users != 0);
     }
 
     /// Unregisters every driver; at module unload, when no client is left.

@@ -14,6 +14,7 @@
 use core::ptr::NonNull;
 
 use kernel::{
+    page::PAGE_SIZE,
     prelude::*,
     sync::Arc, //
 };
@@ -36,9 +37,10 @@ pub(crate) mod ffi {
 
     extern "C" {
         pub(crate) fn kmcl_hv_prepare_open(c: *mut VmbusChannel, max_pkt: u32, rqstor: u32);
+        pub(crate) fn kmcl_hv_forget_settings(c: *mut VmbusChannel);
         pub(crate) fn kmcl_hv_open(
             c: *mut VmbusChannel,
-            ring_bytes: u32,
+            ring_pages: u32,
             cb: Option<ChannelCallback>,
             ctx: *mut c_void,
         ) -> c_int;
@@ -119,8 +121,9 @@ fn quarantine(mem: GpadlMemory) {
 fn map(mem: &GpadlMemory) -> Result<(*mut c_void, u32, Option<NonNull<c_void>>)> {
     match mem {
         GpadlMemory::Buffer(b) => {
-            // Linux shares whole pages: the buffer must be made of them.
-            if b.is_empty() || b.as_ptr() as usize % 4096 != 0 || b.len() % 4096 != 0 {
+            // Linux shares whole kernel pages: the buffer must be made of
+            // them.
+            if b.is_empty() || b.as_ptr() as usize % PAGE_SIZE != 0 || b.len() % PAGE_SIZE != 0 {
                 return Err(EINVAL);
             }
             let size = u32::try_from(b.len()).map_err(|_| EINVAL)?;
@@ -128,7 +131,7 @@ fn map(mem: &GpadlMemory) -> Result<(*mut c_void, u32, Option<NonNull<c_void>>)>
         }
         GpadlMemory::Pages(pages) => {
             let count = u32::try_from(pages.len()).map_err(|_| EINVAL)?;
-            let size = count.checked_mul(4096).ok_or(EINVAL)?;
+            let size = count.checked_mul(PAGE_SIZE as u32).ok_or(EINVAL)?;
             if count == 0 {
                 return Err(EINVAL);
             }
@@ -152,11 +155,12 @@ fn unmap(vmap: Option<NonNull<c_void>>) {
 }
 
 impl HvGpadl {
-    /// Establishes a GPADL over `mem` on `dev`'s open channel; returns once
-    /// the host has it. On failure, `mem` comes back, unless the host may
+    /// Establishes a GPADL over `mem` on `dev`'s open channel, if it is
+    /// still open `epoch`; returns once the host has it. On failure, `mem` comes back, unless the host may
     /// still see it.
     pub(crate) fn establish(
         dev: &Arc<HvDevice>,
+        epoch: u64,
         mem: GpadlMemory,
     ) -> core::result::Result<(Self, u32, GpadlMemory), (Error, Option<GpadlMemory>)> {
         let (va, size, vmap) = match map(&mem) {
@@ -181,7 +185,8 @@ impl HvGpadl {
             Err((e, mem))
         };
         let mut m = dev.memory.lock();
-        if !m.open {
+        // Closed, or reopened for another client since the caller looked.
+        if !m.open || m.epoch != epoch {
             drop(m);
             return fail(ENODEV, mem);
         }
@@ -249,12 +254,13 @@ pub(crate) fn teardown_gpadl(dev: &HvDevice, g: *mut VmbusGpadl) {
     }
 }
 
-/// The MMIO range for `dev`'s open channel: allocated on first use from
-/// the ranges Hyper-V gave the VMBus, sized by the host's offer.
-pub(crate) fn mmio(dev: &HvDevice) -> Result<(u64, u64)> {
+/// The MMIO range for `dev`'s channel, if it is still open `epoch`:
+/// allocated on first use from the ranges Hyper-V gave the VMBus, sized by
+/// the host's offer.
+pub(crate) fn mmio(dev: &HvDevice, epoch: u64) -> Result<(u64, u64)> {
     let size = dev.mmio_bytes();
     let mut m = dev.memory.lock();
-    if !m.open {
+    if !m.open || m.epoch != epoch {
         return Err(ENODEV);
     }
     if let Some(start) = m.mmio_start {

@@ -74,7 +74,6 @@ pub(crate) mod ffi {
             trans_id: u64,
             rqst_addr: u64,
         ) -> u64;
-        pub(crate) fn kmcl_hv_request_release(c: *mut VmbusChannel, rqst_addr: u64) -> bool;
     }
 }
 
@@ -85,11 +84,13 @@ pub(crate) type ChannelCallback = unsafe extern "C" fn(*mut c_void);
 /// with the host: Linux's, or the KUnit suites' stand-ins, which build the
 /// rings in memory and play the host's part of each message exchange.
 pub(crate) struct Ops {
-    /// `vmbus_open()` with ring bytes per direction, callback and context;
-    /// it reads the sizes kmcl set with `kmcl_hv_prepare_open()`.
+    /// `vmbus_open()` with RingBufferPageCount (4 KiB pages per direction,
+    /// control page included), callback and context; it reads the sizes
+    /// kmcl set with `kmcl_hv_prepare_open()`. On failure the callback may
+    /// still be set: `close` resets it.
     pub(crate) open:
         unsafe extern "C" fn(*mut VmbusChannel, u32, Option<ChannelCallback>, *mut c_void) -> c_int,
-    /// `vmbus_close()`.
+    /// `vmbus_close()`; also after a failed `open`.
     pub(crate) close: unsafe extern "C" fn(*mut VmbusChannel),
     /// `vmbus_establish_gpadl()`.
     pub(crate) gpadl_establish:
@@ -153,10 +154,11 @@ impl HvEndpoint {
         Self { chan, owner }
     }
 
-    /// The bound device under this endpoint, if any.
-    pub(crate) fn device(&self) -> Option<&kernel::sync::Arc<bus::HvDevice>> {
+    /// The bound device under this endpoint, if any, and the open it is
+    /// for ([`bus::DeviceMemory::epoch`]).
+    pub(crate) fn device(&self) -> Option<(&kernel::sync::Arc<bus::HvDevice>, u64)> {
         match &self.owner {
-            Owner::Device(lease) => Some(&lease.dev),
+            Owner::Device(lease) => Some((&lease.dev, lease.epoch)),
             Owner::Raw(_) => None,
         }
     }
@@ -287,13 +289,6 @@ impl HvEndpoint {
         // SAFETY: `chan` is open.
         let id = unsafe { ffi::kmcl_hv_request_addr(self.raw(), wire, RQST_ADDR_ANY) };
         (id != RQST_ERROR).then_some(id)
-    }
-
-    /// Gives up on the request with kmcl id `id`: its requestor slot is
-    /// free again, and a late completion for it is refused.
-    pub(crate) fn forget_request(&mut self, id: u64) {
-        // SAFETY: `chan` is open.
-        let _ = unsafe { ffi::kmcl_hv_request_release(self.raw(), id) };
     }
 
     pub(crate) fn ring_fill(&self) -> [(u32, u32); 2] {
