@@ -11,6 +11,7 @@
  */
 
 #include <linux/hyperv.h>
+#include <linux/delay.h>
 #include <linux/interrupt.h>
 #include <linux/mm.h>
 #include <linux/slab.h>
@@ -149,6 +150,7 @@ u64 kmcl_hv_test_sig_events(struct vmbus_channel *c)
  */
 
 static int kmcl_hv_test_open_error;
+static unsigned int kmcl_hv_test_open_delay_ms;
 static int kmcl_hv_test_gpadl_error;
 static bool kmcl_hv_test_reencrypt_fails;
 static u32 kmcl_hv_test_next_gpadl;
@@ -201,6 +203,12 @@ void kmcl_hv_test_device_put(struct hv_device *dev)
 	put_device(&dev->device);
 }
 
+/* An open that takes this long, as one waiting for the host's answer. */
+void kmcl_hv_test_set_open_delay(unsigned int ms)
+{
+	kmcl_hv_test_open_delay_ms = ms;
+}
+
 void kmcl_hv_test_set_errors(int open, int gpadl, bool reencrypt_fails)
 {
 	kmcl_hv_test_open_error = open;
@@ -219,6 +227,8 @@ int kmcl_hv_test_open(struct vmbus_channel *c, u32 pages,
 	/* As vmbus_open(): the callback is set before anything can fail. */
 	c->channel_callback_context = ctx;
 	WRITE_ONCE(c->onchannel_callback, cb);
+	if (kmcl_hv_test_open_delay_ms)
+		msleep(kmcl_hv_test_open_delay_ms);
 	if (kmcl_hv_test_open_error)
 		return kmcl_hv_test_open_error;
 	if (pages < 2 || c->outbound.ring_buffer)

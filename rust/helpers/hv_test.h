@@ -27,6 +27,7 @@ struct vmbus_channel *kmcl_hv_test_channel_alloc(const guid_t *type,
 struct hv_device *kmcl_hv_test_device_new(struct vmbus_channel *c);
 void kmcl_hv_test_device_put(struct hv_device *dev);
 void kmcl_hv_test_set_errors(int open, int gpadl, bool reencrypt_fails);
+void kmcl_hv_test_set_open_delay(unsigned int ms);
 int kmcl_hv_test_open(struct vmbus_channel *c, u32 pages,
 		      void (*cb)(void *), void *ctx);
 void kmcl_hv_test_close(struct vmbus_channel *c);

@@ -663,9 +663,10 @@ impl Channel {
             }
             Err(e) => {
                 g.rx.put_buf(buf);
+                // Counted before the queue is seen stopped.
+                self.stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
                 g.rx.failed = true;
                 drop(g);
-                self.stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
                 pr_err!(
                     "channel {}: incoming ring refused ({:?}); queue stopped\n",
                     self.id(),
@@ -686,9 +687,10 @@ impl Channel {
             Ok(v) => v,
             Err(e) => {
                 g.rx.put_buf(buf);
+                // Counted before the queue is seen stopped.
+                self.stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
                 g.rx.failed = true;
                 drop(g);
-                self.stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
                 pr_err!(
                     "channel {}: malformed packet from the peer ({:?}); queue stopped\n",
                     self.id(),

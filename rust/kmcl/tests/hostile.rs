@@ -87,9 +87,10 @@ pub(super) fn gpa(count: u32, ranges: &[(u32, u32, usize)]) -> KVec<u8> {
 /// Whether the client's incoming queue stopped, with the malformed packet
 /// counted and nothing delivered.
 fn refused(p: &Pair) -> bool {
-    wait_for(2000, || p.client.inner.lock().rx.failed)
-        && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
-        && p.crec.received.load(Ordering::Relaxed) == 0
+    wait_for(2000, || {
+        p.client.inner.lock().rx.failed
+            && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
+    }) && p.crec.received.load(Ordering::Relaxed) == 0
 }
 
 /// Injects `bytes` from the server into the client's ring and checks that
@@ -113,9 +114,10 @@ fn expect_index_refused(value: u32) -> Result<bool> {
     let mem = conn.ring_memory(Endpoint::Server).ok_or(EINVAL)?;
     mem.poke_control(WRITE_INDEX, value);
     p.client.interrupt();
-    let ok = wait_for(2000, || p.client.inner.lock().rx.failed)
-        && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
-        && p.crec.received.load(Ordering::Relaxed) == 1;
+    let ok = wait_for(2000, || {
+        p.client.inner.lock().rx.failed
+            && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
+    }) && p.crec.received.load(Ordering::Relaxed) == 1;
     p.client.disable();
     Ok(ok)
 }

@@ -100,6 +100,7 @@ mod ffi {
         pub(super) fn kmcl_hv_test_device_new(c: *mut VmbusChannel) -> *mut HvDevice;
         pub(super) fn kmcl_hv_test_device_put(dev: *mut HvDevice);
         pub(super) fn kmcl_hv_test_set_errors(open: c_int, gpadl: c_int, reencrypt_fails: bool);
+        pub(super) fn kmcl_hv_test_set_open_delay(ms: c_uint);
         pub(super) fn kmcl_hv_test_open(
             c: *mut VmbusChannel,
             ring_bytes: u32,
@@ -319,9 +320,19 @@ impl Errors {
 
 impl Drop for Errors {
     fn drop(&mut self) {
-        // SAFETY: plain setter.
-        unsafe { ffi::kmcl_hv_test_set_errors(0, 0, false) };
+        // SAFETY: plain setters.
+        unsafe {
+            ffi::kmcl_hv_test_set_errors(0, 0, false);
+            ffi::kmcl_hv_test_set_open_delay(0);
+        }
     }
+}
+
+/// Makes every open take `ms` milliseconds until the guard is dropped.
+fn slow_open(ms: u32) -> Errors {
+    // SAFETY: plain setter.
+    unsafe { ffi::kmcl_hv_test_set_open_delay(ms) };
+    Errors
 }
 
 pub(super) fn bus() -> Result<Arc<HvBus>> {
@@ -584,6 +595,51 @@ mod tests {
         h.disable();
         assert_eq!(h.state(), State::Disabled);
         bus.remove(&d);
+        Ok(())
+    }
+
+    #[test]
+    fn disable_during_the_open_is_no_pnp_failure() -> Result {
+        let bus = bus()?;
+        let mut dev = TestDevice::new(TYPE_A, INST_1, 0)?;
+        let d = dev.probe_on(&bus)?;
+        let (mut h, rec) = client(&bus, TYPE_A, None)?;
+        let _slow = slow_open(200);
+        h.enable()?;
+        // The open is under way (the callback is set first).
+        assert!(wait_for(2000, || dev.has_callback()));
+        h.disable();
+        assert_eq!(h.state(), State::Disabled);
+        assert_eq!(rec.count(Ev::PnpFailure), 0);
+        assert_eq!(rec.count(Ev::Opened), 0);
+        assert!(!dev.is_open() && !dev.has_callback());
+        drop(_slow);
+        // The device is free for the next Enable.
+        h.enable()?;
+        h.wait_for_state(State::Started, Delta::from_millis(2000))?;
+        h.disable();
+        bus.remove(&d);
+        Ok(())
+    }
+
+    #[test]
+    fn removal_during_the_open_closes_once_the_open_returns() -> Result {
+        let bus = bus()?;
+        let mut dev = TestDevice::new(TYPE_A, INST_1, 0)?;
+        let d = dev.probe_on(&bus)?;
+        let (mut h, rec) = client(&bus, TYPE_A, None)?;
+        let _slow = slow_open(200);
+        h.enable()?;
+        assert!(wait_for(2000, || dev.has_callback()));
+        // Linux removes the device while the open waits for the host.
+        dev.rescind();
+        bus.remove(&d);
+        assert!(!dev.is_open() && !dev.has_callback());
+        assert!(wait_for(2000, || h.state() == State::Disabled));
+        // It opened, then closed: Closed pairs with Opened, no PnpFailure.
+        assert_eq!(rec.count(Ev::Opened), rec.count(Ev::Closed));
+        assert_eq!(rec.count(Ev::PnpFailure), 0);
+        assert!(matches!(h.packet_allocate(), Err(e) if e == ENODEV));
         Ok(())
     }
 

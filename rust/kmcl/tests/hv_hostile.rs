@@ -58,9 +58,9 @@ fn expect_refused(bytes: &[u8]) -> Result<bool> {
     let (h, rec, dev, d) = opened(&bus)?;
     let mut host = dev.host()?;
     host.send(bytes)?;
-    let ok = wait_for(2000, || h.inner.lock().rx.failed)
-        && h.stats.malformed_packets.load(Ordering::Relaxed) == 1
-        && rec.received.load(Ordering::Relaxed) == 0;
+    let ok = wait_for(2000, || {
+        h.inner.lock().rx.failed && h.stats.malformed_packets.load(Ordering::Relaxed) == 1
+    }) && rec.received.load(Ordering::Relaxed) == 0;
     h.disable();
     bus.remove(&d);
     Ok(ok && !dev.is_open())
@@ -75,9 +75,9 @@ fn expect_index_refused(value: u32) -> Result<bool> {
     assert!(wait_for(2000, || rec.received.load(Ordering::Relaxed) == 1));
     host.writer.memory().poke_control(0, value);
     host.interrupt();
-    let ok = wait_for(2000, || h.inner.lock().rx.failed)
-        && h.stats.malformed_packets.load(Ordering::Relaxed) == 1
-        && rec.received.load(Ordering::Relaxed) == 1;
+    let ok = wait_for(2000, || {
+        h.inner.lock().rx.failed && h.stats.malformed_packets.load(Ordering::Relaxed) == 1
+    }) && rec.received.load(Ordering::Relaxed) == 1;
     h.disable();
     bus.remove(&d);
     Ok(ok)
