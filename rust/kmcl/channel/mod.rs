@@ -693,6 +693,10 @@ impl Channel {
         (g.cfg.target_type, g.cfg.target_instance)
     }
 
+    pub(crate) fn flags(&self) -> u32 {
+        self.inner.lock().cfg.flags
+    }
+
     pub(crate) fn ring_pages(&self) -> u32 {
         self.inner.lock().cfg.ring_pages
     }

@@ -828,6 +828,28 @@ mod tests {
     }
 
     #[test]
+    fn pipe_client_over_hv_is_refused_and_binds_nothing() -> Result {
+        let bus = bus()?;
+        let mut dev = TestDevice::new(TYPE_A, INST_1, 0)?;
+        let d = dev.probe_on(&bus)?;
+        let (mut h, _rec) = client(&bus, TYPE_A, None)?;
+        h.init_set_flags(crate::channel::CHANNEL_FLAG_IS_PIPE)?;
+        assert!(matches!(h.enable(), Err(e) if e == EOPNOTSUPP));
+        assert_eq!(h.state(), State::Disabled);
+        assert!(!bus.is_targeted(&TYPE_A));
+        assert!(!dev.is_open());
+        // Without the flag the same client opens.
+        h.init_set_flags(0)?;
+        h.enable()?;
+        assert!(bus.is_targeted(&TYPE_A));
+        h.wait_for_state(State::Started, Delta::from_millis(2000))?;
+        h.disable();
+        assert!(!bus.is_targeted(&TYPE_A));
+        bus.remove(&d);
+        Ok(())
+    }
+
+    #[test]
     fn removal_of_an_unused_device_returns_at_once() -> Result {
         let bus = bus()?;
         let mut dev = TestDevice::new(TYPE_A, INST_1, 0)?;

@@ -275,7 +275,12 @@ impl HvBus {
     // ---- The client side. ----
 
     /// A client was enabled: bind its interface type and wait for a device.
+    /// Pipe channels (hv_sock's offers, opened with a pipe mode) are not
+    /// supported: `EOPNOTSUPP`.
     pub(crate) fn add_client(&self, chan: &Channel) -> Result {
+        if chan.flags() & crate::channel::CHANNEL_FLAG_IS_PIPE != 0 {
+            return Err(EOPNOTSUPP);
+        }
         let (class, _) = chan.interface_ids();
         self.hold_class(class)?;
         let mut g = self.inner.lock();
