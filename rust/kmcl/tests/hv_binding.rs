@@ -355,6 +355,18 @@ pub(super) fn client(
     Ok((h, rec))
 }
 
+/// A device of `class` and `instance`, offered to `bus`.
+pub(super) fn offer(
+    bus: &Arc<HvBus>,
+    class: Guid,
+    instance: Guid,
+    mmio_mb: u16,
+) -> Result<(TestDevice, Arc<crate::transport::hv::bus::HvDevice>)> {
+    let mut dev = TestDevice::new(class, instance, mmio_mb)?;
+    let d = dev.probe_on(bus)?;
+    Ok((dev, d))
+}
+
 /// A client opened on a device offered beforehand.
 pub(super) fn opened(
     bus: &Arc<HvBus>,
@@ -364,8 +376,7 @@ pub(super) fn opened(
     TestDevice,
     Arc<crate::transport::hv::bus::HvDevice>,
 )> {
-    let mut dev = TestDevice::new(TYPE_A, INST_1, 0)?;
-    let d = dev.probe_on(bus)?;
+    let (dev, d) = offer(bus, TYPE_A, INST_1, 0)?;
     let (mut h, rec) = client(bus, TYPE_A, None)?;
     h.enable()?;
     h.wait_for_state(State::Started, Delta::from_millis(2000))?;
@@ -539,12 +550,10 @@ mod tests {
         harness::settle(20);
         assert_eq!(h.state(), State::Enabled);
         // A device of another type does not satisfy it.
-        let mut other = TestDevice::new(TYPE_B, INST_1, 0)?;
-        let o = other.probe_on(&bus)?;
+        let (other, o) = offer(&bus, TYPE_B, INST_1, 0)?;
         harness::settle(20);
         assert_eq!(h.state(), State::Enabled);
-        let mut dev = TestDevice::new(TYPE_A, INST_2, 0)?;
-        let d = dev.probe_on(&bus)?;
+        let (dev, d) = offer(&bus, TYPE_A, INST_2, 0)?;
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;
         assert_eq!(rec.count(Ev::Opened), 1);
         assert!(dev.is_open() && !other.is_open());
@@ -557,10 +566,8 @@ mod tests {
     #[test]
     fn target_instance_picks_the_device() -> Result {
         let bus = bus()?;
-        let mut one = TestDevice::new(TYPE_A, INST_1, 0)?;
-        let mut two = TestDevice::new(TYPE_A, INST_2, 0)?;
-        let d1 = one.probe_on(&bus)?;
-        let d2 = two.probe_on(&bus)?;
+        let (one, d1) = offer(&bus, TYPE_A, INST_1, 0)?;
+        let (two, d2) = offer(&bus, TYPE_A, INST_2, 0)?;
         let (mut h, _rec) = client(&bus, TYPE_A, Some(INST_2))?;
         h.enable()?;
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;
@@ -575,8 +582,7 @@ mod tests {
     #[test]
     fn open_failure_is_reported_as_pnp_failure() -> Result {
         let bus = bus()?;
-        let mut dev = TestDevice::new(TYPE_A, INST_1, 0)?;
-        let d = dev.probe_on(&bus)?;
+        let (dev, d) = offer(&bus, TYPE_A, INST_1, 0)?;
         let (mut h, rec) = client(&bus, TYPE_A, None)?;
         {
             let _e = Errors::set(EIO, None, false);
@@ -601,8 +607,7 @@ mod tests {
     #[test]
     fn disable_during_the_open_is_no_pnp_failure() -> Result {
         let bus = bus()?;
-        let mut dev = TestDevice::new(TYPE_A, INST_1, 0)?;
-        let d = dev.probe_on(&bus)?;
+        let (dev, d) = offer(&bus, TYPE_A, INST_1, 0)?;
         let (mut h, rec) = client(&bus, TYPE_A, None)?;
         let _slow = slow_open(200);
         h.enable()?;
@@ -625,8 +630,7 @@ mod tests {
     #[test]
     fn removal_during_the_open_closes_once_the_open_returns() -> Result {
         let bus = bus()?;
-        let mut dev = TestDevice::new(TYPE_A, INST_1, 0)?;
-        let d = dev.probe_on(&bus)?;
+        let (dev, d) = offer(&bus, TYPE_A, INST_1, 0)?;
         let (mut h, rec) = client(&bus, TYPE_A, None)?;
         let _slow = slow_open(200);
         h.enable()?;
@@ -810,8 +814,7 @@ mod tests {
         let bus = bus()?;
         // The offer asks for 2 MiB; off Hyper-V Linux has no MMIO ranges
         // for VMBus, so its allocator refuses.
-        let mut dev = TestDevice::new(TYPE_A, INST_1, 2)?;
-        let d = dev.probe_on(&bus)?;
+        let (_dev, d) = offer(&bus, TYPE_A, INST_1, 2)?;
         let (mut h, _rec) = client(&bus, TYPE_A, None)?;
         h.enable()?;
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;
@@ -830,8 +833,7 @@ mod tests {
     #[test]
     fn pipe_client_over_hv_is_refused_and_binds_nothing() -> Result {
         let bus = bus()?;
-        let mut dev = TestDevice::new(TYPE_A, INST_1, 0)?;
-        let d = dev.probe_on(&bus)?;
+        let (dev, d) = offer(&bus, TYPE_A, INST_1, 0)?;
         let (mut h, _rec) = client(&bus, TYPE_A, None)?;
         h.init_set_flags(crate::channel::CHANNEL_FLAG_IS_PIPE)?;
         assert!(matches!(h.enable(), Err(e) if e == EOPNOTSUPP));
@@ -852,8 +854,7 @@ mod tests {
     #[test]
     fn removal_of_an_unused_device_returns_at_once() -> Result {
         let bus = bus()?;
-        let mut dev = TestDevice::new(TYPE_A, INST_1, 0)?;
-        let d = dev.probe_on(&bus)?;
+        let (_dev, d) = offer(&bus, TYPE_A, INST_1, 0)?;
         bus.remove(&d);
         // A client enabled afterwards finds nothing.
         let (mut h, _rec) = client(&bus, TYPE_A, None)?;
