@@ -223,6 +223,91 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn traffic_both_ways_under_load_loses_nothing() -> Result {
+        const N: u64 = 3000;
+        let bus = bus()?;
+        let (h, rec, dev, d) = opened(&bus)?;
+        let mut host = dev.host()?;
+        rec.mode.store(mode::EMPTY, Ordering::Relaxed);
+        let done = Done::new()?;
+        // The guest sends N numbered requests from another thread, retrying
+        // while its pool or queue is full.
+        let (chan, done2) = (h.arc(), done.clone());
+        crate::sys::wq().try_spawn(GFP_KERNEL, move || {
+            let mut i = 1u64;
+            while i <= N {
+                match harness::send_recorded(
+                    &chan,
+                    &i.to_le_bytes(),
+                    SendFlags::WAIT_FOR_COMPLETION,
+                    &done2,
+                ) {
+                    Ok(()) => i += 1,
+                    Err(e) if e == ENOMEM || e == EBUSY => {
+                        kernel::time::delay::fsleep(Delta::from_micros(50))
+                    }
+                    Err(_) => return,
+                }
+            }
+        })?;
+        // The host sends N numbered requests, answers the guest's, and
+        // counts the guest's completions of its own, all in order.
+        let (mut sent, mut requests, mut completions) = (0u64, 0u64, 0u64);
+        let mut pending: KVec<KVec<u8>> = KVec::new();
+        let mut buf = KVec::from_elem(0u8, 8192, GFP_KERNEL)?;
+        let deadline =
+            crate::sys::jiffies() + u64::from(kernel::time::msecs_to_jiffies(30_000) as u32);
+        while requests < N || completions < N || sent < N || !pending.is_empty() {
+            if crate::sys::jiffies() > deadline {
+                return Err(ETIMEDOUT);
+            }
+            if pending.is_empty() && sent < N {
+                sent += 1;
+                pending.push(inband(sent, 1, &sent.to_le_bytes())?, GFP_KERNEL)?;
+            }
+            let mut progress = false;
+            while let Some(p) = pending.first() {
+                if host.writer.write(&[p]).is_err() {
+                    break;
+                }
+                let _ = pending.remove(0);
+                progress = true;
+            }
+            while let Some(n) = host.reader.read(&mut buf).map_err(|_| EIO)? {
+                progress = true;
+                let pk = packet::parse(&buf[..n], &LIMITS).map_err(|_| EIO)?;
+                let mut head = [0u8; 8];
+                match pk.kind {
+                    Kind::InBand => {
+                        head.copy_from_slice(&pk.payload[..8]);
+                        requests += 1;
+                        assert_eq!(u64::from_le_bytes(head), requests);
+                        pending.push(completion_bytes(pk.desc.trans_id, b""), GFP_KERNEL)?;
+                    }
+                    Kind::Completion => {
+                        completions += 1;
+                        assert_eq!(pk.desc.trans_id, completions);
+                    }
+                    _ => return Err(EIO),
+                }
+            }
+            let _ = host.reader.commit();
+            host.interrupt();
+            if !progress {
+                kernel::time::delay::fsleep(Delta::from_micros(20));
+            }
+        }
+        assert!(wait_for(5000, || done.ok.load(Ordering::Relaxed) == N as u32));
+        assert!(done.order.1.load(Ordering::Relaxed));
+        assert_eq!(rec.received.load(Ordering::Relaxed), N as u32);
+        assert_eq!(h.stats.malformed_packets.load(Ordering::Relaxed), 0);
+        assert_eq!(h.stats.rejected_completions.load(Ordering::Relaxed), 0);
+        h.disable();
+        bus.remove(&d);
+        Ok(())
+    }
+
     // ---- The loopback suites' API calls, on a bound device. ----
 
     #[test]
