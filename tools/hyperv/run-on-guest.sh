@@ -46,9 +46,12 @@ if [ "${HEARTBEAT:-0}" = 1 ]; then
 		sleep "${HEARTBEAT_SECONDS:-30}"
 		ls -d /sys/bus/vmbus/drivers/kmcl-* 2>/dev/null || true
 		rmmod hv_heartbeat
-		# Unloading the sample unregistered kmcl's heartbeat driver; give
-		# the device back.
-		sleep 1
+		# Unloading the sample makes kmcl unregister its heartbeat driver
+		# (from its workqueue); then give the device back.
+		for _ in $(seq 50); do
+			[ -e "/sys/bus/vmbus/drivers/kmcl-$heartbeat_type" ] || break
+			sleep 0.2
+		done
 		echo "$dev" >/sys/bus/vmbus/drivers/hv_utils/bind 2>/dev/null ||
 			echo "note: could not rebind $dev to hv_utils" >&2
 	fi
