@@ -92,11 +92,7 @@ void kmcl_hv_test_channel_free(struct vmbus_channel *c)
 	if (!c)
 		return;
 	t = container_of(c, struct kmcl_hv_test_channel, chan);
-	tasklet_kill(&t->tasklet);
-	ring_free(&c->outbound, &t->rings[0]);
-	ring_free(&c->inbound, &t->rings[1]);
-	kfree(c->requestor.req_arr);
-	bitmap_free(c->requestor.req_bitmap);
+	kmcl_hv_test_close(c);
 	kfree(t);
 }
 

@@ -209,6 +209,13 @@ struct Inner {
     targets: KVec<(Guid, u32)>,
 }
 
+impl Inner {
+    /// The entry of `dev`, if it is on the bus.
+    fn entry(&mut self, dev: &Arc<HvDevice>) -> Option<&mut Entry> {
+        self.devices.iter_mut().find(|e| Arc::ptr_eq(&e.dev, dev))
+    }
+}
+
 /// A VMBus as client channels see it: the devices bound to kmcl.
 ///
 /// kmcl has one, over `hv_vmbus`, on machines with a VMBus; it is the bus
@@ -355,7 +362,7 @@ impl HvBus {
             Err(e) => {
                 // An open that failed because the device is going away
                 // (rescind, hibernation) is no PnP failure.
-                let leaving = dev.rescinded() || !self.still_available(&dev);
+                let leaving = dev.rescinded() || self.leaving(&dev).is_some();
                 self.user_gone(&dev);
                 self.wait_again(chan, false);
                 if leaving {
@@ -367,12 +374,14 @@ impl HvBus {
         }
     }
 
-    /// Whether `dev` is still on the bus and neither removed nor suspended.
-    fn still_available(&self, dev: &Arc<HvDevice>) -> bool {
-        let g = self.inner.lock();
-        g.devices
-            .iter()
-            .any(|e| Arc::ptr_eq(&e.dev, dev) && !e.gone && !e.suspended)
+    /// Whether `dev` is leaving the bus: `Some(true)` when suspended,
+    /// `Some(false)` when removed (or gone already), `None` otherwise.
+    fn leaving(&self, dev: &Arc<HvDevice>) -> Option<bool> {
+        match self.inner.lock().entry(dev) {
+            Some(e) if e.suspended => Some(true),
+            Some(e) if !e.gone => None,
+            _ => Some(false),
+        }
     }
 
     /// Opens `dev` for `chan`: `Ok(false)` if the channel was disabled
@@ -433,21 +442,8 @@ impl HvBus {
         }
         // Removed or suspended while it opened: `evict` found no attachment
         // to close, so close it now; `evict` waits for that.
-        let leaving = {
-            let g = self.inner.lock();
-            g.devices
-                .iter()
-                .find(|e| Arc::ptr_eq(&e.dev, dev))
-                .map(|e| (e.gone, e.suspended))
-        };
-        match leaving {
-            Some((_, true)) => {
-                chan.transport_lost(true);
-            }
-            Some((true, _)) | None => {
-                chan.transport_lost(false);
-            }
-            _ => {}
+        if let Some(suspend) = self.leaving(dev) {
+            chan.transport_lost(suspend);
         }
         Ok(true)
     }
@@ -471,7 +467,7 @@ impl HvBus {
     fn user_gone(&self, dev: &Arc<HvDevice>) {
         let announce = {
             let mut g = self.inner.lock();
-            match g.devices.iter_mut().find(|e| Arc::ptr_eq(&e.dev, dev)) {
+            match g.entry(dev) {
                 Some(e) => {
                     e.user = None;
                     !e.gone && !e.suspended
@@ -521,7 +517,7 @@ impl HvBus {
     fn evict(&self, dev: &Arc<HvDevice>, suspend: bool) {
         let user = {
             let mut g = self.inner.lock();
-            let Some(e) = g.devices.iter_mut().find(|e| Arc::ptr_eq(&e.dev, dev)) else {
+            let Some(e) = g.entry(dev) else {
                 return;
             };
             if suspend {
@@ -536,11 +532,7 @@ impl HvBus {
             let _ = chan.transport_lost(suspend);
         }
         let mut g = self.inner.lock();
-        while g
-            .devices
-            .iter()
-            .any(|e| Arc::ptr_eq(&e.dev, dev) && e.user.is_some())
-        {
+        while g.entry(dev).is_some_and(|e| e.user.is_some()) {
             self.cond.wait(&mut g);
         }
     }
@@ -562,7 +554,7 @@ impl HvBus {
     pub(crate) fn resume(&self, dev: &Arc<HvDevice>) {
         {
             let mut g = self.inner.lock();
-            if let Some(e) = g.devices.iter_mut().find(|e| Arc::ptr_eq(&e.dev, dev)) {
+            if let Some(e) = g.entry(dev) {
                 e.suspended = false;
             }
         }
