@@ -66,16 +66,6 @@ void kmcl_sys_flush(void)
 	flush_workqueue(kmcl_bh_wq);
 }
 
-void kmcl_preempt_disable(void)
-{
-	preempt_disable();
-}
-
-void kmcl_preempt_enable(void)
-{
-	preempt_enable();
-}
-
 void kmcl_local_bh_disable(void)
 {
 	local_bh_disable();
@@ -89,6 +79,12 @@ void kmcl_local_bh_enable(void)
 bool kmcl_in_serving_softirq(void)
 {
 	return in_serving_softirq();
+}
+
+bool kmcl_bh_disabled(void)
+{
+	/* Serving a softirq, or bottom halves disabled by the caller. */
+	return in_softirq();
 }
 
 bool kmcl_in_task(void)

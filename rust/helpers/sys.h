@@ -18,11 +18,10 @@ struct workqueue_struct *kmcl_sys_wq(void);
 struct workqueue_struct *kmcl_sys_bh_wq(void);
 void kmcl_sys_flush(void);
 
-void kmcl_preempt_disable(void);
-void kmcl_preempt_enable(void);
 void kmcl_local_bh_disable(void);
 void kmcl_local_bh_enable(void);
 bool kmcl_in_serving_softirq(void);
+bool kmcl_bh_disabled(void);
 bool kmcl_in_task(void);
 bool kmcl_preemptible(void);
 

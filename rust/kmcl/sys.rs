@@ -21,11 +21,10 @@ mod ffi {
         pub(super) fn kmcl_sys_wq() -> *mut bindings::workqueue_struct;
         pub(super) fn kmcl_sys_bh_wq() -> *mut bindings::workqueue_struct;
         pub(super) fn kmcl_sys_flush();
-        pub(super) fn kmcl_preempt_disable();
-        pub(super) fn kmcl_preempt_enable();
         pub(super) fn kmcl_local_bh_disable();
         pub(super) fn kmcl_local_bh_enable();
         pub(super) fn kmcl_in_serving_softirq() -> bool;
+        pub(super) fn kmcl_bh_disabled() -> bool;
         pub(super) fn kmcl_in_task() -> bool;
         pub(super) fn kmcl_preemptible() -> bool;
         pub(super) fn kmcl_virt_to_pfn(addr: *const c_void) -> u64;
@@ -79,20 +78,6 @@ pub fn flush_work() {
     unsafe { ffi::kmcl_sys_flush() }
 }
 
-/// Runs `f` with preemption disabled: the atomic context in which kmcl calls
-/// completion routines when a send finishes in the sender's thread. Unlike
-/// re-enabling bottom halves, re-enabling preemption does not run pending
-/// softirqs on the spot, so the peer's delivery is not forced to run after
-/// every single send and packets batch up.
-pub(crate) fn atomic<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: paired with the enable below.
-    unsafe { ffi::kmcl_preempt_disable() };
-    let r = f();
-    // SAFETY: paired with the disable above.
-    unsafe { ffi::kmcl_preempt_enable() };
-    r
-}
-
 /// Runs `f` with bottom halves disabled, as softirq-context code would run.
 pub fn with_bh_disabled<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: paired with the enable below.
@@ -107,6 +92,15 @@ pub fn with_bh_disabled<R>(f: impl FnOnce() -> R) -> R {
 pub fn in_softirq() -> bool {
     // SAFETY: a context query.
     unsafe { ffi::kmcl_in_serving_softirq() }
+}
+
+/// Whether bottom halves are off on this CPU: the caller serves a softirq
+/// (kmcl's BH work, hv's channel tasklet) or disabled them. This is the
+/// context of every completion routine and of ProcessPacket when delivery is
+/// not at passive level.
+pub fn bh_disabled() -> bool {
+    // SAFETY: a context query.
+    unsafe { ffi::kmcl_bh_disabled() }
 }
 
 /// Whether the caller runs in process context.

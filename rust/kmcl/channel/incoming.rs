@@ -51,6 +51,9 @@ pub(crate) struct RxState {
     pub(crate) failed: bool,
     /// Packets deferred to process context.
     deferred: KVec<IncomingPacket>,
+    /// Deferred packets being redelivered in process context now: driver
+    /// calls outside the drain loop that Pause and teardown wait for.
+    pub(crate) redelivering: u32,
     /// Sequence number of the packet inside ProcessPacket, 0 if none.
     current: u64,
     next_seq: u64,
@@ -76,6 +79,7 @@ impl RxState {
             stalled: false,
             failed: false,
             deferred: KVec::new(),
+            redelivering: 0,
             current: 0,
             next_seq: 1,
         }
@@ -518,6 +522,9 @@ impl Channel {
                     g.rx.next_seq += 1;
                     g.rx.current = p.seq;
                 }
+                // Counted under the same lock that saw delivery enabled:
+                // `stop_delivery` waits for this call to return.
+                g.rx.redelivering += 1;
                 (p, g.cfg.process.clone())
             };
             if let (Some(p), Some(cb)) = (pkt, cb) {
@@ -525,6 +532,7 @@ impl Channel {
             }
             let mut g = self.inner.lock();
             g.rx.current = 0;
+            g.rx.redelivering -= 1;
         }
         self.cond.notify_all();
         if self.inner.lock().rx.passive {
@@ -541,10 +549,12 @@ impl Channel {
         let _ = crate::sys::wq().enqueue::<Arc<Channel>, 1>(self.arc());
     }
 
-    /// Stops delivery and waits until no context is inside the drain loop.
+    /// Stops delivery and waits until no ProcessPacket or
+    /// ProcessingComplete of this channel runs: none in the drain loop and
+    /// none redelivering a deferred packet.
     pub(crate) fn stop_delivery(&self) {
         self.inner.lock().rx.enabled = false;
-        self.wait_until(|g| !g.rx.delivering);
+        self.wait_until(|g| !g.rx.delivering && g.rx.redelivering == 0);
     }
 
     /// Waits until the driver has finished every packet it was given.
@@ -553,7 +563,9 @@ impl Channel {
     /// stay queued across a pause and are redelivered after Start, or
     /// dropped by a teardown.
     pub(crate) fn wait_incoming_finished(&self) {
-        self.wait_until(|g| g.rx.held_by_driver() == 0 && !g.rx.delivering);
+        self.wait_until(|g| {
+            g.rx.held_by_driver() == 0 && !g.rx.delivering && g.rx.redelivering == 0
+        });
     }
 
     /// Drains the incoming ring: completions are matched to their sends,

@@ -32,6 +32,7 @@ use kernel::{
     sync::{
         Arc,
         CondVar,
+        CondVarTimeoutResult,
         Mutex,
         SpinLockIrq, //
     },
@@ -57,6 +58,7 @@ pub mod callbacks;
 pub mod gpadl;
 pub mod incoming;
 pub mod outgoing;
+mod routines;
 pub mod save;
 mod status;
 
@@ -67,6 +69,7 @@ use callbacks::{
 };
 use incoming::RxState;
 use outgoing::TxState;
+use routines::Routines;
 
 /// Channel flag: the channel is a pipe (`VMBUS_CHANNEL_FLAG_IS_PIPE`).
 pub const CHANNEL_FLAG_IS_PIPE: u32 = 0x1;
@@ -238,6 +241,8 @@ pub(crate) struct Inner {
     pub(crate) att: Option<Attachment>,
     pub(crate) rx: RxState,
     pub(crate) tx: TxState,
+    /// Finished one-way sends waiting for their completion routines.
+    pub(crate) routines: Routines,
     /// Pending control events.
     pub(crate) events: u32,
     /// The task running a state callback of this channel, if any.
@@ -308,6 +313,8 @@ pub struct Channel {
     passive_work: Work<Channel, 1>,
     #[pin]
     control_work: Work<Channel, 2>,
+    #[pin]
+    routine_work: Work<Channel, 3>,
     pub(crate) stats: Stats,
     pointer: core::sync::atomic::AtomicUsize,
 }
@@ -316,6 +323,7 @@ impl_has_work! {
     impl HasWork<Self, 0> for Channel { self.bh_work }
     impl HasWork<Self, 1> for Channel { self.passive_work }
     impl HasWork<Self, 2> for Channel { self.control_work }
+    impl HasWork<Self, 3> for Channel { self.routine_work }
 }
 
 /// The owner of a channel, returned by [`Channel::allocate`].
@@ -392,6 +400,7 @@ impl Channel {
                     att: None,
                     rx: RxState::new(),
                     tx: TxState::new(),
+                    routines: Routines::new(),
                     events: 0,
                     in_callback: 0,
                     pause_armed: false,
@@ -410,6 +419,7 @@ impl Channel {
                 bh_work <- new_work!("kmcl::Channel::bh_work"),
                 passive_work <- new_work!("kmcl::Channel::passive_work"),
                 control_work <- new_work!("kmcl::Channel::control_work"),
+                routine_work <- new_work!("kmcl::Channel::routine_work"),
                 stats: Stats::default(),
                 pointer: core::sync::atomic::AtomicUsize::new(0),
             }),
@@ -457,8 +467,11 @@ impl Channel {
     }
 
     /// Waits in process context until the channel is in `state`, for at
-    /// most `timeout`; `ETIMEDOUT` otherwise. Enable returns before the
-    /// channel opens: this is how a caller waits for `State::Started`.
+    /// most `timeout`. Enable returns before the channel opens: this is how
+    /// a caller waits for `State::Started`.
+    ///
+    /// Fails with `ETIMEDOUT` when the time runs out, and with
+    /// `ERESTARTSYS` as soon as a signal is pending for the caller.
     pub fn wait_for_state(&self, state: State, timeout: kernel::time::Delta) -> Result {
         kernel::task::might_sleep();
         let ms = u32::try_from(timeout.as_millis().max(0)).unwrap_or(u32::MAX);
@@ -471,9 +484,13 @@ impl Channel {
             }
             // State changes notify the condition variable; the timeout only
             // bounds the wait.
-            let _ = self
+            match self
                 .cond
-                .wait_interruptible_timeout(&mut g, (deadline - now) as kernel::time::Jiffies);
+                .wait_interruptible_timeout(&mut g, (deadline - now) as kernel::time::Jiffies)
+            {
+                CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
+                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Woken { .. } => {}
+            }
         }
         Ok(())
     }
@@ -1222,6 +1239,14 @@ impl WorkItem<2> for Channel {
 
     fn run(this: Arc<Channel>) {
         this.handle_events();
+    }
+}
+
+impl WorkItem<3> for Channel {
+    type Pointer = Arc<Channel>;
+
+    fn run(this: Arc<Channel>) {
+        this.run_routines();
     }
 }
 

@@ -14,12 +14,16 @@ use core::sync::atomic::Ordering;
 use kernel::{
     page::Page,
     prelude::*,
-    sync::Arc,
+    sync::{
+        Arc,
+        CondVarTimeoutResult, //
+    },
     time::Delta, //
 };
 
 use super::{
     callbacks::CompletionRoutine,
+    routines::call_routine,
     Channel,
     Inner,
     Sizing,
@@ -131,6 +135,8 @@ enum Origin {
 }
 
 pub(crate) struct PacketInner {
+    /// The next entry of the channel's list of finished one-way packets.
+    pub(super) next: Option<KBox<PacketInner>>,
     chan: Option<Arc<Channel>>,
     buf: KVec<u8>,
     len: usize,
@@ -148,6 +154,7 @@ impl PacketInner {
         buf.resize(capacity, 0, GFP_KERNEL)?;
         Ok(KBox::new(
             PacketInner {
+                next: None,
                 chan: None,
                 buf,
                 len: 0,
@@ -213,6 +220,16 @@ impl Packet {
         self.inner
             .as_deref_mut()
             .expect("packet used after it was taken apart")
+    }
+
+    /// Takes the packet's memory apart, for the list of finished packets.
+    pub(super) fn into_box(mut self) -> Option<KBox<PacketInner>> {
+        self.inner.take()
+    }
+
+    /// Puts a packet taken apart with [`Packet::into_box`] together again.
+    pub(super) fn from_box(inner: KBox<PacketInner>) -> Packet {
+        Packet { inner: Some(inner) }
     }
 
     /// Makes a packet of `channel` in caller memory (`VmbPacketInitialize`).
@@ -435,12 +452,17 @@ impl Packet {
         match chan.submit(&mut g, item) {
             Ok(s) => {
                 chan.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+                // The routine runs after this send returns, never inside it.
+                let schedule = match s.written {
+                    Some(Queued::Oneway(p)) => g.routines.push(p),
+                    _ => false,
+                };
                 drop(g);
                 if s.signal {
                     chan.signal_peer();
                 }
-                if let Some(Queued::Oneway(p)) = s.written {
-                    sys::atomic(|| p.complete_routine(Ok(()), &[]));
+                if schedule {
+                    chan.schedule_routines();
                 }
                 Ok(())
             }
@@ -893,21 +915,21 @@ impl Channel {
                             }
                         }
                     }
-                    let finish = match item {
+                    let schedule = match item {
                         Some(Queued::Completion(b, _)) => {
                             g.rx.put_buf(b);
-                            None
+                            false
                         }
-                        Some(Queued::Oneway(p)) => Some(p),
-                        _ => None,
+                        Some(Queued::Oneway(p)) => g.routines.push(p),
+                        _ => false,
                     };
                     drop(g);
                     self.cond.notify_all();
                     if signal {
                         self.signal_peer();
                     }
-                    if let Some(p) = finish {
-                        sys::atomic(|| p.complete_routine(Ok(()), &[]));
+                    if schedule {
+                        self.schedule_routines();
                     }
                 }
                 // The host rescinded the channel: its removal tears down.
@@ -963,7 +985,7 @@ impl Channel {
         let p = if accepted { g.tx.free_slot(slot) } else { None };
         drop(g);
         match p {
-            Some(p) => p.complete_routine(Ok(()), payload),
+            Some(p) => call_routine(p, Ok(()), payload),
             None => self.cond.notify_all(),
         }
     }
@@ -1021,24 +1043,31 @@ impl Channel {
             };
             drop(g);
             if let Some(p) = p {
-                sys::atomic(|| p.complete_routine(Err(status), &[]));
+                call_routine(p, Err(status), &[]);
             }
         }
         self.cond.notify_all();
         self.wait_until(|g| !g.tx.slots.iter().any(|s| s.owner.is_some()));
+        // One-way sends that entered the ring finish as they would have.
+        self.finish_routines();
     }
 
     /// Sends `data` and waits for the peer's completion
     /// (`VmbChannelSendSynchronousRequest`); returns the completion's length,
     /// copied into `response`, whose length must be a multiple of 8.
     ///
-    /// - `timeout` `None` waits without limit; on expiry the request is
-    ///   cancelled (`ETIMEDOUT`), its slot reclaimed, and a late completion
-    ///   refused.
-    /// - `timeout` of zero: the request must fit in the ring now (`EAGAIN`
-    ///   otherwise). Without [`SendFlags::WAIT_FOR_COMPLETION`] that form
-    ///   returns as soon as the packet is in the ring and may be called from
-    ///   any context; every other form sleeps.
+    /// - `timeout` `None` waits without limit. A positive timeout bounds
+    ///   the whole call; on expiry the request is cancelled (`ETIMEDOUT`):
+    ///   its slot is reclaimed and a late completion is refused.
+    /// - A `timeout` of zero governs ring space only: the request must go
+    ///   into the ring now, or the call fails with `EAGAIN` and nothing is
+    ///   sent. With [`SendFlags::WAIT_FOR_COMPLETION`] the call then waits
+    ///   for the response without limit, as with `None`, so a request the
+    ///   peer executes is never reported as failed. Without it, the call
+    ///   returns `Ok(0)` once the packet is in the ring, allocates nothing,
+    ///   and may be called from any context; every other form sleeps.
+    /// - A signal pending for the caller cancels the request as a timeout
+    ///   does and fails the call with `ERESTARTSYS`.
     /// - A channel going away fails it with `ENODEV`; a completion larger
     ///   than `response` with `EOVERFLOW`.
     pub fn send_synchronous_request(
@@ -1118,7 +1147,9 @@ impl Channel {
             self.signal_peer();
         }
 
-        let deadline = timeout.map(|t| {
+        // A zero timeout governs ring space only: the request went in, so
+        // its response is awaited like that of a request without a limit.
+        let deadline = timeout.filter(|_| !zero).map(|t| {
             let ms = u32::try_from(t.as_millis().max(0)).unwrap_or(u32::MAX);
             sys::jiffies() + kernel::time::msecs_to_jiffies(ms) as u64
         });
@@ -1162,7 +1193,16 @@ impl Channel {
                     (dl - now) as kernel::time::Jiffies
                 }
             };
-            let _ = self.cond.wait_interruptible_timeout(&mut g, left);
+            match self.cond.wait_interruptible_timeout(&mut g, left) {
+                CondVarTimeoutResult::Signal { .. } => {
+                    // Cancelled exactly as a timeout cancels it.
+                    g.tx.free_slot(slot);
+                    drop(g);
+                    self.cond.notify_all();
+                    return Err(ERESTARTSYS);
+                }
+                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Woken { .. } => {}
+            }
         }
         let owner = g.tx.slots[slot as usize].owner.take();
         // The slot's owner was taken above; free the slot itself.

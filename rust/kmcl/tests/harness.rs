@@ -62,6 +62,8 @@ pub(crate) mod mode {
     pub(crate) const DROP: u32 = 5;
     /// Answer with an in-band reply carrying its payload and id.
     pub(crate) const REPLY: u32 = 6;
+    /// Defer it to process context, sleep `defer_sleep_ms` there, then echo.
+    pub(crate) const DEFER_SLOW: u32 = 7;
 }
 
 /// A recorded state callback.
@@ -106,6 +108,16 @@ pub(crate) struct Recorder {
     pub(crate) sync_in_post_started: AtomicBool,
     pub(crate) sync_result: AtomicI32,
     pub(crate) deferred_then_seen: AtomicU32,
+    /// How long a [`mode::DEFER_SLOW`] redelivery sleeps.
+    pub(crate) defer_sleep_ms: AtomicU32,
+    /// Redeliveries of [`mode::DEFER_SLOW`] inside their sleep now.
+    pub(crate) redelivering: AtomicU32,
+    /// Between Suspend and the next Started.
+    pub(crate) suspended: AtomicBool,
+    /// Driver calls kmcl made where its contract says none may run: a
+    /// ProcessPacket or ProcessingComplete after Suspend, or a Suspend while
+    /// a ProcessPacket still ran.
+    pub(crate) late_calls: AtomicU32,
 }
 
 impl Recorder {
@@ -131,6 +143,10 @@ impl Recorder {
                 sync_in_post_started: AtomicBool::new(false),
                 sync_result: AtomicI32::new(i32::MIN),
                 deferred_then_seen: AtomicU32::new(0),
+                defer_sleep_ms: AtomicU32::new(30),
+                redelivering: AtomicU32::new(0),
+                suspended: AtomicBool::new(false),
+                late_calls: AtomicU32::new(0),
             }),
             GFP_KERNEL,
         )
@@ -206,6 +222,9 @@ impl Recorder {
 
 impl ProcessPacket for Recorder {
     fn process_packet(&self, channel: &Channel, mut packet: IncomingPacket) {
+        if self.suspended.load(Ordering::Relaxed) {
+            self.late_calls.fetch_add(1, Ordering::Relaxed);
+        }
         if sys::in_softirq() {
             self.in_softirq.fetch_add(1, Ordering::Relaxed);
         }
@@ -258,6 +277,18 @@ impl ProcessPacket for Recorder {
                     let _ = e.0.complete(&[]);
                 }
             }
+            mode::DEFER_SLOW => {
+                if sys::in_task() {
+                    self.redelivering.fetch_add(1, Ordering::Relaxed);
+                    let ms = self.defer_sleep_ms.load(Ordering::Relaxed);
+                    fsleep(Delta::from_millis(i64::from(ms)));
+                    self.redelivering.fetch_sub(1, Ordering::Relaxed);
+                    let d = self.last_payload();
+                    let _ = packet.complete(&d);
+                } else if let Err(e) = packet.defer_to_passive() {
+                    let _ = e.0.complete(&[]);
+                }
+            }
             mode::FAIL => packet.fail(),
             mode::DROP => drop(packet),
             mode::REPLY => {
@@ -272,6 +303,9 @@ impl ProcessPacket for Recorder {
     }
 
     fn processing_complete(&self, _channel: &Channel, count: u32) {
+        if self.suspended.load(Ordering::Relaxed) {
+            self.late_calls.fetch_add(1, Ordering::Relaxed);
+        }
         self.push(Ev::Batch(count));
     }
 }
@@ -286,6 +320,7 @@ impl StateChange for Recorder {
     }
 
     fn started(&self, channel: &Channel) {
+        self.suspended.store(false, Ordering::Relaxed);
         self.push(Ev::Started);
         if self.pause_in_started.load(Ordering::Relaxed) {
             let r = channel.arc().pause();
@@ -318,6 +353,10 @@ impl StateChange for Recorder {
     }
 
     fn suspend(&self, _channel: &Channel) {
+        if self.redelivering.load(Ordering::Relaxed) != 0 {
+            self.late_calls.fetch_add(1, Ordering::Relaxed);
+        }
+        self.suspended.store(true, Ordering::Relaxed);
         self.push(Ev::Suspend);
     }
 
@@ -463,6 +502,8 @@ pub(crate) struct Done {
     pub(crate) cancelled: AtomicU32,
     pub(crate) removed: AtomicU32,
     pub(crate) atomic: AtomicU32,
+    /// Routines that ran with bottom halves disabled.
+    pub(crate) bh_off: AtomicU32,
     pub(crate) resp_len: AtomicU32,
     pub(crate) resp_head: core::sync::atomic::AtomicU64,
     /// Payload heads in completion order.
@@ -505,6 +546,9 @@ pub(crate) fn record_completion(
     let d = unsafe { &*(packet.pointer() as *const Done) };
     if !sys::preemptible() {
         d.atomic.fetch_add(1, Ordering::Relaxed);
+    }
+    if sys::bh_disabled() {
+        d.bh_off.fetch_add(1, Ordering::Relaxed);
     }
     match status {
         Ok(()) => d.ok.fetch_add(1, Ordering::Relaxed),

@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! When and where completion routines run.
+//!
+//! Every completion routine runs with bottom halves disabled: in the
+//! channel's softirq work or hv's channel tasklet, or, when kmcl finishes a
+//! send from process context (a teardown, delivery at passive level), inside
+//! `local_bh_disable()`. A driver lock shared between a routine and a
+//! ProcessPacket that runs in softirq context can then be a plain spinlock.
+//!
+//! A routine never runs inside the `send()` that started its transaction. A
+//! one-way send that enters the ring at once is put on the channel's list of
+//! finished one-way packets, and the list is worked off, in order and by one
+//! context at a time, by the channel's routine work. A routine that sends
+//! again only adds to that list, so a driver that refills the ring from its
+//! routines uses constant stack, whatever the number of sends.
+//!
+//! Teardown waits for the list to be empty and for the context working it
+//! off to leave, so no routine runs after [`Channel::disable`] returns.
+
+use kernel::{
+    prelude::*,
+    sync::Arc, //
+};
+
+use super::{
+    outgoing::{
+        Packet,
+        PacketInner, //
+    },
+    Channel, //
+};
+use crate::sys;
+
+/// One-way packets waiting for their routine.
+///
+/// # Invariants
+///
+/// `done` is a singly linked list through [`PacketInner::next`], newest
+/// first; every entry is a packet whose send entered the ring.
+pub(crate) struct Routines {
+    done: Option<KBox<PacketInner>>,
+    /// A context is calling routines from `done`.
+    running: bool,
+    /// Teardown waits for `running` to clear.
+    waiter: bool,
+}
+
+impl Routines {
+    pub(crate) const fn new() -> Self {
+        Self {
+            done: None,
+            running: false,
+            waiter: false,
+        }
+    }
+
+    /// Adds a packet whose one-way send entered the ring. Returns whether
+    /// the caller must schedule the routine work: nobody is working the list
+    /// off and it was empty.
+    pub(crate) fn push(&mut self, p: Packet) -> bool {
+        let Some(mut b) = p.into_box() else {
+            return false;
+        };
+        let was_empty = self.done.is_none();
+        b.next = self.done.take();
+        self.done = Some(b);
+        was_empty && !self.running
+    }
+
+    /// Whether nothing is waiting and nobody is calling routines.
+    pub(crate) fn idle(&self) -> bool {
+        self.done.is_none() && !self.running
+    }
+}
+
+/// Calls a packet's completion routine with bottom halves disabled.
+pub(crate) fn call_routine(p: Packet, status: Result, response: &[u8]) {
+    sys::with_bh_disabled(|| p.complete_routine(status, response));
+}
+
+impl Channel {
+    /// Queues the routine work, which runs [`Channel::run_routines`] in
+    /// softirq context.
+    pub(crate) fn schedule_routines(&self) {
+        let _ = sys::bh_wq().enqueue::<Arc<Channel>, 3>(self.arc());
+    }
+
+    /// Calls the routines of finished one-way packets, oldest first, until
+    /// none is left. Returns at once when another context is doing it: that
+    /// context picks up what was added meanwhile.
+    pub(crate) fn run_routines(&self) {
+        {
+            let mut g = self.inner.lock();
+            if g.routines.running || g.routines.done.is_none() {
+                return;
+            }
+            g.routines.running = true;
+        }
+        loop {
+            let list = {
+                let mut g = self.inner.lock();
+                match g.routines.done.take() {
+                    Some(list) => list,
+                    None => {
+                        g.routines.running = false;
+                        let waiter = core::mem::take(&mut g.routines.waiter);
+                        drop(g);
+                        if waiter {
+                            self.cond.notify_all();
+                        }
+                        return;
+                    }
+                }
+            };
+            // Newest first: reverse into sending order.
+            let mut ordered: Option<KBox<PacketInner>> = None;
+            let mut cur = Some(list);
+            while let Some(mut b) = cur {
+                cur = b.next.take();
+                b.next = ordered;
+                ordered = Some(b);
+            }
+            while let Some(mut b) = ordered {
+                ordered = b.next.take();
+                call_routine(Packet::from_box(b), Ok(()), &[]);
+            }
+        }
+    }
+
+    /// Calls what is left on the list and waits until no context is calling
+    /// routines of this channel. Process context; part of teardown.
+    pub(crate) fn finish_routines(&self) {
+        loop {
+            self.run_routines();
+            let mut g = self.inner.lock();
+            if g.routines.idle() {
+                return;
+            }
+            // Another context is working the list off; it clears `running`
+            // and wakes this waiter when it is done.
+            g.routines.waiter = true;
+            self.cond.wait(&mut g);
+        }
+    }
+}
