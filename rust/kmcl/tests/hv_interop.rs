@@ -483,6 +483,31 @@ mod tests {
     }
 
     #[test]
+    fn linux_reader_signals_the_kmcl_writer_exactly_when_its_write_fits() -> Result {
+        let ch = TestChannel::new()?;
+        let mut host = RingWriter::new(ch.ring(true)?).map_err(|_| EIO)?;
+        let small = inband(1, 0, &[0u8; 40])?; // 64 bytes with the trailer
+        let big = inband(2, 0, &[0u8; 232])?; // 256 bytes with the trailer
+        while host.write(&[&small]).is_ok() {}
+        let Err(RingError::Full { needed }) = host.write(&[&big]) else {
+            return Err(EIO);
+        };
+        host.set_pending_send_size(needed);
+        let mut buf = [0u8; 128];
+        // Free space after each read: 128, 192, 256 (exactly the packet:
+        // still no room, so no signal), 320 (room: one signal).
+        for expect in [false, false, false, true] {
+            let s0 = ch.sig_events();
+            ch.recv(&mut buf)?.ok_or(EIO)?;
+            ch.recv_close();
+            assert_eq!(ch.sig_events() - s0, u64::from(expect));
+            assert_eq!(host.write(&[&big]).is_ok(), expect);
+        }
+        host.set_pending_send_size(0);
+        Ok(())
+    }
+
+    #[test]
     fn malformed_lengths_are_refused_on_both_paths() -> Result {
         let ch = TestChannel::new()?;
         let mut host = RingWriter::new(ch.ring(true)?).map_err(|_| EIO)?;
@@ -620,7 +645,9 @@ mod tests {
             buf[..8].copy_from_slice(&sent.to_le_bytes());
             harness::send_recorded(&ch, &buf, SendFlags::NONE, &done)?;
         }
-        assert!(host.outbound_pending() > 0);
+        // The size the queued packet takes in the ring, as Linux's writers
+        // store it: 16 + 1000 + 8 bytes.
+        assert_eq!(host.outbound_pending(), 1024);
         let mut seen = 0u64;
         while seen < sent {
             match host.next() {

@@ -120,7 +120,8 @@ fn ring_result(r: Result<crate::wire::ring::WriteOutcome, RingError>) -> Result<
 /// Why a write did not go into the ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WriteError {
-    /// No room; the free space needed, for the pending send size.
+    /// No room; the size of the write, trailer included, for the pending
+    /// send size (the write fits once more than this is free).
     Full(u32),
     /// The ring is unusable (the peer corrupted it).
     Broken,

@@ -14,9 +14,13 @@
 //!   bytes than it writes, so a full ring never looks empty;
 //! - the writer signals the reader only when the ring goes from empty to
 //!   non-empty, and only when the reader's interrupt mask is clear;
-//! - a writer that finds no room stores the size it needs in
-//!   `pending_send_sz`; the reader signals the writer when its reads make the
-//!   free space cross that size.
+//! - a writer that finds no room stores the size of the packet it waits to
+//!   write, trailer included, in `pending_send_sz`. Since the write needs
+//!   strictly more free space than that, the reader signals the writer at the
+//!   commit that takes the free space from at most `pending_send_sz` to more
+//!   than it, and at no other: free space equal to the size is still no room.
+//!   Linux's reader (`hv_pkt_iter_close()`) and OpenVMM's follow the same
+//!   rule, and Linux's writers store the same size.
 //!
 //! Each end keeps private copies of the indices it owns and never trusts the
 //! values the peer writes: an index from the peer is read once, checked
@@ -48,10 +52,11 @@ const FEAT_PENDING_SEND_SZ: u32 = 1;
 /// Why a ring operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RingError {
-    /// The ring has no room for the write; `needed` is the free space the
-    /// write requires, to be stored as the pending send size.
+    /// The ring has no room for the write; `needed` is the value to store as
+    /// the pending send size.
     Full {
-        /// Bytes of free space the write requires (strictly more than it writes).
+        /// Bytes the write takes in the ring, trailer included. It fits once
+        /// the free space is strictly more than this.
         needed: u32,
     },
     /// The peer's index is out of range or unaligned.
@@ -281,7 +286,7 @@ impl RingWriter {
         let read = self.mem.load_index(READ_INDEX)?;
         let free = self.mem.size - self.mem.used(self.write, read);
         if free <= total {
-            return Err(RingError::Full { needed: total + 1 });
+            return Err(RingError::Full { needed: total });
         }
         let start = self.write;
         let mut off = start;
@@ -305,7 +310,9 @@ impl RingWriter {
         })
     }
 
-    /// Stores the free space the writer waits for (0: not waiting).
+    /// Stores the size of the packet the writer waits to write, trailer
+    /// included (`needed` of [`RingError::Full`]; 0: not waiting). The reader
+    /// signals once the free space is strictly more than it.
     pub fn set_pending_send_size(&self, needed: u32) {
         self.mem
             .ctl(PENDING_SEND_SZ)
@@ -400,7 +407,8 @@ impl RingReader {
     }
 
     /// Publishes the private read index. Returns `true` if the writer must be
-    /// signalled because the free space crossed its pending send size.
+    /// signalled: the free space was at most its pending send size before this
+    /// commit and is more than it now.
     pub fn commit(&mut self) -> bool {
         if self.read == self.published {
             return false;
@@ -416,8 +424,8 @@ impl RingReader {
             return false;
         }
         let pending = self.mem.ctl(PENDING_SEND_SZ).load(Ordering::Relaxed);
-        // 0: not waiting. A writer can never need the whole ring (a write
-        // leaves free space behind), so a size at or beyond it is bogus.
+        // 0: not waiting. The free space never exceeds the ring size, so a
+        // size at or beyond it can never be met.
         if pending == 0 || pending >= self.mem.size {
             return false;
         }
@@ -426,10 +434,12 @@ impl RingReader {
             return true;
         };
         let free_now = self.mem.size - self.mem.used(write, self.read);
-        if free_now < pending {
+        // A write needs strictly more free space than it writes: free space
+        // equal to the pending size is not yet room for the writer.
+        if free_now <= pending {
             return false;
         }
-        // Signal only when this commit made the free space cross the pending size.
-        free_now.saturating_sub(freed) < pending
+        // Signal only when this commit made room: before it there was none.
+        free_now.saturating_sub(freed) <= pending
     }
 }

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use common::{Rng, TestRing};
 use kmcl_wire::{
     packet::{self, Descriptor, Limits},
-    ring::{RingError, RingReader, RingWriter},
+    ring::{RingError, RingReader, RingWriter, TRAILER_SIZE},
 };
 
 fn inband(trans_id: u64, payload: &[u8]) -> Vec<u8> {
@@ -85,7 +85,8 @@ fn never_fills_completely() {
         match w.write(&[&pkt]) {
             Ok(_) => n += 1,
             Err(RingError::Full { needed }) => {
-                assert_eq!(needed, 65);
+                // The packet's size: the reader signals once more is free.
+                assert_eq!(needed, 64);
                 break;
             }
             Err(e) => panic!("{e:?}"),
@@ -120,7 +121,7 @@ fn pending_send_size_signals_on_crossing_only() {
     let mut r = RingReader::new(ring.mem()).unwrap();
     let pkt = inband(1, &[3; 40]); // 64 bytes with trailer
     while w.write(&[&pkt]).is_ok() {}
-    let big = inband(2, &[4; 232]); // 248 + 8 = 256 bytes: needs 257 free
+    let big = inband(2, &[4; 232]); // 248 + 8 = 256 bytes: needs more than 256 free
     let Err(RingError::Full { needed }) = w.write(&[&big]) else {
         panic!("ring should be full");
     };
@@ -131,10 +132,198 @@ fn pending_send_size_signals_on_crossing_only() {
         r.read(&mut buf).unwrap().unwrap();
         signals.push(r.commit());
     }
-    // free: 64 -> 128 -> 192 -> 256 -> 320 (crosses 257) -> 384 -> 448
+    // free: 64 -> 128 -> 192 -> 256 (no room yet) -> 320 (room) -> 384 -> 448
     assert_eq!(signals, [false, false, false, true, false, false]);
     w.set_pending_send_size(0);
     let _ = w.write(&[&big]).unwrap();
+}
+
+/// Bytes a packet with `payload` bytes takes in the ring: descriptor,
+/// payload padded to 8 bytes, trailer.
+fn footprint(payload: usize) -> u32 {
+    (packet::DESCRIPTOR_SIZE + packet::align8(payload)) as u32 + TRAILER_SIZE
+}
+
+/// What a writer that waits for room stores as its pending send size.
+#[derive(Clone, Copy, Debug)]
+enum Pending {
+    /// The size the packet takes in the ring, trailer included, as Linux's
+    /// and OpenVMM's writers store it.
+    Exact,
+    /// What kmcl's writer reports in `RingError::Full`.
+    Kmcl,
+}
+
+/// A writer waiting for room, and the reader that makes it.
+#[derive(Debug)]
+struct Wait {
+    /// Size of the data area.
+    ring: usize,
+    /// Empty packets written and read first, to move the indices off zero.
+    skew: usize,
+    /// Payload of the packets that fill the ring and that the reader reads.
+    small: usize,
+    /// Payload of the packet the writer waits to write.
+    big: usize,
+    /// Packets the reader reads before each commit.
+    per_commit: usize,
+    pending: Pending,
+}
+
+/// One commit of the reader while the writer waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Step {
+    /// Free bytes after the commit.
+    free: u32,
+    /// The commit signalled the writer.
+    signal: bool,
+    /// The waiting write then went in.
+    wrote: bool,
+}
+
+impl Wait {
+    /// Fills the ring with small packets, has the writer store its pending
+    /// send size for the big one, then reads; after every commit the writer
+    /// tries the big packet, until it goes in. Returns what each commit did.
+    fn run(&self) -> Vec<Step> {
+        let ring = TestRing::new(self.ring);
+        let mut w = RingWriter::new(ring.mem()).unwrap();
+        let mut r = RingReader::new(ring.mem()).unwrap();
+        let mut buf = vec![0u8; self.ring];
+        for _ in 0..self.skew {
+            let _ = w.write(&[&inband(0, &[])]).unwrap();
+            r.read(&mut buf).unwrap().unwrap();
+            assert!(!r.commit(), "{self:?}: no writer is waiting");
+        }
+        let small = inband(1, &vec![0x11; self.small]);
+        let big = inband(2, &vec![0x22; self.big]);
+        while w.write(&[&small]).is_ok() {}
+        let needed = match w.write(&[&big]) {
+            Err(RingError::Full { needed }) => needed,
+            other => panic!("{self:?}: the big packet should not fit: {other:?}"),
+        };
+        w.set_pending_send_size(match self.pending {
+            Pending::Exact => footprint(self.big),
+            Pending::Kmcl => needed,
+        });
+        let mut steps = vec![];
+        loop {
+            for _ in 0..self.per_commit {
+                if r.read(&mut buf).unwrap().is_none() {
+                    break;
+                }
+            }
+            let signal = r.commit();
+            let free = w.free().unwrap();
+            let wrote = match w.write(&[&big]) {
+                Ok(_) => true,
+                Err(RingError::Full { .. }) => false,
+                Err(e) => panic!("{self:?}: {e:?}"),
+            };
+            steps.push(Step {
+                free,
+                signal,
+                wrote,
+            });
+            if wrote {
+                return steps;
+            }
+        }
+    }
+
+    /// Runs and checks that the writer was signalled at the commit that let
+    /// its write in, and at no other.
+    fn check(&self) {
+        let steps = self.run();
+        assert!(
+            steps.iter().all(|s| s.signal == s.wrote),
+            "{self:?}: signalled at the wrong commit: {steps:?}"
+        );
+    }
+}
+
+fn step(free: u32, signal: bool, wrote: bool) -> Step {
+    Step {
+        free,
+        signal,
+        wrote,
+    }
+}
+
+/// A writer that stores the exact size of its packet, as Linux's and
+/// OpenVMM's do, is signalled when the free space exceeds that size: a read
+/// that frees exactly that much leaves no room (the ring never fills
+/// completely), so it must not signal, and the next read must.
+#[test]
+fn exact_pending_send_size_is_signalled_when_the_write_fits() {
+    let wait = Wait {
+        ring: 4096,
+        skew: 0,
+        small: 40, // 64 bytes in the ring
+        big: 232,  // 256 bytes in the ring
+        per_commit: 1,
+        pending: Pending::Exact,
+    };
+    assert_eq!(
+        wait.run(),
+        [
+            step(128, false, false),
+            step(192, false, false),
+            step(256, false, false),
+            step(320, true, true),
+        ]
+    );
+}
+
+/// As above with a size between two reads: free goes from 256 to 320 across
+/// a pending send size of 264.
+#[test]
+fn exact_pending_send_size_between_reads_is_signalled_when_the_write_fits() {
+    let wait = Wait {
+        ring: 4096,
+        skew: 0,
+        small: 40,
+        big: 240, // 264 bytes in the ring
+        per_commit: 1,
+        pending: Pending::Exact,
+    };
+    assert_eq!(
+        wait.run(),
+        [
+            step(128, false, false),
+            step(192, false, false),
+            step(256, false, false),
+            step(320, true, true),
+        ]
+    );
+}
+
+/// Every packet size, read size, batch and ring offset, for a writer that
+/// stores its exact size and for kmcl's own writer: each is signalled at
+/// the commit that lets its write in, never earlier, never silently.
+#[test]
+fn pending_send_size_is_signalled_exactly_when_the_write_fits() {
+    for pending in [Pending::Exact, Pending::Kmcl] {
+        for skew in [0, 7, 100] {
+            for small in [0, 8, 40, 96] {
+                for per_commit in [1, 3] {
+                    let mut big = small;
+                    while footprint(big) <= 1536 {
+                        Wait {
+                            ring: 4096,
+                            skew,
+                            small,
+                            big,
+                            per_commit,
+                            pending,
+                        }
+                        .check();
+                        big += 8;
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]

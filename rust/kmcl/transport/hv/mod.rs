@@ -234,9 +234,11 @@ impl HvEndpoint {
     fn result(&self, r: c_int, len: usize) -> Result<(), WriteError> {
         match r {
             0 => Ok(()),
-            // Linux needs strictly more free space than packet and trailer.
+            // Linux needs strictly more free space than packet and trailer;
+            // the pending send size is their size, as Linux's own writers
+            // store it, and the host signals once more than that is free.
             r if r == EAGAIN.to_errno() => Err(WriteError::Full(
-                len as u32 + crate::wire::ring::TRAILER_SIZE + 1,
+                len as u32 + crate::wire::ring::TRAILER_SIZE,
             )),
             // Linux refuses writes once the host rescinded the channel.
             r if r == ENODEV.to_errno() => Err(WriteError::Gone),
