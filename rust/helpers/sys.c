@@ -9,6 +9,8 @@
 #include <linux/fs.h>
 #include <linux/jiffies.h>
 #include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/notifier.h>
 #include <linux/preempt.h>
 #include <linux/seq_file.h>
 #include <linux/vmalloc.h>
@@ -19,6 +21,22 @@
 static struct workqueue_struct *kmcl_wq;
 static struct workqueue_struct *kmcl_bh_wq;
 static struct dentry *kmcl_debugfs_root;
+
+/*
+ * A module that goes away with channels it never dropped: kmcl disables
+ * them before the module's memory is freed (rust/kmcl/channel/owners.rs).
+ */
+static int kmcl_module_notify(struct notifier_block *nb, unsigned long action,
+			      void *data)
+{
+	if (action == MODULE_STATE_GOING)
+		kmcl_module_going(data);
+	return NOTIFY_DONE;
+}
+
+static struct notifier_block kmcl_module_nb = {
+	.notifier_call = kmcl_module_notify,
+};
 
 int kmcl_sys_init(void)
 {
@@ -39,11 +57,13 @@ int kmcl_sys_init(void)
 	}
 	/* Observability only: kmcl works without debugfs. */
 	kmcl_debugfs_root = debugfs_create_dir("kmcl", NULL);
+	register_module_notifier(&kmcl_module_nb);
 	return 0;
 }
 
 void kmcl_sys_exit(void)
 {
+	unregister_module_notifier(&kmcl_module_nb);
 	debugfs_remove_recursive(kmcl_debugfs_root);
 	/* destroy_workqueue() drains what is still queued. */
 	destroy_workqueue(kmcl_wq);

@@ -43,6 +43,11 @@ struct dentry *kmcl_debugfs_add(const char *name, void *data);
 void kmcl_debugfs_remove(struct dentry *d);
 int kmcl_status_show(struct seq_file *m, void *data);
 
+struct module;
+
+/* Implemented in Rust: a module is going away; see sys.c. */
+void kmcl_module_going(struct module *mod);
+
 /* Used by the KUnit suites. */
 ssize_t kmcl_debugfs_render(const char *name, char *buf, size_t len);
 

@@ -72,7 +72,7 @@ fn endpoint(
     cb: &Arc<Echo>,
     name: &CStr,
 ) -> Result<ChannelHandle> {
-    let mut h = Channel::allocate(e)?;
+    let mut h = Channel::allocate(e, &crate::THIS_MODULE)?;
     h.init_set_friendly_name(name)?;
     h.init_set_process_packet_callbacks(cb.clone())?;
     h.init_set_state_change_callbacks(cb.clone())?;

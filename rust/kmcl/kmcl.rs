@@ -52,6 +52,7 @@ struct Kmcl {
 
 impl kernel::Module for Kmcl {
     fn init(module: &'static ThisModule) -> Result<Self> {
+        channel::owners::init();
         let wq = sys::Workqueues::new()?;
         let hv = hv::Transport::register(module)?;
         match &hv {

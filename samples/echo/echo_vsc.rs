@@ -56,6 +56,9 @@ module! {
     license: "GPL",
 }
 
+/// This module: the owner of its channels.
+static THIS_MODULE: ThisModule = <EchoVsc as kernel::ModuleMetadata>::THIS_MODULE;
+
 const ECHO_TYPE: Guid = Guid::from_str_const("2b1c9f3e-4d5a-4e6b-8c7d-9e0f1a2b3c4d");
 
 /// What the asynchronous sends saw; a packet's pointer names one of these.
@@ -111,7 +114,7 @@ fn open(instance: u8) -> Result<ChannelHandle> {
     let mut inst = [0u8; 16];
     inst[15] = instance;
     let cb = Arc::new(Client, GFP_KERNEL)?;
-    let mut h = Channel::allocate(Endpoint::Client)?;
+    let mut h = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
     h.init_set_friendly_name(c"echo-vsc")?;
     h.init_set_process_packet_callbacks(cb.clone())?;
     h.init_set_state_change_callbacks(cb)?;
@@ -197,8 +200,11 @@ struct EchoVsc {
 
 impl kernel::Module for EchoVsc {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let chan = open(1)?;
+        // The counters first: on an early return the channel, declared
+        // after them, is dropped (disabled) first, so no completion routine
+        // can reach freed counters.
         let counters = KBox::new(Counters::default(), GFP_KERNEL)?;
+        let chan = open(1)?;
         let sync_ok = sync_requests(&chan, 16)?;
         async_sends(&chan, &counters, 64)?;
         let (theirs, ours) = external_send(&chan, &counters)?;

@@ -2,8 +2,10 @@
 
 //! Echo VSP: a kmcl server that answers every packet.
 //!
-//! It offers two instances of the echo interface on kmcl's loopback bus:
-//! instance 1 for the echo VSC module, instance 2 for the VSC's KUnit suite.
+//! It offers three instances of the echo interface on kmcl's loopback bus:
+//! instance 1 for the echo VSC module, instance 2 for the VSC's KUnit suite,
+//! instance 3 for the module-ownership check of `make check`
+//! (`tools/testing/leak/`).
 //! An in-band packet is completed with its own payload; a packet with
 //! external data is completed with the sum and count of the bytes it
 //! describes. The transaction quota is 4, so a busy client exercises it.
@@ -43,6 +45,9 @@ module! {
     description: "kmcl sample: echo VSP over the loopback transport",
     license: "GPL",
 }
+
+/// This module: the owner of its channels.
+static THIS_MODULE: ThisModule = <EchoVsp as kernel::ModuleMetadata>::THIS_MODULE;
 
 /// The echo interface type.
 pub const ECHO_TYPE: Guid = Guid::from_str_const("2b1c9f3e-4d5a-4e6b-8c7d-9e0f1a2b3c4d");
@@ -99,10 +104,10 @@ impl kernel::Module for EchoVsp {
         )?;
         let bus = loopback::default_bus()?;
         let mut servers = KVec::new();
-        for instance in 1..=2u8 {
+        for instance in 1..=3u8 {
             let mut inst = [0u8; 16];
             inst[15] = instance;
-            let mut h = Channel::allocate(Endpoint::Server)?;
+            let mut h = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
             h.init_set_friendly_name(c"echo-vsp")?;
             h.init_set_process_packet_callbacks(echo.clone())?;
             h.init_set_state_change_callbacks(echo.clone())?;
@@ -112,7 +117,7 @@ impl kernel::Module for EchoVsp {
             h.set_transaction_quota(4)?;
             servers.push(h, GFP_KERNEL)?;
         }
-        pr_info!("offering the echo interface (2 instances)\n");
+        pr_info!("offering the echo interface (3 instances)\n");
         Ok(EchoVsp { echo, servers })
     }
 }

@@ -52,6 +52,9 @@ module! {
     license: "GPL",
 }
 
+/// This module: the owner of its channels.
+static THIS_MODULE: ThisModule = <HeartbeatHost as kernel::ModuleMetadata>::THIS_MODULE;
+
 const HEARTBEAT: Guid = Guid::from_str_const("57164f39-9115-4e78-ab55-382f3bd5422d");
 const INSTANCE: Guid = Guid::from_str_const("2dd1ce17-079e-403c-b352-a1921ee207ee");
 /// Heartbeats per session.
@@ -163,7 +166,7 @@ impl kernel::Module for HeartbeatHost {
             },
             GFP_KERNEL,
         )?;
-        let mut chan = Channel::allocate(Endpoint::Server)?;
+        let mut chan = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
         chan.init_set_friendly_name(c"heartbeat-host")?;
         chan.init_set_process_packet_callbacks(host.clone())?;
         chan.init_set_state_change_callbacks(host.clone())?;

@@ -59,6 +59,9 @@ module! {
     },
 }
 
+/// This module: the owner of its channels.
+static THIS_MODULE: ThisModule = <HvHeartbeat as kernel::ModuleMetadata>::THIS_MODULE;
+
 /// The heartbeat interface type, as Hyper-V offers it.
 const HEARTBEAT: Guid = Guid::from_str_const("57164f39-9115-4e78-ab55-382f3bd5422d");
 
@@ -134,7 +137,7 @@ struct HvHeartbeat {
 impl kernel::Module for HvHeartbeat {
     fn init(_module: &'static ThisModule) -> Result<Self> {
         let cb = Arc::new(Heartbeat, GFP_KERNEL)?;
-        let mut chan = Channel::allocate(Endpoint::Client)?;
+        let mut chan = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
         chan.init_set_friendly_name(c"hv-heartbeat")?;
         chan.init_set_process_packet_callbacks(cb.clone())?;
         chan.init_set_state_change_callbacks(cb)?;

@@ -35,6 +35,9 @@ module! {
     license: "GPL",
 }
 
+/// This module: the owner of its channels.
+static THIS_MODULE: ThisModule = <KmclHello as kernel::ModuleMetadata>::THIS_MODULE;
+
 const HELLO: Guid = Guid::from_str_const("0b9f1e2d-3c4b-4a59-8d7e-6f5a4b3c2d1e");
 
 /// Answers "hello" with "world".
@@ -53,7 +56,7 @@ fn connect(bus: &Arc<LoopbackBus>) -> Result<(ChannelHandle, ChannelHandle)> {
     let cb = Arc::new(World, GFP_KERNEL)?;
     let mut ends = KVec::new();
     for e in [Endpoint::Server, Endpoint::Client] {
-        let mut h = Channel::allocate(e)?;
+        let mut h = Channel::allocate(e, &THIS_MODULE)?;
         h.init_set_process_packet_callbacks(cb.clone())?;
         h.init_set_state_change_callbacks(cb.clone())?;
         h.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;

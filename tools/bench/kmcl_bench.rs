@@ -86,6 +86,9 @@ module! {
     },
 }
 
+/// This module: the owner of its channels.
+static THIS_MODULE: ThisModule = <KmclBench as kernel::ModuleMetadata>::THIS_MODULE;
+
 const SIZES: [usize; 3] = [64, 512, 4096];
 const RING_PAGES: usize = 16;
 const BENCH_TYPE: Guid = Guid::from_str_const("9d6f1b2a-4c3e-4f5a-8b7c-6d5e4f3a2b1c");
@@ -261,7 +264,7 @@ impl Pair {
         )?;
         let mut ends = KVec::new();
         for e in [Endpoint::Server, Endpoint::Client] {
-            let mut h = Channel::allocate(e)?;
+            let mut h = Channel::allocate(e, &THIS_MODULE)?;
             h.init_set_process_packet_callbacks(sink.clone())?;
             h.init_set_state_change_callbacks(sink.clone())?;
             h.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;

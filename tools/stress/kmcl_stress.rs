@@ -76,6 +76,9 @@ module! {
     },
 }
 
+/// This module: the owner of its channels.
+static THIS_MODULE: ThisModule = <KmclStress as kernel::ModuleMetadata>::THIS_MODULE;
+
 const STRESS_TYPE: Guid = Guid::from_str_const("5e1a7c3d-2b4f-4a6e-9c8d-7f6e5d4c3b2a");
 const STREAMS: usize = 2;
 const SIZES: [usize; 5] = [8, 64, 200, 1000, 3000];
@@ -167,8 +170,8 @@ fn open_pair() -> Result<Pair> {
     let bus = LoopbackBus::new()?;
     let srx = Receiver::new()?;
     let crx = Receiver::new()?;
-    let mut server = Channel::allocate(Endpoint::Server)?;
-    let mut client = Channel::allocate(Endpoint::Client)?;
+    let mut server = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
+    let mut client = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
     for (h, rx) in [(&mut server, &srx), (&mut client, &crx)] {
         h.init_set_process_packet_callbacks(rx.clone())?;
         h.init_set_state_change_callbacks(rx.clone())?;

@@ -106,6 +106,16 @@ def main():
         if re.search(r"kmcl-vm: (insmod|rmmod) \S+ failed", line):
             problems.append(line.strip())
 
+    # A module that unloads without dropping its channel: kmcl disables the
+    # channel when the module goes, and says so.
+    if "kmcl-vm: insmod kmcl_leak" in text and not re.search(
+        r"channel \d+: its module went away without dropping it; disabling it", text
+    ):
+        problems.append("kmcl did not disable the channel kmcl_leak left behind")
+    after = text.split("kmcl-vm: rmmod kmcl_leak", 1)[-1].split("kmcl-vm: rmmod echo_vsp", 1)
+    if len(after) == 2 and "kmcl_leak: channel" in after[1]:
+        problems.append("kmcl called into kmcl_leak after the module was gone")
+
     for pat, what in SPLATS:
         for line in text.splitlines():
             if re.search(pat, line):

@@ -7,7 +7,7 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 out="$top/build/modules"
-for m in kmcl samples/echo/echo_vsp samples/heartbeat/heartbeat_host \
+for m in kmcl samples/echo/echo_vsp tools/testing/leak/kmcl_leak samples/heartbeat/heartbeat_host \
 	 samples/echo/echo_vsc samples/heartbeat/hv_heartbeat tools/stress/kmcl_stress; do
 	echo "$out/$m.ko"
 done

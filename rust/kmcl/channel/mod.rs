@@ -58,6 +58,7 @@ pub mod callbacks;
 pub mod gpadl;
 pub mod incoming;
 pub mod outgoing;
+pub(crate) mod owners;
 mod routines;
 pub mod save;
 mod status;
@@ -365,13 +366,8 @@ impl Drop for ChannelHandle {
         if self.chan.state() != State::Disabled {
             self.chan.disable();
         }
-        // The configuration holds the driver's callbacks, which may hold
-        // references to the channel: drop them to break such cycles.
-        let cfg = {
-            let mut g = self.chan.inner.lock();
-            core::mem::replace(&mut g.cfg, Config::new())
-        };
-        drop(cfg);
+        self.chan.drop_driver_callbacks();
+        owners::remove(&self.chan);
     }
 }
 
@@ -389,7 +385,12 @@ macro_rules! init_setter {
 
 impl Channel {
     /// Allocates a Disabled channel endpoint (`VmbChannelAllocate`).
-    pub fn allocate(endpoint: Endpoint) -> Result<ChannelHandle> {
+    ///
+    /// `module` is the module that owns the channel (its `THIS_MODULE`), the
+    /// one whose code the channel's callbacks run. Should that module go
+    /// away with the handle still alive, kmcl disables the channel and drops
+    /// its callbacks before the module's memory is freed.
+    pub fn allocate(endpoint: Endpoint, module: &'static ThisModule) -> Result<ChannelHandle> {
         let chan = Arc::pin_init(
             try_pin_init!(Channel {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -425,10 +426,22 @@ impl Channel {
             }),
             GFP_KERNEL,
         )?;
+        owners::add(module, chan.clone())?;
         Ok(ChannelHandle {
             chan,
             _status: None,
         })
+    }
+
+    /// Drops the driver's callbacks, which may hold references to the
+    /// channel (breaking such cycles), and with them every way into the
+    /// driver's code. Called on a Disabled channel that is going away.
+    pub(crate) fn drop_driver_callbacks(&self) {
+        let cfg = {
+            let mut g = self.inner.lock();
+            core::mem::replace(&mut g.cfg, Config::new())
+        };
+        drop(cfg);
     }
 
     /// The endpoint kind.

@@ -39,8 +39,8 @@ mod tests {
 
     #[test]
     fn allocate_client_and_server_disabled() -> Result {
-        let c = Channel::allocate(Endpoint::Client)?;
-        let s = Channel::allocate(Endpoint::Server)?;
+        let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
+        let s = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
         assert_eq!(c.state(), State::Disabled);
         assert_eq!(s.state(), State::Disabled);
         assert_eq!(c.endpoint(), Endpoint::Client);
@@ -53,7 +53,7 @@ mod tests {
     fn init_setters_accept_valid_values() -> Result {
         let bus = LoopbackBus::new()?;
         let rec = Recorder::new()?;
-        let c = Channel::allocate(Endpoint::Client)?;
+        let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
         c.init_set_client_context_size(24)?;
         c.init_set_flags(crate::channel::CHANNEL_FLAG_IS_PIPE)?;
         c.init_set_friendly_name(c"kunit")?;
@@ -66,7 +66,7 @@ mod tests {
         c.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
         c.init_set_packet_pool_size(8)?;
         c.init_set_incoming_slots(8)?;
-        let s = Channel::allocate(Endpoint::Server)?;
+        let s = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
         s.init_set_server_flags(server_flags::LOOPBACK_OFFER | server_flags::OFFER_AS_PIPE)?;
         s.init_set_mmio_megabytes(1)?;
         s.init_set_target_interface_id(IFACE, INSTANCE)?;
@@ -78,8 +78,8 @@ mod tests {
 
     #[test]
     fn init_setters_reject_invalid_values() -> Result {
-        let c = Channel::allocate(Endpoint::Client)?;
-        let s = Channel::allocate(Endpoint::Server)?;
+        let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
+        let s = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
         assert_eq!(c.init_set_maximum_packet_size(0), Err(EINVAL));
         assert_eq!(c.init_set_maximum_external_data(0, 1), Err(EINVAL));
         assert_eq!(c.init_set_maximum_external_data(4096, 0), Err(EINVAL));
@@ -138,12 +138,12 @@ mod tests {
     #[test]
     fn enable_requires_packet_callbacks_and_a_target() -> Result {
         let bus = LoopbackBus::new()?;
-        let mut c = Channel::allocate(Endpoint::Client)?;
+        let mut c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
         c.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
         c.init_set_target_pnp(IFACE, None)?;
         assert_eq!(c.enable(), Err(EINVAL));
         let rec = Recorder::new()?;
-        let mut s = Channel::allocate(Endpoint::Server)?;
+        let mut s = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
         s.init_set_process_packet_callbacks(rec)?;
         s.init_set_vmbus_handle(Bus::Loopback(bus))?;
         assert_eq!(s.enable(), Err(EINVAL));
@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn cleanup_requires_disabled() -> Result {
         let mut p = Pair::connected()?;
-        let c = Channel::allocate(Endpoint::Client)?;
+        let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
         assert!(c.cleanup().is_ok());
         // An enabled channel is handed back.
         let rec = Recorder::new()?;

@@ -150,7 +150,11 @@ mod tests {
         p.srec.mode.store(mode::DEFER_SLOW, Ordering::Relaxed);
         p.srec.defer_sleep_ms.store(30, Ordering::Relaxed);
         harness::send(&p.client, b"deferred", false)?;
-        assert!(wait_for(2000, || p.srec.redelivering.load(Ordering::Relaxed) == 1));
+        assert!(wait_for(2000, || p
+            .srec
+            .redelivering
+            .load(Ordering::Relaxed)
+            == 1));
         // Suspend must wait until the redelivered ProcessPacket returned.
         p.server.pause()?;
         assert_eq!(p.srec.redelivering.load(Ordering::Relaxed), 0);
@@ -167,7 +171,11 @@ mod tests {
         for i in 0..4u8 {
             harness::send(&p.client, &[i; 8], false)?;
         }
-        assert!(wait_for(2000, || p.srec.redelivering.load(Ordering::Relaxed) == 1));
+        assert!(wait_for(2000, || p
+            .srec
+            .redelivering
+            .load(Ordering::Relaxed)
+            == 1));
         p.server.disable();
         // Nothing of the driver runs once Disable has returned.
         assert_eq!(p.srec.redelivering.load(Ordering::Relaxed), 0);
@@ -264,13 +272,15 @@ mod tests {
         let start = sys::jiffies();
         let r = {
             let _sig = PendingSignal::raise();
-            p.client.wait_for_state(State::Paused, Delta::from_millis(1000))
+            p.client
+                .wait_for_state(State::Paused, Delta::from_millis(1000))
         };
         assert!(matches!(r, Err(e) if e == ERESTARTSYS));
         // It returned at once instead of spinning out the timeout.
         assert!(sys::jiffies() - start < kernel::time::msecs_to_jiffies(500) as u64);
         // Without a signal, the state it is in is reached at once.
-        p.client.wait_for_state(State::Started, Delta::from_millis(1000))?;
+        p.client
+            .wait_for_state(State::Started, Delta::from_millis(1000))?;
         Ok(())
     }
 

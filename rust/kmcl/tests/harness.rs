@@ -400,7 +400,7 @@ pub(crate) fn channel(
     endpoint: Endpoint,
     rec: &Arc<Recorder>,
 ) -> Result<ChannelHandle> {
-    let h = Channel::allocate(endpoint)?;
+    let h = Channel::allocate(endpoint, &crate::THIS_MODULE)?;
     h.init_set_process_packet_callbacks(rec.clone())?;
     h.init_set_state_change_callbacks(rec.clone())?;
     h.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;

@@ -346,7 +346,7 @@ pub(super) fn client(
     instance: Option<Guid>,
 ) -> Result<(ChannelHandle, Arc<Recorder>)> {
     let rec = Recorder::new()?;
-    let h = Channel::allocate(Endpoint::Client)?;
+    let h = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
     h.init_set_process_packet_callbacks(rec.clone())?;
     h.init_set_state_change_callbacks(rec.clone())?;
     h.init_set_vmbus_handle(Bus::Hv(bus.clone()))?;
@@ -479,7 +479,7 @@ mod tests {
     #[test]
     fn client_without_a_bus_on_a_machine_without_vmbus_is_enodev() -> Result {
         let rec = Recorder::new()?;
-        let mut h = Channel::allocate(Endpoint::Client)?;
+        let mut h = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
         h.init_set_process_packet_callbacks(rec.clone())?;
         h.init_set_target_pnp(TYPE_A, None)?;
         assert!(matches!(h.enable(), Err(e) if e == ENODEV));

@@ -242,7 +242,7 @@ impl HostSide {
 /// A client channel with a recorder, open on a test-built hv channel.
 fn hv_client() -> Result<(ChannelHandle, Arc<Recorder>, HostSide)> {
     let rec = Recorder::new()?;
-    let h = Channel::allocate(Endpoint::Client)?;
+    let h = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
     h.init_set_process_packet_callbacks(rec.clone())?;
     h.init_set_state_change_callbacks(rec.clone())?;
     h.init_set_packet_pool_size(u32::from(RQSTOR as u16) * 4)?;

@@ -56,7 +56,7 @@ mod tests {
         let b = p.client.packet_allocate()?;
         assert!(matches!(p.client.packet_allocate(), Err(e) if e == ENOMEM));
         drop((a, b));
-        let c = Channel::allocate(Endpoint::Client)?;
+        let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
         assert!(matches!(c.packet_allocate(), Err(e) if e == EINVAL));
         Ok(())
     }
