@@ -54,6 +54,7 @@ use crate::{
 };
 
 pub mod callbacks;
+pub mod external;
 pub mod gpadl;
 pub mod incoming;
 pub mod outgoing;
