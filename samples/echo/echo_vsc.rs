@@ -15,7 +15,10 @@ use core::sync::atomic::{
 };
 
 use kernel::{
-    page::Page,
+    page::{
+        Page,
+        PAGE_SIZE, //
+    },
     prelude::*,
     sync::Arc,
     time::{
@@ -164,21 +167,25 @@ fn async_sends(ch: &Channel, c: &Counters, n: u32) -> Result {
 fn external_send(ch: &Channel, c: &Counters) -> Result<(u64, u64)> {
     let mut pages = KVec::new();
     let mut expect = 0u64;
-    for i in 0..2u8 {
+    // Byte `j` of page `i` holds `7 * j + i` (mod 256).
+    let pattern = |i: usize, j: usize| (j as u8).wrapping_mul(7).wrapping_add(i as u8);
+    for i in 0..2 {
         let pg = Page::alloc_page(GFP_KERNEL)?;
-        let mut fill = [0u8; 4096];
-        for (j, b) in fill.iter_mut().enumerate() {
-            *b = (j as u8).wrapping_mul(7).wrapping_add(i);
+        let mut fill = [0u8; 256];
+        for at in (0..PAGE_SIZE).step_by(fill.len()) {
+            for (k, b) in fill.iter_mut().enumerate() {
+                *b = pattern(i, at + k);
+            }
+            // SAFETY: 256 bytes inside the page, which nothing else uses yet.
+            unsafe { pg.write_raw(fill.as_ptr(), at, fill.len())? };
         }
-        // SAFETY: a whole page is written.
-        unsafe { pg.write_raw(fill.as_ptr(), 0, 4096)? };
         pages.push(pg, GFP_KERNEL)?;
     }
-    // 6000 bytes from offset 100: the tail of page 0 and most of page 1.
+    // 6000 bytes from offset 100 of the first page, into the second one
+    // where pages are 4 KiB.
     let (off, len) = (100usize, 6000usize);
     for i in off..off + len {
-        let (pg, j) = (i / 4096, i % 4096);
-        expect = expect.wrapping_add(u64::from((j as u8).wrapping_mul(7).wrapping_add(pg as u8)));
+        expect = expect.wrapping_add(u64::from(pattern(i / PAGE_SIZE, i % PAGE_SIZE)));
     }
     let mdl = Mdl::from_pages(pages, off as u32, len as u32)?;
     let before = c.completed.load(Ordering::Relaxed);

@@ -10,6 +10,7 @@ use kernel::{
     sync::Arc, //
 };
 
+pub use super::external::ExternalData;
 use super::{
     outgoing::Queued,
     Channel,
@@ -172,80 +173,6 @@ impl RxState {
     }
 }
 
-/// The external memory described by a GPA-direct packet.
-pub struct ExternalData<'a> {
-    ranges: packet::GpaRanges<'a>,
-}
-
-impl<'a> ExternalData<'a> {
-    /// The ranges, each a byte count, an offset into its first page, and the
-    /// page frame numbers.
-    pub fn ranges(&self) -> packet::GpaRangeIter<'a> {
-        self.ranges.iter()
-    }
-
-    /// Total bytes described.
-    pub fn total_bytes(&self) -> u64 {
-        self.ranges.iter().map(|r| u64::from(r.byte_count)).sum()
-    }
-
-    /// Calls `f` with the described bytes, in order, one piece per page.
-    ///
-    /// This works where the pages are this kernel's own memory, as on the
-    /// loopback transport. Fails with `EFAULT` on a page frame number that is
-    /// not valid here.
-    pub fn for_each_chunk(&self, mut f: impl FnMut(&[u8])) -> Result {
-        for r in self.ranges.iter() {
-            let mut left = r.byte_count as usize;
-            let mut off = r.byte_offset as usize;
-            for i in 0..r.pfn_count() {
-                if left == 0 {
-                    break;
-                }
-                let pfn = r.pfn(i).ok_or(EFAULT)?;
-                let page = crate::sys::pfn_to_virt(pfn).ok_or(EFAULT)?;
-                let n = (4096 - off).min(left);
-                // SAFETY: `page` is the direct-map address of a valid page and
-                // `off + n <= 4096`.
-                f(unsafe { core::slice::from_raw_parts(page.add(off), n) });
-                left -= n;
-                off = 0;
-            }
-        }
-        Ok(())
-    }
-
-    /// Copies the described bytes, in order, into `dst`; returns how many.
-    ///
-    /// This works where the pages are this kernel's own memory, as on the
-    /// loopback transport. Fails with `EFAULT` on a page frame number that is
-    /// not valid here.
-    pub fn copy_to(&self, dst: &mut [u8]) -> Result<usize> {
-        let mut done = 0usize;
-        for r in self.ranges.iter() {
-            let mut left = r.byte_count as usize;
-            let mut off = r.byte_offset as usize;
-            for i in 0..r.pfn_count() {
-                if left == 0 || done == dst.len() {
-                    break;
-                }
-                let pfn = r.pfn(i).ok_or(EFAULT)?;
-                let page = crate::sys::pfn_to_virt(pfn).ok_or(EFAULT)?;
-                let n = (4096 - off).min(left).min(dst.len() - done);
-                // SAFETY: `page` is the direct-map address of a valid page and
-                // `off + n <= 4096`; `dst[done..done + n]` is in bounds.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(page.add(off), dst.as_mut_ptr().add(done), n)
-                };
-                done += n;
-                left -= n;
-                off = 0;
-            }
-        }
-        Ok(done)
-    }
-}
-
 /// An incoming packet handed to ProcessPacket (`VMBPACKETCOMPLETION`).
 ///
 /// It must be finished exactly once: [`IncomingPacket::complete`] (KMCL's
@@ -324,7 +251,7 @@ impl IncomingPacket {
         }
         let b = self.buf.as_ref()?;
         match packet::parse(&b[..self.len], &self.limits).ok()?.kind {
-            Kind::GpaDirect(ranges) => Some(ExternalData { ranges }),
+            Kind::GpaDirect(ranges) => Some(ExternalData::new(ranges, &self.chan, self.trans_id)),
             _ => None,
         }
     }

@@ -55,6 +55,7 @@ use crate::{
 };
 
 pub mod callbacks;
+pub mod external;
 pub mod gpadl;
 pub mod incoming;
 pub mod outgoing;

@@ -12,7 +12,6 @@
 use core::sync::atomic::Ordering;
 
 use kernel::{
-    page::Page,
     prelude::*,
     sync::{
         Arc,
@@ -21,6 +20,7 @@ use kernel::{
     time::Delta, //
 };
 
+pub use super::external::Mdl;
 use super::{
     callbacks::CompletionRoutine,
     routines::call_routine,
@@ -75,57 +75,6 @@ impl core::ops::BitOr for SendFlags {
 /// External memory described by page frame numbers: one range per entry
 /// (`VmbPacketSendWithExternalPfns`).
 pub type ExternalRange<'a> = RangeSpec<'a>;
-
-/// Memory that a packet describes to the peer by page frame numbers, owned
-/// by the packet while it is in flight (the counterpart of a Windows MDL for
-/// `VmbPacketSendWithExternalMdl`).
-pub struct Mdl {
-    pages: KVec<Page>,
-    pfns: KVec<u64>,
-    offset: u32,
-    len: u32,
-}
-
-impl Mdl {
-    /// Describes `len` bytes from `offset` in the first of `pages`.
-    pub fn from_pages(pages: KVec<Page>, offset: u32, len: u32) -> Result<Mdl> {
-        if len == 0 || offset >= packet::HV_PAGE_SIZE {
-            return Err(EINVAL);
-        }
-        let needed = packet::pages_spanned(offset, len);
-        if needed > pages.len() as u64 {
-            return Err(EINVAL);
-        }
-        let mut pfns = KVec::with_capacity(needed as usize, GFP_KERNEL)?;
-        for p in pages.iter().take(needed as usize) {
-            pfns.push(sys::page_to_pfn(p), GFP_KERNEL)?;
-        }
-        Ok(Mdl {
-            pages,
-            pfns,
-            offset,
-            len,
-        })
-    }
-
-    /// The pages, to fill before sending or to read after the completion.
-    pub fn pages(&self) -> &[Page] {
-        &self.pages
-    }
-
-    /// Takes the pages back.
-    pub fn into_pages(self) -> KVec<Page> {
-        self.pages
-    }
-
-    fn range(&self) -> RangeSpec<'_> {
-        RangeSpec {
-            byte_count: self.len,
-            byte_offset: self.offset,
-            pfns: &self.pfns,
-        }
-    }
-}
 
 /// Where a packet object's memory came from.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -303,9 +252,12 @@ impl Packet {
         b.get(off..).unwrap_or(&[])
     }
 
-    /// Takes back the memory of an external-data send.
+    /// Takes back the memory of an external-data send. From here on the
+    /// peer reads none of it.
     pub fn take_mdl(&mut self) -> Option<Mdl> {
-        self.get_mut().mdl.take()
+        let mut mdl = self.get_mut().mdl.take()?;
+        mdl.revoke();
+        Some(mdl)
     }
 
     /// Sends `data` (`VmbPacketSend`). With
@@ -438,14 +390,20 @@ impl Packet {
                     packet: self,
                 });
             };
-            let s = &mut g.tx.slots[slot as usize];
-            let id = (u64::from(s.gen) << 32) | u64::from(slot + 1);
+            let gen = g.tx.slots[slot as usize].gen;
+            let id = (u64::from(gen) << 32) | u64::from(slot + 1);
             let inner = self.get_mut();
             inner.trans_id = id;
             inner.buf[8..16].copy_from_slice(&id.to_le_bytes());
+            if let Some(mdl) = inner.mdl.as_mut() {
+                // Before the packet can reach the ring: from here on the
+                // peer may read the pages (loopback).
+                mdl.lend(g.att.as_ref(), id);
+            }
+            let s = &mut g.tx.slots[slot as usize];
             s.since = sys::jiffies();
             s.owner = Some(TxOwner::Packet(self));
-            Queued::Tx { slot, gen: s.gen }
+            Queued::Tx { slot, gen }
         } else {
             Queued::Oneway(self)
         };

@@ -12,6 +12,7 @@ use core::sync::atomic::{
 };
 
 use kernel::{
+    page::Page,
     prelude::*,
     sync::Arc,
     time::Delta, //
@@ -29,13 +30,20 @@ use super::harness::{
 };
 use crate::{
     channel::{
-        outgoing::SendFlags,
+        incoming::IncomingPacket,
+        outgoing::{
+            ExternalRange,
+            Mdl,
+            SendFlags, //
+        },
         Endpoint,
         State, //
     },
+    sys,
     wire::packet::{
         self,
-        Descriptor, //
+        Descriptor,
+        RangeSpec, //
     },
 };
 
@@ -120,6 +128,57 @@ fn expect_index_refused(value: u32) -> Result<bool> {
     }) && p.crec.received.load(Ordering::Relaxed) == 1;
     p.client.disable();
     Ok(ok)
+}
+
+/// A page with every byte set to `fill`.
+fn filled_page(fill: u8) -> Result<Page> {
+    let pg = Page::alloc_page(GFP_KERNEL)?;
+    let bytes = [fill; 256];
+    for i in 0..kernel::page::PAGE_SIZE / bytes.len() {
+        // SAFETY: 256 bytes inside the page, which nothing else uses yet.
+        unsafe { pg.write_raw(bytes.as_ptr(), i * bytes.len(), bytes.len())? };
+    }
+    Ok(pg)
+}
+
+/// An MDL of `len` bytes from offset 0 over pages filled with `fill`,
+/// `fill + 1`, ...
+fn filled_mdl(fill: u8, len: u32) -> Result<Mdl> {
+    let mut pages = KVec::new();
+    let n = (len as usize).div_ceil(kernel::page::PAGE_SIZE);
+    for i in 0..n {
+        pages.push(filled_page(fill + i as u8)?, GFP_KERNEL)?;
+    }
+    Mdl::from_pages(pages, 0, len)
+}
+
+/// A GPA-direct packet asking for a completion, with transaction id
+/// `trans_id`, `ranges` and `payload`, as raw bytes.
+fn gpa_packet(trans_id: u64, ranges: &[RangeSpec<'_>], payload: &[u8]) -> Result<KVec<u8>> {
+    let mut v = KVec::from_elem(0u8, 512 + packet::align8(payload.len()), GFP_KERNEL)?;
+    let off = packet::encode_gpa_direct(
+        &mut v,
+        packet::FLAG_COMPLETION_REQUESTED,
+        trans_id,
+        ranges,
+        payload.len(),
+    )
+    .ok_or(EINVAL)?;
+    v[off..off + payload.len()].copy_from_slice(payload);
+    v.truncate(off + packet::align8(payload.len()));
+    Ok(v)
+}
+
+/// Reads the external data of `pkt` both ways: what `copy_to` returns, what
+/// `for_each_chunk` returns, and how many bytes the latter handed out.
+fn read_external(pkt: &IncomingPacket, dst: &mut [u8]) -> (Result<usize>, Result, usize) {
+    let Some(ext) = pkt.external_data() else {
+        return (Err(EINVAL), Err(EINVAL), 0);
+    };
+    let copied = ext.copy_to(dst);
+    let mut seen = 0usize;
+    let chunks = ext.for_each_chunk(|b| seen += b.len());
+    (copied, chunks, seen)
 }
 
 #[kunit_tests(kmcl_hostile)]
@@ -559,6 +618,148 @@ mod tests {
         assert_eq!(p.crec.count(Ev::PnpFailure), 1);
         assert_eq!(p.crec.count(Ev::Started), 0);
         assert_eq!(harness::send(&p.client, b"x", false), Err(EINVAL));
+        Ok(())
+    }
+    #[test]
+    fn external_pfns_the_sender_does_not_own_cannot_be_read() -> Result {
+        let done = Done::new()?;
+        let p = Pair::connected()?;
+        p.srec.mode.store(mode::HOLD, Ordering::Relaxed);
+        // A page the client keeps to itself, named by number only.
+        let secret = filled_page(0x5a)?;
+        let pfn = [sys::page_to_pfn(&secret)];
+        let range = ExternalRange {
+            byte_count: 64,
+            byte_offset: 100,
+            pfns: &pfn,
+        };
+        let mut pkt = p.client.packet_allocate()?;
+        pkt.set_pointer(Done::cookie(&done));
+        pkt.set_completion_routine(harness::record_completion);
+        pkt.send_with_external_pfns(b"raw", &[range], WAIT)
+            .map_err(|e| e.error)?;
+        assert!(wait_for(2000, || p.srec.held() == 1));
+        let held = p.srec.take_held().ok_or(EINVAL)?;
+        // The numbers are visible; the bytes are not.
+        let r = held
+            .external_data()
+            .ok_or(EINVAL)?
+            .ranges()
+            .next()
+            .ok_or(EINVAL)?;
+        assert_eq!(
+            (r.byte_count, r.byte_offset, r.pfn(0)),
+            (64, 100, Some(pfn[0]))
+        );
+        let mut buf = [0u8; 64];
+        let (copied, chunks, seen) = read_external(&held, &mut buf);
+        assert_eq!(copied, Err(EACCES));
+        assert_eq!(chunks, Err(EACCES));
+        assert_eq!(seen, 0);
+        assert!(buf.iter().all(|b| *b == 0));
+        held.complete(&[])?;
+        assert!(wait_for(2000, || done.ok.load(Ordering::Relaxed) == 1));
+        Ok(())
+    }
+
+    #[test]
+    fn forged_gpa_ranges_read_nothing_the_sender_did_not_pass() -> Result {
+        let done = Done::new()?;
+        let p = Pair::connected()?;
+        p.crec.mode.store(mode::HOLD, Ordering::Relaxed);
+        // The server lends one page to the client, for real.
+        let mut pkt = p.server.packet_allocate()?;
+        pkt.set_pointer(Done::cookie(&done));
+        pkt.set_completion_routine(harness::record_completion);
+        pkt.send_with_external_mdl(b"lent", filled_mdl(0x11, 64)?, WAIT)
+            .map_err(|e| e.error)?;
+        assert!(wait_for(2000, || p.crec.held() == 1));
+        let real = p.crec.take_held().ok_or(EINVAL)?;
+        // Then it writes packets of its own: one under the same transaction
+        // id naming another page, one naming page frame 1.
+        let other = filled_page(0x22)?;
+        let pfn = [sys::page_to_pfn(&other)];
+        let range = RangeSpec {
+            byte_count: 64,
+            byte_offset: 0,
+            pfns: &pfn,
+        };
+        p.server
+            .inject_raw(&gpa_packet(real.transaction_id(), &[range], b"forged")?)?;
+        p.server.inject_raw(&gpa(1, &[(16, 0, 1)]))?;
+        assert!(wait_for(2000, || p.crec.held() == 2));
+        let mut buf = [0u8; 64];
+        while let Some(forged) = p.crec.take_held() {
+            let (copied, chunks, seen) = read_external(&forged, &mut buf);
+            assert_eq!(copied, Err(EACCES));
+            assert_eq!(chunks, Err(EACCES));
+            assert_eq!(seen, 0);
+            forged.fail();
+        }
+        assert!(buf.iter().all(|b| *b == 0));
+        // The real packet reads its own page.
+        let (copied, chunks, seen) = read_external(&real, &mut buf);
+        assert_eq!((copied, chunks, seen), (Ok(64), Ok(()), 64));
+        assert!(buf.iter().all(|b| *b == 0x11));
+        real.complete(&[])?;
+        assert!(wait_for(2000, || done.ok.load(Ordering::Relaxed) == 1));
+        Ok(())
+    }
+
+    #[test]
+    fn external_data_read_after_the_senders_disable_is_refused() -> Result {
+        let done = Done::new()?;
+        let p = Pair::connected()?;
+        p.srec.mode.store(mode::HOLD, Ordering::Relaxed);
+        let mut pkt = p.client.packet_allocate()?;
+        pkt.set_pointer(Done::cookie(&done));
+        pkt.set_completion_routine(harness::record_completion);
+        pkt.send_with_external_mdl(b"mdl", filled_mdl(0x30, 5000)?, WAIT)
+            .map_err(|e| e.error)?;
+        assert!(wait_for(2000, || p.srec.held() == 1));
+        let held = p.srec.take_held().ok_or(EINVAL)?;
+        let mut buf = KVec::from_elem(0u8, 5000, GFP_KERNEL)?;
+        assert_eq!(read_external(&held, &mut buf), (Ok(5000), Ok(()), 5000));
+        // The sender goes away: its packet finishes and the routine frees
+        // the pages. The receiver still holds its packet.
+        p.client.disable();
+        assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == 1));
+        buf.fill(0);
+        let (copied, chunks, seen) = read_external(&held, &mut buf);
+        assert_eq!(copied, Err(EACCES));
+        assert_eq!(chunks, Err(EACCES));
+        assert_eq!(seen, 0);
+        assert!(buf.iter().all(|b| *b == 0));
+        let _ = held.complete(&[]);
+        Ok(())
+    }
+
+    #[test]
+    fn senders_disable_during_a_chunked_read_stops_it() -> Result {
+        let done = Done::new()?;
+        let p = Pair::connected()?;
+        p.srec.mode.store(mode::HOLD, Ordering::Relaxed);
+        let mut pkt = p.client.packet_allocate()?;
+        pkt.set_pointer(Done::cookie(&done));
+        pkt.set_completion_routine(harness::record_completion);
+        pkt.send_with_external_mdl(b"mdl", filled_mdl(0x40, 5000)?, WAIT)
+            .map_err(|e| e.error)?;
+        assert!(wait_for(2000, || p.srec.held() == 1));
+        let held = p.srec.take_held().ok_or(EINVAL)?;
+        let mut seen = 0usize;
+        let mut calls = 0u32;
+        let r = held.external_data().ok_or(EINVAL)?.for_each_chunk(|b| {
+            if calls == 0 {
+                // The sender is disabled between two pieces of the read.
+                p.client.disable();
+            }
+            calls += 1;
+            seen += b.len();
+        });
+        assert_eq!(r, Err(EACCES));
+        assert!(seen > 0 && seen < 5000);
+        assert_eq!(done.count.load(Ordering::Relaxed), 1);
+        let _ = held.complete(&[]);
         Ok(())
     }
 }

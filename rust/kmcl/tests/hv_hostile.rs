@@ -139,6 +139,16 @@ mod tests {
     }
 
     #[test]
+    fn host_gpa_direct_packets_are_refused() -> Result {
+        // Well formed and within every limit: a guest still never reads
+        // memory that the host names, so the packet is refused as the
+        // malformed ones are.
+        assert!(expect_refused(&gpa(1, &[(16, 0, 1)]))?);
+        assert!(expect_refused(&gpa(2, &[(4096, 0, 1), (100, 4000, 2)]))?);
+        Ok(())
+    }
+
+    #[test]
     fn write_index_outside_the_ring_stops_the_queue() -> Result {
         assert!(expect_index_refused(
             (super::super::hv_binding::RING_PAGES - 1) * 4096

@@ -20,12 +20,9 @@ use super::harness::{
     Ev,
     Pair, //
 };
-use crate::{
-    channel::outgoing::{
-        ExternalRange,
-        SendFlags, //
-    },
-    sys,
+use crate::channel::outgoing::{
+    Mdl,
+    SendFlags, //
 };
 
 fn received(p: &Pair) -> u32 {
@@ -293,16 +290,15 @@ mod tests {
         let pattern = [0x5au8; 64];
         // SAFETY: 64 bytes at offset 100 lie inside the page.
         unsafe { page.write_raw(pattern.as_ptr(), 100, 64)? };
-        let pfn = [sys::page_to_pfn(&page)];
-        let range = ExternalRange {
-            byte_count: 64,
-            byte_offset: 100,
-            pfns: &pfn,
-        };
+        // The page goes with the packet: the server may read what the
+        // client passes and keeps alive, and nothing else.
+        let mut pages = KVec::new();
+        pages.push(page, GFP_KERNEL)?;
+        let mdl = Mdl::from_pages(pages, 100, 64)?;
         let mut pkt = p.client.packet_allocate()?;
         pkt.set_pointer(Done::cookie(&done));
         pkt.set_completion_routine(harness::record_completion);
-        pkt.send_with_external_pfns(b"ext", &[range], SendFlags::WAIT_FOR_COMPLETION)
+        pkt.send_with_external_mdl(b"ext", mdl, SendFlags::WAIT_FOR_COMPLETION)
             .map_err(|e| e.error)?;
         assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == 1));
         let g = p.srec.st.lock();

@@ -13,7 +13,10 @@ use kernel::{
 };
 
 use crate::{
-    channel::Channel,
+    channel::{
+        Channel,
+        Endpoint, //
+    },
     wire::{
         packet,
         ring::RingError, //
@@ -257,6 +260,15 @@ impl Attachment {
         match self {
             Attachment::Loopback(e) => e.ring_fill(),
             Attachment::Hv(e) => e.ring_fill(),
+        }
+    }
+
+    /// Where this end lends the pages of its GPA-direct sends to the peer,
+    /// and as whom: loopback only, since a host reads guest memory itself.
+    pub(crate) fn lending(&self) -> Option<(&Arc<loopback::Lending>, Endpoint)> {
+        match self {
+            Attachment::Loopback(e) => Some(e.lending()),
+            Attachment::Hv(_) => None,
         }
     }
 

@@ -10,6 +10,8 @@
 //! - Receives go through `hv_pkt_iter_first()` / `__hv_pkt_iter_next()` /
 //!   `hv_pkt_iter_close()`, which copy each packet out of the ring; kmcl
 //!   refuses a packet whose length Linux had to clamp, and parses every copy.
+//!   A GPA-direct packet from the host is refused as malformed: a guest never
+//!   reads memory that the host names.
 //! - GPA-direct sends go through `vmbus_sendpacket_mpb_desc()`, with the
 //!   range list kmcl encoded.
 //! - Devices are bound, opened and closed in [`bus`]; GPADLs and MMIO are
@@ -107,6 +109,13 @@ pub(crate) static LINUX_OPS: Ops = Ops {
     gpadl_establish: memory::ffi::kmcl_hv_gpadl_establish,
     gpadl_teardown: memory::ffi::kmcl_hv_gpadl_teardown,
 };
+
+/// Whether `packet`, as copied out of the ring, is of the GPA-direct type.
+fn is_gpa_direct(packet: &[u8]) -> bool {
+    packet
+        .get(..2)
+        .is_some_and(|t| u16::from_le_bytes([t[0], t[1]]) == packet::TYPE_DATA_GPA_DIRECT)
+}
 
 /// `VMBUS_RQST_ERROR`: the requestor does not know the id.
 const RQST_ERROR: u64 = u64::MAX - 1;
@@ -247,6 +256,10 @@ impl HvEndpoint {
     }
 
     /// The next packet, copied out by `hv_pkt_iter`.
+    ///
+    /// A GPA-direct packet is refused like a malformed one: it would have
+    /// the guest read memory that the host names, which in a confidential
+    /// VM is the guest's private memory. Linux's drivers never accept one.
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
         // SAFETY: `chan` is open; `buf` is writable for its length.
         let n = unsafe {
@@ -254,6 +267,10 @@ impl HvEndpoint {
         };
         match n {
             0 => Ok(None),
+            n if n > 0 && is_gpa_direct(&buf[..(n as usize).min(buf.len())]) => {
+                pr_err!("hv: refused a GPA-direct packet from the host: a guest reads no memory the host names\n");
+                Err(RingError::BadPacket)
+            }
             n if n > 0 => Ok(Some(n as usize)),
             n if n == EMSGSIZE.to_errno() => Err(RingError::TooLarge { len: 0 }),
             _ => Err(RingError::BadPacket),
