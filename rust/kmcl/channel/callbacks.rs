@@ -22,8 +22,9 @@ pub trait ProcessPacket: Send + Sync {
     /// A packet arrived. `packet` must be finished exactly once: completed,
     /// failed or deferred.
     ///
-    /// Runs in softirq context, or in process context when the channel
-    /// processes incoming packets at passive level or the packet was deferred.
+    /// Runs in softirq context (bottom halves disabled, as for completion
+    /// routines), or in process context when the channel processes incoming
+    /// packets at passive level or the packet was deferred.
     fn process_packet(&self, channel: &Channel, packet: IncomingPacket);
 
     /// The incoming queue went from non-empty to empty, or delivery paused
@@ -59,9 +60,13 @@ pub trait StateChange: Send + Sync {
         let _ = channel;
     }
 
-    /// Delivery stops (Pause, Disable, peer close). No ProcessPacket runs
-    /// after this until the next Started, but every outstanding incoming
-    /// packet must still be finished.
+    /// Delivery stops (Pause, Disable, peer close). kmcl calls it only once
+    /// every ProcessPacket and ProcessingComplete of the channel has
+    /// returned, redeliveries of deferred packets included, and none runs
+    /// after it until the next Started. Packets the driver still holds must
+    /// still be finished: Pause and Disable wait for them. Packets deferred
+    /// to process context and not yet redelivered stay with kmcl: they are
+    /// redelivered after the next Started, or dropped by a teardown.
     fn suspend(&self, channel: &Channel) {
         let _ = channel;
     }
@@ -101,8 +106,14 @@ pub trait SaveRestorePacket: Send + Sync {
 
 /// A completion routine (`EvtVmbPacketCompletionRoutine`).
 ///
-/// Called once per send, in softirq context (or with preemption disabled
-/// when the send finished in the sender's thread), with the packet back, the
-/// transaction's status and the peer's completion payload (empty unless the
-/// send waited for a completion). The packet may be freed, reused or resent.
+/// Called once per send, with the packet back, the transaction's status and
+/// the peer's completion payload (empty unless the send waited for a
+/// completion). The packet may be freed, reused or resent.
+///
+/// It always runs with bottom halves disabled (softirq context, or
+/// `local_bh_disable()` when kmcl finishes a send from process context), and
+/// never inside the `send()` that started the transaction: a one-way send
+/// that enters the ring at once gets its routine shortly after `send()`
+/// returns, from the channel's softirq work. A routine that sends again
+/// therefore never recurses.
 pub type CompletionRoutine = fn(packet: Packet, status: Result, response: &[u8]);

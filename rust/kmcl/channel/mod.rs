@@ -809,10 +809,23 @@ impl Channel {
     }
 
     /// Disables the channel (`VmbChannelDisable`): closes it on a client,
-    /// revokes the offer on a server. Blocks until the channel is torn down:
-    /// Suspend and Closed have run, every outstanding incoming packet has
-    /// been finished by the driver, and every outstanding send has finished
-    /// with `ECANCELED`.
+    /// revokes the offer on a server. Process context; blocks until the
+    /// channel is torn down, in this order:
+    ///
+    /// - delivery stops, and every ProcessPacket and ProcessingComplete
+    ///   already running (a deferred packet's redelivery included) returns;
+    /// - Suspend runs, if the channel was Started;
+    /// - the driver finishes every incoming packet it still holds;
+    /// - every transaction in flight and every queued send finishes with
+    ///   `ECANCELED` (`ENODEV` if the peer went away), and one-way sends that
+    ///   entered the ring get their routine with success; the call waits for
+    ///   routines running on other CPUs;
+    /// - Closed runs, if Opened had succeeded, and the connection closes.
+    ///
+    /// Once it returns, no callback of this channel runs until the next
+    /// [`Channel::enable`]. On a Disabled channel it does nothing. Called
+    /// from one of the channel's own state callbacks it would wait for
+    /// itself: it logs an error and returns without doing anything.
     pub fn disable(&self) {
         kernel::task::might_sleep();
         if self.check_not_in_callback().is_err() {
