@@ -19,10 +19,8 @@
 use kernel::prelude::*;
 
 use super::{
-    outgoing::{
-        Packet,
-        TxOwner, //
-    },
+    outgoing::Packet,
+    transactions::TxOwner,
     Channel,
     Endpoint,
     State, //
@@ -331,7 +329,7 @@ fn decode(buf: &[u8], ids: (Guid, Guid)) -> Result<PendingRestore> {
     })
 }
 
-impl super::outgoing::TxState {
+impl super::transactions::TxState {
     /// Number of transaction slots.
     pub(crate) fn slot_count(&self) -> u32 {
         self.slots_len() as u32

@@ -85,6 +85,33 @@ mod ffi {
     }
 }
 
+impl Channel {
+    /// Opens the channel on a `vmbus_channel` that is open already, in the
+    /// caller's thread; the interop suites put kmcl on channels they built,
+    /// without a device.
+    ///
+    /// # Safety
+    ///
+    /// As [`HvEndpoint::new`](crate::transport::hv::HvEndpoint::new) with
+    /// `Owner::Raw(release)`.
+    pub(crate) unsafe fn open_on_hv(
+        &self,
+        chan: NonNull<crate::vmbus::ffi::VmbusChannel>,
+        release: Option<crate::transport::hv::Release>,
+    ) -> Result {
+        self.open_attached(|| {
+            // SAFETY: the caller's promise.
+            let ep = unsafe {
+                crate::transport::hv::HvEndpoint::new(
+                    chan,
+                    crate::transport::hv::Owner::Raw(release),
+                )
+            };
+            crate::transport::Attachment::Hv(ep)
+        })
+    }
+}
+
 const RING_PAGES: u32 = 4;
 const DATA_SIZE: u32 = (RING_PAGES - 1) * 4096;
 const MAX_PKT: u32 = 4096;

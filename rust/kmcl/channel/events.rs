@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! What transports tell a channel: interrupts, a peer that opened or
+//! closed, a transport that went away; and what they ask of it to open.
+
+use core::sync::atomic::Ordering;
+
+use kernel::sync::Arc;
+
+use super::Channel;
+use crate::sys;
+
+/// What `vmbus_open()` is given for a client channel.
+pub(crate) struct HvOpenParams {
+    pub(crate) ring_pages: u32,
+    pub(crate) max_pkt: u32,
+    pub(crate) rqstor: u32,
+}
+
+/// Control events for the channel's process-context work.
+pub(crate) mod event {
+    /// Look for the offer and open it (client).
+    pub(crate) const CONNECT: u32 = 1 << 0;
+    /// A client opened this server's offer.
+    pub(crate) const PEER_OPENED: u32 = 1 << 1;
+    /// The peer closed or went away.
+    pub(crate) const PEER_CLOSED: u32 = 1 << 2;
+}
+
+impl Channel {
+    /// Queues a control event for the process-context work.
+    pub(crate) fn post_event(&self, ev: u32) {
+        self.inner.lock().events |= ev;
+        let _ = sys::wq().enqueue::<Arc<Channel>, 2>(self.arc());
+    }
+
+    /// The channel's interrupt: the peer wrote to the ring, or freed space.
+    pub(crate) fn interrupt(&self) {
+        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        let _ = sys::bh_wq().enqueue::<Arc<Channel>, 0>(self.arc());
+    }
+
+    /// Queues incoming delivery in the context the channel is set up for.
+    pub(crate) fn kick_delivery(&self) {
+        let passive = self.inner.lock().rx.passive;
+        if passive {
+            let _ = sys::wq().enqueue::<Arc<Channel>, 1>(self.arc());
+        } else {
+            let _ = sys::bh_wq().enqueue::<Arc<Channel>, 0>(self.arc());
+        }
+    }
+
+    /// Looks for the offer again: a device became free.
+    pub(crate) fn post_connect(&self) {
+        self.post_event(event::CONNECT);
+    }
+
+    /// The transport under the channel went away: removed for good (the
+    /// host rescinded the offer, the device was unbound), or, with
+    /// `suspend`, for hibernation, after which a client opens again.
+    ///
+    /// Only an attached channel is affected; `false` otherwise (the bus
+    /// then deals with an open still in flight).
+    pub(crate) fn transport_lost(&self, suspend: bool) -> bool {
+        {
+            let mut g = self.inner.lock();
+            if g.att.is_none() {
+                return false;
+            }
+            if suspend {
+                g.reconnect = true;
+            } else {
+                g.lost = true;
+            }
+        }
+        self.peer_closed();
+        true
+    }
+
+    /// The host's interrupt, in the channel's tasklet: flush the send queue
+    /// and drain the ring in place.
+    pub(crate) fn on_host_interrupt(&self) {
+        self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        self.on_interrupt();
+    }
+
+    /// The sizes `vmbus_open()` is given for this channel.
+    pub(crate) fn hv_open_params(&self) -> HvOpenParams {
+        let g = self.inner.lock();
+        HvOpenParams {
+            ring_pages: g.cfg.ring_pages,
+            // The largest packet kmcl accepts (descriptor, ranges and
+            // payload): Linux copies each packet out into a buffer this big.
+            // No packet is larger than the ring's data area, and Linux
+            // copies up to this many bytes from the ring even when the host
+            // lies about the length: never more than the ring holds.
+            max_pkt: (g.rx.packet_room() as u32).min((g.cfg.ring_pages - 1) * 4096),
+            // Two requestor slots per transaction slot. A request that timed
+            // out keeps its requestor slot until the host completes it (its
+            // late completion is then refused), so the requestor needs room
+            // beyond the requests in flight; should a host never answer, a
+            // full requestor only queues sends, as a full ring does.
+            rqstor: g.tx.slot_count() * 2,
+        }
+    }
+
+    /// The peer closed: sends fail from now on, and the control work tears
+    /// the channel down.
+    pub(crate) fn peer_closed(&self) {
+        self.inner.lock().peer_gone = true;
+        self.cond.notify_all();
+        self.post_event(event::PEER_CLOSED);
+    }
+}

@@ -1,0 +1,459 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The lifecycle: Enable, Disable, Pause and Start, the open sequence and
+//! its state callbacks, and the teardown, driven from process context.
+
+use kernel::{prelude::*, sync::CondVarTimeoutResult, task::Task};
+
+use super::{
+    callbacks::StateChange,
+    event,
+    rx::RxState,
+    transactions::TxState,
+    Channel,
+    Endpoint,
+    Inner,
+    Sizing,
+    State, //
+};
+use crate::{
+    sys,
+    transport::{
+        Attachment,
+        Bus, //
+    },
+};
+
+impl Channel {
+    /// Waits in process context until the channel is in `state`, for at
+    /// most `timeout`. Enable returns before the channel opens: this is how
+    /// a caller waits for `State::Started`.
+    ///
+    /// Fails with `ETIMEDOUT` when the time runs out, and with
+    /// `ERESTARTSYS` as soon as a signal is pending for the caller.
+    pub fn wait_for_state(&self, state: State, timeout: kernel::time::Delta) -> Result {
+        kernel::task::might_sleep();
+        let ms = u32::try_from(timeout.as_millis().max(0)).unwrap_or(u32::MAX);
+        let deadline = sys::jiffies() + u64::from(kernel::time::msecs_to_jiffies(ms) as u32);
+        let mut g = self.inner.lock();
+        while g.state != state {
+            let now = sys::jiffies();
+            if now >= deadline {
+                return Err(ETIMEDOUT);
+            }
+            // State changes notify the condition variable; the timeout only
+            // bounds the wait.
+            match self
+                .cond
+                .wait_interruptible_timeout(&mut g, (deadline - now) as kernel::time::Jiffies)
+            {
+                CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
+                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Woken { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    // ---- Lifecycle. ----
+
+    fn check_not_in_callback(&self) -> Result {
+        let me = Task::current_raw() as usize;
+        if self.inner.lock().in_callback == me {
+            pr_err!(
+                "channel {}: lifecycle call from inside its own state callback\n",
+                self.id
+            );
+            return Err(EDEADLK);
+        }
+        Ok(())
+    }
+
+    /// Enables a Disabled channel (`VmbChannelEnable`): a server offers it, a
+    /// client opens its target or waits for it. Returns at once; the state
+    /// callbacks follow in process context.
+    pub fn enable(&self) -> Result {
+        kernel::task::might_sleep();
+        let _c = self.control.lock();
+        let sizing = {
+            let g = self.inner.lock();
+            if g.state != State::Disabled {
+                return Err(EINVAL);
+            }
+            if g.cfg.process.is_none() {
+                pr_err!("channel {}: enable without packet callbacks\n", self.id);
+                return Err(EINVAL);
+            }
+            if g.cfg.target_type.is_null() {
+                return Err(EINVAL);
+            }
+            g.cfg.sizing()
+        };
+        // A channel that names no bus uses the machine's VMBus.
+        let bus = {
+            let named = self.inner.lock().cfg.bus.clone();
+            match named.or_else(|| crate::hv::default_bus().map(Bus::Hv)) {
+                Some(bus) => bus,
+                None => return Err(ENODEV),
+            }
+        };
+        self.inner.lock().cfg.bus = Some(bus);
+        self.prepare_enabled(&sizing)?;
+        let Some(bus) = self.inner.lock().cfg.bus.clone() else {
+            return Err(ENODEV);
+        };
+        let pending = self.inner.lock().pending_restore.take();
+        let r = match (self.endpoint, pending) {
+            (Endpoint::Server, Some(pending)) => bus.rejoin(self, pending.token).map(|()| {
+                self.restore_packets(pending);
+                self.post_event(event::PEER_OPENED);
+            }),
+            (Endpoint::Server, None) => bus.offer(self),
+            (Endpoint::Client, _) => bus.add_client(self).map(|()| {
+                self.post_event(event::CONNECT);
+            }),
+        };
+        if r.is_err() {
+            let mut g = self.inner.lock();
+            g.state = State::Disabled;
+            g.rx.release();
+            g.tx.release();
+        }
+        r
+    }
+
+    /// Disables the channel (`VmbChannelDisable`): closes it on a client,
+    /// revokes the offer on a server. Process context; blocks until the
+    /// channel is torn down, in this order:
+    ///
+    /// - delivery stops, and every ProcessPacket and ProcessingComplete
+    ///   already running (a deferred packet's redelivery included) returns;
+    /// - Suspend runs, if the channel was Started;
+    /// - the driver finishes every incoming packet it still holds;
+    /// - every transaction in flight and every queued send finishes with
+    ///   `ECANCELED` (`ENODEV` if the peer went away), and one-way sends that
+    ///   entered the ring get their routine with success; the call waits for
+    ///   routines running on other CPUs;
+    /// - Closed runs, if Opened had succeeded, and the connection closes.
+    ///
+    /// Once it returns, no callback of this channel runs until the next
+    /// [`Channel::enable`]. On a Disabled channel it does nothing. Called
+    /// from one of the channel's own state callbacks it would wait for
+    /// itself: it logs an error and returns without doing anything.
+    pub fn disable(&self) {
+        kernel::task::might_sleep();
+        if self.check_not_in_callback().is_err() {
+            return;
+        }
+        {
+            let mut g = self.inner.lock();
+            g.disabling = true;
+        }
+        self.cond.notify_all();
+        let _c = self.control.lock();
+        let (bus, servicing) = {
+            let mut g = self.inner.lock();
+            if g.state == State::Disabled {
+                return;
+            }
+            (g.cfg.bus.clone(), core::mem::take(&mut g.servicing))
+        };
+        if let Some(bus) = &bus {
+            if servicing {
+                bus.park(self);
+            }
+            bus.withdraw(self);
+        }
+        self.teardown(false);
+        {
+            let mut g = self.inner.lock();
+            g.state = State::Disabled;
+            g.events = 0;
+            g.disabling = false;
+            g.reconnect = false;
+        }
+        if let Some(bus) = bus {
+            bus.release(self);
+        }
+    }
+
+    /// Pauses incoming delivery (`VmbChannelPause`). Blocks until Suspend has
+    /// run and the driver has finished every outstanding incoming packet. On
+    /// a Disabled channel, arms a pause that applies after the next open.
+    pub fn pause(&self) -> Result {
+        kernel::task::might_sleep();
+        self.check_not_in_callback()?;
+        let _c = self.control.lock();
+        {
+            let mut g = self.inner.lock();
+            match g.state {
+                State::Disabled => {
+                    g.pause_armed = true;
+                    return Ok(());
+                }
+                State::Started => g.state = State::Paused,
+                State::Paused => return Ok(()),
+                _ => return Err(EINVAL),
+            }
+        }
+        self.stop_delivery();
+        self.call_state(|cb, ch| cb.suspend(ch));
+        self.wait_incoming_finished();
+        Ok(())
+    }
+
+    /// Leaves the paused state (`VmbChannelStart`): Started runs again and
+    /// delivery resumes. On a Disabled channel, disarms a pending pause.
+    pub fn start(&self) -> Result {
+        kernel::task::might_sleep();
+        self.check_not_in_callback()?;
+        let _c = self.control.lock();
+        {
+            let mut g = self.inner.lock();
+            match g.state {
+                State::Disabled => {
+                    g.pause_armed = false;
+                    return Ok(());
+                }
+                State::Paused => {}
+                State::Started => return Ok(()),
+                _ => return Err(EINVAL),
+            }
+            g.state = State::Started;
+            // Resuming this instance abandons a save.
+            g.servicing = false;
+        }
+        self.call_state(|cb, ch| cb.started(ch));
+        self.start_delivery();
+        Ok(())
+    }
+
+    /// Runs a state callback with the in-callback marker set.
+    pub(crate) fn call_state<R: Default>(
+        &self,
+        f: impl FnOnce(&dyn StateChange, &Channel) -> R,
+    ) -> R {
+        let cb = {
+            let mut g = self.inner.lock();
+            g.in_callback = Task::current_raw() as usize;
+            g.cfg.state_cb.clone()
+        };
+        let r = cb.as_deref().map(|cb| f(cb, self)).unwrap_or_default();
+        self.inner.lock().in_callback = 0;
+        r
+    }
+
+    /// Attaches an open connection and moves to Opened.
+    pub(crate) fn attach(&self, att: Attachment) -> Result {
+        self.attach_or_return(att).map_err(|(e, att)| {
+            // Nothing used it: closing tells the peer.
+            att.close(self);
+            e
+        })
+    }
+
+    /// As [`Channel::attach`], but hands the connection back on failure.
+    pub(crate) fn attach_or_return(
+        &self,
+        att: Attachment,
+    ) -> core::result::Result<(), (Error, Attachment)> {
+        let mut g = self.inner.lock();
+        if g.state != State::Enabled || g.att.is_some() || g.disabling {
+            return Err((EBUSY, att));
+        }
+        g.att = Some(att);
+        g.state = State::Opened;
+        g.peer_gone = false;
+        Ok(())
+    }
+
+    /// The Opened, Started and PostStarted sequence after a connection.
+    /// Returns the Opened callback's error, after rolling back.
+    pub(crate) fn run_open_sequence(&self) -> Result {
+        if let Err(e) = self
+            .call_state(|cb, ch| Some(cb.opened(ch)))
+            .unwrap_or(Ok(()))
+        {
+            pr_info!(
+                "channel {}: Opened failed ({:?}); rolled back\n",
+                self.id,
+                e
+            );
+            self.detach();
+            self.inner.lock().state = State::Enabled;
+            return Err(e);
+        }
+        let paused = {
+            let mut g = self.inner.lock();
+            if g.state != State::Opened {
+                // The peer closed meanwhile; the control work handles it.
+                g.opened = true;
+                return Ok(());
+            }
+            g.opened = true;
+            if g.pause_armed {
+                g.pause_armed = false;
+                g.state = State::Paused;
+                true
+            } else {
+                g.state = State::Started;
+                false
+            }
+        };
+        self.cond.notify_all();
+        if !paused {
+            self.call_state(|cb, ch| cb.started(ch));
+            self.start_delivery();
+            self.call_state(|cb, ch| cb.post_started(ch));
+        }
+        Ok(())
+    }
+
+    /// Drops the attachment and tells the peer.
+    pub(crate) fn detach(&self) {
+        let att = self.inner.lock().att.take();
+        if let Some(att) = att {
+            att.close(self);
+        }
+    }
+
+    /// Waits on the channel's condition variable until `done` holds.
+    pub(crate) fn wait_until(&self, mut done: impl FnMut(&mut Inner) -> bool) {
+        let mut g = self.inner.lock();
+        while !done(&mut g) {
+            self.cond.wait(&mut g);
+        }
+    }
+
+    /// Makes the preallocations of an Enable (packet pool, transaction table,
+    /// send queue, incoming slots) and moves a Disabled channel to Enabled.
+    /// Called with the control mutex held, which keeps the state Disabled
+    /// while the allocations, which sleep, run outside the channel lock.
+    fn prepare_enabled(&self, sizing: &Sizing) -> Result {
+        let mut rx = RxState::new();
+        rx.prepare(sizing)?;
+        let mut tx = TxState::new();
+        tx.prepare(sizing)?;
+        let mut g = self.inner.lock();
+        // The quota and the delivery context are settings, not state.
+        rx.quota = g.rx.quota;
+        rx.passive = g.rx.passive;
+        g.rx = rx;
+        g.tx = tx;
+        g.state = State::Enabled;
+        g.peer_gone = false;
+        g.disabling = false;
+        g.opened = false;
+        g.lost = false;
+        g.reconnect = false;
+        Ok(())
+    }
+
+    /// Tears an open or enabled channel down. `peer` says the peer closed.
+    fn teardown(&self, peer: bool) {
+        let (was_started, was_opened) = {
+            let mut g = self.inner.lock();
+            let s = g.state;
+            g.state = State::Closing;
+            (s == State::Started, g.opened)
+        };
+        self.stop_delivery();
+        if was_started {
+            self.call_state(|cb, ch| cb.suspend(ch));
+        }
+        self.wait_incoming_finished();
+        self.cancel_all_sends(if peer { ENODEV } else { ECANCELED });
+        if was_opened {
+            self.call_state(|cb, ch| cb.closed(ch));
+        }
+        self.detach();
+        let mut g = self.inner.lock();
+        g.rx.drop_deferred();
+        g.opened = false;
+        g.rx.failed = false;
+    }
+
+    pub(super) fn handle_events(&self) {
+        let _c = self.control.lock();
+        let ev = core::mem::take(&mut self.inner.lock().events);
+        if ev & event::CONNECT != 0 {
+            let bus = self.inner.lock().cfg.bus.clone();
+            if let Some(bus) = bus {
+                match bus.connect(self) {
+                    Ok(true) => {
+                        if let Err(e) = self.run_open_sequence() {
+                            self.call_state(|cb, ch| cb.pnp_failure(ch, e));
+                            // Rolled back to Enabled: wait for the device
+                            // to be offered again.
+                            bus.wait_again(self, false);
+                        }
+                    }
+                    Ok(false) => {} // waiting for an offer
+                    // A Disable that raced with the open is no PnP failure.
+                    Err(_) if self.inner.lock().disabling => {}
+                    Err(e) => self.call_state(|cb, ch| cb.pnp_failure(ch, e)),
+                }
+            }
+        }
+        if ev & event::PEER_OPENED != 0 && self.state() == State::Opened {
+            let _ = self.run_open_sequence();
+        }
+        if ev & event::PEER_CLOSED != 0 {
+            let s = self.state();
+            if matches!(s, State::Opened | State::Started | State::Paused) {
+                self.teardown(true);
+                let mut g = self.inner.lock();
+                g.peer_gone = false;
+                let reconnect = core::mem::take(&mut g.reconnect);
+                g.state = match self.endpoint {
+                    // A server's offer stays up for the next client.
+                    Endpoint::Server => State::Enabled,
+                    // A client whose device hibernated waits for it again.
+                    Endpoint::Client if reconnect => State::Enabled,
+                    // A client needs a new Enable.
+                    Endpoint::Client => State::Disabled,
+                };
+                let state = g.state;
+                if state == State::Disabled {
+                    g.rx.release();
+                    g.tx.release();
+                }
+                let bus = g.cfg.bus.clone();
+                drop(g);
+                self.cond.notify_all();
+                match (self.endpoint, bus) {
+                    (Endpoint::Server, Some(bus)) => bus.offer_available(self),
+                    (Endpoint::Client, Some(bus)) if state == State::Enabled => {
+                        bus.wait_again(self, true)
+                    }
+                    (Endpoint::Client, Some(bus)) => bus.release(self),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Opens the channel on a connection that is open already, in the
+    /// caller's thread: the preallocations of an Enable, the attachment that
+    /// `connect` makes, then Opened, Started and PostStarted. For the suites
+    /// that put kmcl on a transport endpoint they built, without a bus.
+    #[cfg(CONFIG_KUNIT)]
+    pub(crate) fn open_attached(&self, connect: impl FnOnce() -> Attachment) -> Result {
+        kernel::task::might_sleep();
+        let c = self.control.lock();
+        let sizing = {
+            let g = self.inner.lock();
+            if g.state != State::Disabled || g.cfg.process.is_none() {
+                return Err(EINVAL);
+            }
+            g.cfg.sizing()
+        };
+        self.prepare_enabled(&sizing)?;
+        self.attach(connect())?;
+        drop(c);
+        let r = self.run_open_sequence();
+        if r.is_err() {
+            self.inner.lock().state = State::Disabled;
+        }
+        r
+    }
+}

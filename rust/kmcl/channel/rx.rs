@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Receive-side state: the preallocated incoming slots, the quota, and what
+//! the drain loop and deferral need to know.
+
+use kernel::prelude::*;
+
+use super::{
+    incoming::IncomingPacket,
+    Sizing, //
+};
+use crate::wire::packet::{
+    self,
+    Limits, //
+};
+
+/// Receive-side state, under the channel lock.
+pub(crate) struct RxState {
+    /// Free incoming buffers, each `slot_size` bytes long.
+    pub(super) free: KVec<KVec<u8>>,
+    pub(super) slot_size: usize,
+    pub(super) ctx_size: usize,
+    pub(super) slots: u32,
+    pub(crate) limits: Limits,
+    /// Packets delivered to the driver and not finished.
+    pub(crate) outstanding: u32,
+    pub(crate) quota: u32,
+    pub(crate) passive: bool,
+    /// Delivery is allowed (Started and not paused or closing).
+    pub(crate) enabled: bool,
+    /// A context is draining the ring.
+    pub(crate) delivering: bool,
+    /// Delivery stopped for lack of quota or slots; a completion restarts it.
+    pub(crate) stalled: bool,
+    /// PacketFail or a malformed packet stopped the queue.
+    pub(crate) failed: bool,
+    /// Packets deferred to process context.
+    pub(super) deferred: KVec<IncomingPacket>,
+    /// Deferred packets being redelivered in process context now: driver
+    /// calls outside the drain loop that Pause and teardown wait for.
+    pub(crate) redelivering: u32,
+    /// Sequence number of the packet inside ProcessPacket, 0 if none.
+    pub(super) current: u64,
+    pub(super) next_seq: u64,
+}
+
+impl RxState {
+    pub(crate) fn new() -> Self {
+        Self {
+            free: KVec::new(),
+            slot_size: 0,
+            ctx_size: 0,
+            slots: 0,
+            limits: Limits {
+                max_payload: 0,
+                max_ranges: 0,
+                max_external_bytes: 0,
+            },
+            outstanding: 0,
+            quota: u32::MAX,
+            passive: false,
+            enabled: false,
+            delivering: false,
+            stalled: false,
+            failed: false,
+            deferred: KVec::new(),
+            redelivering: 0,
+            current: 0,
+            next_seq: 1,
+        }
+    }
+
+    /// Preallocates the incoming slots for an Enable.
+    ///
+    /// A slot holds the largest packet the channel accepts (descriptor, GPA
+    /// ranges, payload) and, behind it, the driver's context area. The same
+    /// buffer later carries the packet's completion.
+    /// Allocates: call without the channel lock.
+    pub(crate) fn prepare(&mut self, cfg: &Sizing) -> Result {
+        let ranges = cfg.max_external_chain as usize
+            * (8 + 8 * (cfg.max_external_bytes as usize / 4096 + 2));
+        let pkt = packet::DESCRIPTOR_SIZE
+            + packet::GPA_HEADER_SIZE
+            + ranges
+            + packet::align8(cfg.max_packet_size as usize);
+        self.ctx_size = packet::align8(cfg.client_context_size as usize);
+        self.slot_size = pkt + self.ctx_size;
+        self.limits = Limits {
+            max_payload: cfg.max_packet_size,
+            max_ranges: cfg.max_external_chain,
+            max_external_bytes: cfg.max_external_bytes,
+        };
+        self.slots = cfg.incoming_slots;
+        self.free = KVec::with_capacity(self.slots as usize, GFP_KERNEL)?;
+        self.deferred = KVec::with_capacity(self.slots as usize, GFP_KERNEL)?;
+        for _ in 0..self.slots {
+            let mut b = KVec::with_capacity(self.slot_size, GFP_KERNEL)?;
+            b.resize(self.slot_size, 0, GFP_KERNEL)?;
+            // Cannot fail: the capacity was reserved above.
+            let _ = self.free.push_within_capacity(b);
+        }
+        self.outstanding = 0;
+        self.enabled = false;
+        self.stalled = false;
+        self.failed = false;
+        Ok(())
+    }
+
+    /// Bytes of a slot that hold the packet (the rest is the driver's
+    /// context area).
+    pub(crate) fn packet_room(&self) -> usize {
+        self.slot_size - self.ctx_size
+    }
+
+    /// Frees the slots when the channel goes back to Disabled.
+    pub(crate) fn release(&mut self) {
+        self.free = KVec::new();
+        self.deferred = KVec::new();
+    }
+
+    /// Releases packets still waiting for process context after a teardown.
+    ///
+    /// The peer gets no completion for them: the channel is closing.
+    pub(crate) fn drop_deferred(&mut self) {
+        while let Some(mut p) = self.deferred.pop() {
+            if let Some(buf) = p.buf.take() {
+                let _ = self.free.push_within_capacity(buf);
+            }
+            self.outstanding = self.outstanding.saturating_sub(1);
+        }
+    }
+
+    /// Packets the driver holds: delivered, not finished, and not waiting in
+    /// kmcl's deferred queue.
+    pub(crate) fn held_by_driver(&self) -> u32 {
+        self.outstanding - self.deferred.len() as u32
+    }
+
+    pub(crate) fn take_buf(&mut self) -> Option<KVec<u8>> {
+        self.free.pop()
+    }
+
+    pub(crate) fn put_buf(&mut self, buf: KVec<u8>) {
+        // The slot count is fixed, so there is always room.
+        let _ = self.free.push_within_capacity(buf);
+    }
+
+    /// Incoming packets not in the free pool: held by the driver, deferred,
+    /// or carrying a queued completion.
+    pub(crate) fn in_use(&self) -> u32 {
+        self.slots - self.free.len() as u32
+    }
+
+    /// The number of slots.
+    pub(crate) fn slots(&self) -> u32 {
+        self.slots
+    }
+}

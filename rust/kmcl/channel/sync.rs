@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Synchronous requests, and in-band sends that allocate nothing.
+
+use core::sync::atomic::Ordering;
+
+use kernel::{
+    prelude::*,
+    sync::CondVarTimeoutResult,
+    time::Delta, //
+};
+
+use super::{
+    outgoing::SendFlags,
+    send_queue::{
+        usable_for_send,
+        Queued, //
+    },
+    transactions::{
+        SyncRequest,
+        TxOwner, //
+    },
+    Channel, //
+};
+use crate::{
+    sys,
+    transport::WriteError,
+    wire::packet, //
+};
+
+impl Channel {
+    /// Sends `data` and waits for the peer's completion
+    /// (`VmbChannelSendSynchronousRequest`); returns the completion's length,
+    /// copied into `response`, whose length must be a multiple of 8.
+    ///
+    /// - `timeout` `None` waits without limit. A positive timeout bounds
+    ///   the whole call; on expiry the request is cancelled (`ETIMEDOUT`):
+    ///   its slot is reclaimed and a late completion is refused.
+    /// - A `timeout` of zero governs ring space only: the request must go
+    ///   into the ring now, or the call fails with `EAGAIN` and nothing is
+    ///   sent. With [`SendFlags::WAIT_FOR_COMPLETION`] the call then waits
+    ///   for the response without limit, as with `None`, so a request the
+    ///   peer executes is never reported as failed. Without it, the call
+    ///   returns `Ok(0)` once the packet is in the ring, allocates nothing,
+    ///   and may be called from any context; every other form sleeps.
+    /// - A signal pending for the caller cancels the request as a timeout
+    ///   does and fails the call with `ERESTARTSYS`.
+    /// - A channel going away fails it with `ENODEV`; a completion larger
+    ///   than `response` with `EOVERFLOW`.
+    pub fn send_synchronous_request(
+        &self,
+        data: &[u8],
+        flags: SendFlags,
+        response: &mut [u8],
+        timeout: Option<Delta>,
+    ) -> Result<usize> {
+        if response.len() % 8 != 0 {
+            return Err(EINVAL);
+        }
+        let wait = flags.contains(SendFlags::WAIT_FOR_COMPLETION);
+        let zero = timeout.is_some_and(|t| t.as_millis() <= 0);
+        if zero && !wait {
+            return self.send_now(data);
+        }
+        kernel::task::might_sleep();
+        let d = packet::encode_simple(
+            packet::TYPE_DATA_INBAND,
+            if wait {
+                packet::FLAG_COMPLETION_REQUESTED
+            } else {
+                0
+            },
+            0,
+            data.len(),
+        )
+        .ok_or(EINVAL)?;
+        {
+            let g = self.inner.lock();
+            if data.len() > g.tx.max_packet_size as usize {
+                return Err(EINVAL);
+            }
+        }
+        let total = d.len8 as usize * 8;
+        let mut req = KVec::with_capacity(total, GFP_KERNEL)?;
+        req.resize(total, 0, GFP_KERNEL)?;
+        req[..16].copy_from_slice(&d.encode());
+        req[16..16 + data.len()].copy_from_slice(data);
+        let mut resp = KVec::with_capacity(response.len(), GFP_KERNEL)?;
+        resp.resize(response.len(), 0, GFP_KERNEL)?;
+
+        let (slot, gen, signal) = {
+            let mut g = self.inner.lock();
+            usable_for_send(&g)?;
+            if zero
+                && (g.tx.queued != 0
+                    || g.att.as_ref().map(|a| a.free()).unwrap_or(0) <= total as u32 + 8)
+            {
+                return Err(EAGAIN);
+            }
+            let slot = g.tx.free_slots.pop().ok_or(EBUSY)?;
+            let s = &mut g.tx.slots[slot as usize];
+            let gen = s.gen;
+            let id = (u64::from(gen) << 32) | u64::from(slot + 1);
+            req[8..16].copy_from_slice(&id.to_le_bytes());
+            s.since = sys::jiffies();
+            s.owner = Some(TxOwner::Sync(SyncRequest {
+                req,
+                resp,
+                wait,
+                result: None,
+            }));
+            match self.submit(&mut g, Queued::Tx { slot, gen }) {
+                Ok(s) => {
+                    self.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+                    (slot, gen, s.signal)
+                }
+                Err((e, _)) => {
+                    g.tx.free_slot(slot);
+                    return Err(e);
+                }
+            }
+        };
+        if signal {
+            self.signal_peer();
+        }
+
+        // A zero timeout governs ring space only: the request went in, so
+        // its response is awaited like that of a request without a limit.
+        let deadline = timeout.filter(|_| !zero).map(|t| {
+            let ms = u32::try_from(t.as_millis().max(0)).unwrap_or(u32::MAX);
+            sys::jiffies() + kernel::time::msecs_to_jiffies(ms) as u64
+        });
+        let mut g = self.inner.lock();
+        loop {
+            let s = &mut g.tx.slots[slot as usize];
+            if s.gen != gen {
+                return Err(ENODEV);
+            }
+            let done = match s.owner.as_mut() {
+                Some(TxOwner::Sync(r)) => {
+                    if !r.wait && !s.queued && r.result.is_none() {
+                        r.result = Some(Ok(0));
+                    }
+                    r.result.is_some()
+                }
+                _ => return Err(ENODEV),
+            };
+            if done {
+                break;
+            }
+            if g.peer_gone || g.disabling {
+                g.tx.free_slot(slot);
+                drop(g);
+                self.cond.notify_all();
+                return Err(ENODEV);
+            }
+            let left = match deadline {
+                None => kernel::time::msecs_to_jiffies(1000),
+                Some(dl) => {
+                    let now = sys::jiffies();
+                    if now >= dl {
+                        // Freeing the slot moves its generation on: a late
+                        // completion is refused. Over hv, Linux's requestor
+                        // keeps its own slot until that completion comes.
+                        g.tx.free_slot(slot);
+                        drop(g);
+                        self.cond.notify_all();
+                        return Err(ETIMEDOUT);
+                    }
+                    (dl - now) as kernel::time::Jiffies
+                }
+            };
+            match self.cond.wait_interruptible_timeout(&mut g, left) {
+                CondVarTimeoutResult::Signal { .. } => {
+                    // Cancelled exactly as a timeout cancels it.
+                    g.tx.free_slot(slot);
+                    drop(g);
+                    self.cond.notify_all();
+                    return Err(ERESTARTSYS);
+                }
+                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Woken { .. } => {}
+            }
+        }
+        let owner = g.tx.slots[slot as usize].owner.take();
+        // The slot's owner was taken above; free the slot itself.
+        g.tx.free_slot(slot);
+        drop(g);
+        self.cond.notify_all();
+        match owner {
+            Some(TxOwner::Sync(r)) => {
+                let n = r.result.unwrap_or(Err(ENODEV))?;
+                response[..n].copy_from_slice(&r.resp[..n]);
+                Ok(n)
+            }
+            _ => Err(ENODEV),
+        }
+    }
+
+    /// The zero-timeout send without completion: into the ring now or
+    /// `EAGAIN`. Allocates nothing, so it may be called in atomic context.
+    fn send_now(&self, data: &[u8]) -> Result<usize> {
+        self.send_raw_inband(data, 0).map(|()| 0)
+    }
+
+    /// Writes an in-band packet with transaction id `trans_id`, asking for no
+    /// completion, into the ring now, or fails with `EAGAIN`. Allocates
+    /// nothing. A kmcl addition, for protocols whose replies are in-band
+    /// packets that echo the request's id (Hyper-V's integration
+    /// components), and for peers that play the host in tests.
+    pub fn send_inband_with_transaction_id(&self, data: &[u8], trans_id: u64) -> Result {
+        self.send_raw_inband(data, trans_id)
+    }
+
+    pub(crate) fn send_raw_inband(&self, data: &[u8], trans_id: u64) -> Result {
+        let d = packet::encode_simple(packet::TYPE_DATA_INBAND, 0, trans_id, data.len())
+            .ok_or(EINVAL)?;
+        let signal = {
+            let mut g = self.inner.lock();
+            usable_for_send(&g)?;
+            if data.len() > g.tx.max_packet_size as usize {
+                return Err(EINVAL);
+            }
+            if g.tx.queued != 0 {
+                return Err(EAGAIN);
+            }
+            let att = g.att.as_mut().ok_or(ENODEV)?;
+            match att.write_inband(&d, data) {
+                Ok(s) => s,
+                Err(WriteError::Full(_)) => return Err(EAGAIN),
+                Err(WriteError::Broken) => return Err(EIO),
+                Err(WriteError::Gone) => return Err(ENODEV),
+            }
+        };
+        self.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+        if signal {
+            self.signal_peer();
+        }
+        Ok(())
+    }
+}
