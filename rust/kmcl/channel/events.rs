@@ -111,4 +111,10 @@ impl Channel {
         self.cond.notify_all();
         self.post_event(event::PEER_CLOSED);
     }
+
+    /// The number of transaction slots of the channel, which is Enabled:
+    /// transports size their per-transaction tables by it.
+    pub(crate) fn transaction_slots(&self) -> usize {
+        self.inner.lock().tx.slots_len()
+    }
 }

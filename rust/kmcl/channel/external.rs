@@ -40,7 +40,7 @@ use super::{
 use crate::{
     sys,
     transport::{
-        loopback::Lending,
+        lending::Lending,
         Attachment, //
     },
     wire::packet::{
@@ -289,5 +289,16 @@ impl<'a> ExternalData<'a> {
             Ok(())
         })?;
         Ok(done)
+    }
+}
+
+impl Channel {
+    /// What the peer of this open channel lends, and the peer's role: where
+    /// this end reads external data. `None` where the transport lends
+    /// nothing (hv).
+    pub(crate) fn peer_lending(&self) -> Option<(Arc<Lending>, Endpoint)> {
+        let g = self.inner.lock();
+        let (lending, role) = g.att.as_ref()?.lending()?;
+        Some((lending.clone(), role.peer()))
     }
 }

@@ -16,13 +16,7 @@ use super::{
     Sizing,
     State, //
 };
-use crate::{
-    sys,
-    transport::{
-        Attachment,
-        Bus, //
-    },
-};
+use crate::{sys, transport::Attachment};
 
 impl Channel {
     /// Waits in process context until the channel is in `state`, for at
@@ -91,7 +85,7 @@ impl Channel {
         // A channel that names no bus uses the machine's VMBus.
         let bus = {
             let named = self.inner.lock().cfg.bus.clone();
-            match named.or_else(|| crate::hv::default_bus().map(Bus::Hv)) {
+            match named.or_else(crate::transport::default_bus) {
                 Some(bus) => bus,
                 None => return Err(ENODEV),
             }

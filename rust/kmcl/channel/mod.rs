@@ -113,6 +113,16 @@ pub enum Endpoint {
     Server,
 }
 
+impl Endpoint {
+    /// The other end.
+    pub(crate) fn peer(self) -> Endpoint {
+        match self {
+            Endpoint::Client => Endpoint::Server,
+            Endpoint::Server => Endpoint::Client,
+        }
+    }
+}
+
 /// The lifecycle state of a channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -414,5 +424,14 @@ impl ChannelHandle {
         self.chan.enable()?;
         attach_status(self);
         Ok(())
+    }
+}
+
+#[cfg(CONFIG_KUNIT)]
+impl Channel {
+    /// Calls `f` with the channel's attachment under the channel lock, for
+    /// the suites' fault injection. Test-only.
+    pub(crate) fn with_attachment<R>(&self, f: impl FnOnce(Option<&Attachment>) -> R) -> R {
+        f(self.inner.lock().att.as_ref())
     }
 }

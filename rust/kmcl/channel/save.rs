@@ -116,12 +116,7 @@ impl Channel {
             if self.endpoint() != Endpoint::Server || g.state != State::Paused {
                 return Err(EINVAL);
             }
-            let token = g
-                .att
-                .as_ref()
-                .and_then(|a| a.loopback())
-                .map(|c| c.token())
-                .ok_or(ENODEV)?;
+            let token = g.att.as_ref().and_then(|a| a.save_token()).ok_or(ENODEV)?;
             (
                 g.cfg.save_restore.clone(),
                 (

@@ -24,7 +24,15 @@ use crate::{
 };
 
 pub mod hv;
+pub(crate) mod lending;
 pub mod loopback;
+pub mod memory;
+
+/// The VMBus a channel uses when it names none: the machine's, if it has
+/// one.
+pub(crate) fn default_bus() -> Option<Bus> {
+    crate::hv::default_bus().map(Bus::Hv)
+}
 
 /// A VMBus instance a channel can be offered on or opened from
 /// (`VmbServerChannelInitSetVmbusHandle`).
@@ -265,17 +273,18 @@ impl Attachment {
 
     /// Where this end lends the pages of its GPA-direct sends to the peer,
     /// and as whom: loopback only, since a host reads guest memory itself.
-    pub(crate) fn lending(&self) -> Option<(&Arc<loopback::Lending>, Endpoint)> {
+    pub(crate) fn lending(&self) -> Option<(&Arc<lending::Lending>, Endpoint)> {
         match self {
             Attachment::Loopback(e) => Some(e.lending()),
             Attachment::Hv(_) => None,
         }
     }
 
-    /// The loopback connection, for GPADLs, MMIO and save.
-    pub(crate) fn loopback(&self) -> Option<&Arc<loopback::Connection>> {
+    /// The connection's identity in a saved state, by which a restored
+    /// server rejoins it; `None` where the transport cannot save (hv).
+    pub(crate) fn save_token(&self) -> Option<u64> {
         match self {
-            Attachment::Loopback(e) => Some(&e.conn),
+            Attachment::Loopback(e) => Some(e.conn.token()),
             Attachment::Hv(_) => None,
         }
     }

@@ -20,7 +20,7 @@ use kernel::{
 };
 
 use super::bus::HvDevice;
-use crate::channel::gpadl::GpadlMemory;
+use crate::transport::memory::GpadlMemory;
 
 /// The helper's functions for devices and shared memory.
 pub(crate) mod ffi {

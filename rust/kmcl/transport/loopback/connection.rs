@@ -1,0 +1,227 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! An open loopback connection: its two rings, its GPADL table and MMIO
+//! space, and the endpoints that the client and the server hold.
+
+use core::{
+    ptr::NonNull,
+    sync::atomic::{
+        AtomicBool,
+        AtomicU64,
+        Ordering, //
+    },
+};
+
+use kernel::{
+    alloc::KVVec,
+    new_condvar, new_spinlock_irq,
+    prelude::*,
+    sync::{
+        Arc,
+        CondVar,
+        SpinLockIrq, //
+    },
+};
+
+use super::gpadl::GpadlTable;
+use crate::{
+    channel::{
+        Channel,
+        Endpoint as Role, //
+    },
+    transport::lending::Lending,
+    wire::ring::{
+        RingMemory,
+        RingReader,
+        RingWriter,
+        CONTROL_SIZE, //
+    },
+};
+
+/// An open loopback channel: two rings, the GPADL table, MMIO space.
+#[pin_data]
+pub struct Connection {
+    pub(super) token: u64,
+    pub(super) parked: AtomicBool,
+    c2s: KVVec<u64>,
+    s2c: KVVec<u64>,
+    data_size: u32,
+    mmio: KVVec<u8>,
+    #[pin]
+    peers: SpinLockIrq<[Option<Arc<Channel>>; 2]>,
+    #[pin]
+    pub(super) gpadls: SpinLockIrq<GpadlTable>,
+    #[pin]
+    pub(super) gpadl_cond: CondVar,
+    lending: Arc<Lending>,
+}
+
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+fn role_index(r: Role) -> usize {
+    match r {
+        Role::Client => 0,
+        Role::Server => 1,
+    }
+}
+
+fn ring_alloc(words: usize) -> Result<KVVec<u64>> {
+    let mut v = KVVec::with_capacity(words, GFP_KERNEL)?;
+    v.resize(words, 0, GFP_KERNEL)?;
+    Ok(v)
+}
+
+impl Connection {
+    pub(super) fn new(ring_pages: u32, mmio_mb: u32) -> Result<Arc<Connection>> {
+        let data_size = (ring_pages - 1) * 4096;
+        let words = (CONTROL_SIZE + data_size as usize) / 8;
+        let mut mmio = KVVec::new();
+        mmio.resize(mmio_mb as usize * 1024 * 1024, 0, GFP_KERNEL)?;
+        let conn = Arc::pin_init(
+            try_pin_init!(Connection {
+                token: NEXT_TOKEN.fetch_add(1, Ordering::Relaxed),
+                parked: AtomicBool::new(false),
+                c2s: ring_alloc(words)?,
+                s2c: ring_alloc(words)?,
+                data_size,
+                mmio,
+                peers <- new_spinlock_irq!([None, None], "kmcl::loopback::Connection::peers"),
+                gpadls <- new_spinlock_irq!(GpadlTable::new(),
+                    "kmcl::loopback::Connection::gpadls"),
+                gpadl_cond <- new_condvar!("kmcl::loopback::Connection::gpadl_cond"),
+                lending: Lending::new()?,
+            }),
+            GFP_KERNEL,
+        )?;
+        for r in [Role::Client, Role::Server] {
+            conn.ring_memory(r).ok_or(EINVAL)?.reset();
+        }
+        Ok(conn)
+    }
+
+    /// The ring that `writer` writes to.
+    pub fn ring_memory(&self, writer: Role) -> Option<RingMemory> {
+        let v = match writer {
+            Role::Client => &self.c2s,
+            Role::Server => &self.s2c,
+        };
+        let base = v.as_ptr().cast::<u8>().cast_mut();
+        // SAFETY: `base` is a non-null, 8-aligned allocation of `CONTROL_SIZE +
+        // data_size` bytes, owned by this connection; every `RingMemory` made
+        // here is used only while an `Arc<Connection>` is held, and the
+        // vectors are never resized.
+        unsafe {
+            RingMemory::new(
+                NonNull::new(base)?,
+                NonNull::new(base.add(CONTROL_SIZE))?,
+                self.data_size,
+            )
+        }
+    }
+
+    pub(super) fn set_peer(&self, r: Role, chan: Option<Arc<Channel>>) -> Option<Arc<Channel>> {
+        core::mem::replace(&mut self.peers.lock()[role_index(r)], chan)
+    }
+
+    pub(super) fn peer(&self, r: Role) -> Option<Arc<Channel>> {
+        self.peers.lock()[role_index(r)].clone()
+    }
+
+    /// The MMIO space.
+    pub(crate) fn mmio(&self) -> &[u8] {
+        &self.mmio
+    }
+
+    /// The connection's identity in saved states.
+    pub(crate) fn token(&self) -> u64 {
+        self.token
+    }
+}
+
+/// One end of a loopback connection.
+pub(crate) struct Endpoint {
+    pub(crate) conn: Arc<Connection>,
+    role: Role,
+    pub(crate) writer: RingWriter,
+    pub(crate) reader: RingReader,
+}
+
+impl Endpoint {
+    /// The `role` end of `conn`, for `chan`, which is Enabled (its
+    /// transaction table is sized).
+    pub(super) fn new(conn: Arc<Connection>, role: Role, chan: &Channel) -> Result<Endpoint> {
+        let writer = RingWriter::new(conn.ring_memory(role).ok_or(EINVAL)?).map_err(|_| EIO)?;
+        let reader =
+            RingReader::new(conn.ring_memory(other(role)).ok_or(EINVAL)?).map_err(|_| EIO)?;
+        let slots = chan.transaction_slots();
+        conn.lending.reset(role, slots)?;
+        Ok(Endpoint {
+            conn,
+            role,
+            writer,
+            reader,
+        })
+    }
+
+    pub(crate) fn signal_target(&self) -> SignalTarget {
+        SignalTarget {
+            conn: self.conn.clone(),
+            to: other(self.role),
+        }
+    }
+
+    pub(crate) fn close(self, _chan: &Channel) {
+        self.conn.set_peer(self.role, None);
+        // A parked connection waits for a restored server; the client is
+        // not told.
+        if self.conn.parked.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(peer) = self.conn.peer(other(self.role)) {
+            peer.peer_closed();
+        }
+    }
+
+    /// Where this end lends the pages of its GPA-direct sends, and as whom.
+    pub(crate) fn lending(&self) -> (&Arc<Lending>, Role) {
+        (&self.conn.lending, self.role)
+    }
+
+    pub(crate) fn ring_fill(&self) -> [(u32, u32); 2] {
+        let size = self.writer.memory().size();
+        let out = size - self.writer.free().unwrap_or(size);
+        let inc = self.reader.available().unwrap_or(0);
+        [(out, size), (inc, size)]
+    }
+}
+
+/// A peer to signal.
+pub(crate) struct SignalTarget {
+    conn: Arc<Connection>,
+    to: Role,
+}
+
+impl SignalTarget {
+    pub(crate) fn signal(self) {
+        if let Some(peer) = self.conn.peer(self.to) {
+            peer.interrupt();
+        }
+    }
+}
+
+/// The other end.
+fn other(r: Role) -> Role {
+    r.peer()
+}
+
+#[cfg(CONFIG_KUNIT)]
+impl Channel {
+    /// The loopback connection of an open channel, for the suites' fault
+    /// injection (raw ring access). Test-only.
+    pub(crate) fn loopback_connection(&self) -> Option<Arc<Connection>> {
+        self.with_attachment(|a| match a {
+            Some(crate::transport::Attachment::Loopback(e)) => Some(e.conn.clone()),
+            _ => None,
+        })
+    }
+}
