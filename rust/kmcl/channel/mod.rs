@@ -1192,6 +1192,15 @@ impl Channel {
         }
     }
 
+    /// Waits until no lifecycle step runs on the channel: an Enable, a
+    /// Disable, or a connection or teardown of its control work. A bus that
+    /// took the channel's transport away waits with it for the teardown
+    /// that follows to end.
+    pub(crate) fn wait_lifecycle_idle(&self) {
+        kernel::task::might_sleep();
+        drop(self.control.lock());
+    }
+
     /// Waits on the channel's condition variable until `done` holds.
     pub(crate) fn wait_until(&self, mut done: impl FnMut(&mut Inner) -> bool) {
         let mut g = self.inner.lock();
