@@ -17,8 +17,8 @@ ifneq ($(KDIR),)
 export KMCL_KDIR := $(KDIR)
 endif
 
-.PHONY: all setup kernel modules fmt fmt-check host-test check run clean \
-	docs rustdoc install-dev bench stress fuzz
+.PHONY: all setup kernel modules fmt fmt-check host-test check check-repeat \
+	run clean docs rustdoc install-dev bench stress fuzz
 
 all: modules
 
@@ -42,6 +42,12 @@ host-test:
 
 check:
 	tools/testing/check.sh
+
+# The VM part of make check N times in a row (modules built once), stopping
+# at the first failing run: for cases that fail only now and then.
+N ?= 20
+check-repeat:
+	tools/testing/repeat.sh $(N)
 
 # Raw ring against the API, in one VM boot; see Documentation/performance.rst.
 bench:

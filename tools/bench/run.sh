@@ -18,7 +18,9 @@ out="$top/build/bench"
 mods="$out/modules"
 mkdir -p "$mods"
 # Modules for that kernel, in a tree of their own.
-make -C "$KMCL_KBUILD" M="$top" MO="$mods" BINDGEN="$KMCL_BINDGEN" -j"$(nproc)" modules >/dev/null
+make -C "$KMCL_KBUILD" M="$top" MO="$mods" BINDGEN="$KMCL_BINDGEN" KBUILD_MODPOST_WARN= \
+	-j"$(nproc)" modules >/dev/null
+"$top/tools/testing/check-exports.sh" "$mods" >/dev/null
 
 echo "==> host: ring core against memcpy (cargo, release)"
 (cd "$top/tools/kmcl-wire" && cargo run -q --release --example ring_bench) | tee "$out/host.txt"

@@ -117,4 +117,13 @@ impl Channel {
     pub(crate) fn transaction_slots(&self) -> usize {
         self.inner.lock().tx.slots_len()
     }
+
+    /// Waits until no lifecycle step runs on the channel: an Enable, a
+    /// Disable, or a connection or teardown of its control work. A bus that
+    /// took the channel's transport away waits with it for the teardown
+    /// that follows to end.
+    pub(crate) fn wait_lifecycle_idle(&self) {
+        kernel::task::might_sleep();
+        drop(self.control.lock());
+    }
 }

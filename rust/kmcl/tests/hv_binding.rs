@@ -147,6 +147,11 @@ pub(super) const INST_2: Guid = Guid::from_str_const("00000000-0000-0000-0000-00
 
 pub(super) const RING_PAGES: u32 = 4;
 
+/// Suspend and removal cycles of the tests that check a device's callbacks
+/// return with its client settled. The recorder keeps 256 events, five a
+/// cycle.
+const SETTLE_CYCLES: usize = 40;
+
 pub(super) const LIMITS: Limits = Limits {
     max_payload: 4096,
     max_ranges: 4,
@@ -714,6 +719,41 @@ mod tests {
         assert!(wait_for(2000, || rec.received.load(Ordering::Relaxed) == 1));
         h.disable();
         bus.remove(&d);
+        Ok(())
+    }
+
+    #[test]
+    fn suspend_returns_with_the_client_enabled_and_waiting() -> Result {
+        // `hv_vmbus` hibernates the bus once its drivers' suspend callbacks
+        // return: kmcl's must return with the client settled, not in the
+        // middle of its teardown. The window is narrow; cycles widen it.
+        let bus = bus()?;
+        let (h, rec, dev, d) = opened(&bus)?;
+        for cycle in 1..=SETTLE_CYCLES {
+            bus.suspend(&d);
+            assert_eq!(h.state(), State::Enabled);
+            assert_eq!(rec.count(Ev::Closed), cycle);
+            assert!(!dev.is_open());
+            bus.resume(&d);
+            h.wait_for_state(State::Started, Delta::from_millis(2000))?;
+        }
+        h.disable();
+        bus.remove(&d);
+        Ok(())
+    }
+
+    #[test]
+    fn removal_returns_with_the_client_disabled() -> Result {
+        // As for suspend: the device's removal returns with the client
+        // torn down, Disabled.
+        let bus = bus()?;
+        for _ in 0..SETTLE_CYCLES {
+            let (h, rec, dev, d) = opened(&bus)?;
+            bus.remove(&d);
+            assert_eq!(h.state(), State::Disabled);
+            assert_eq!(rec.count(Ev::Closed), 1);
+            assert!(!dev.is_open());
+        }
         Ok(())
     }
 

@@ -19,8 +19,10 @@
 //!   reported to the driver as PnpFailure.
 //! - Removal (rescind, unbind) and suspend close the client's side: the
 //!   channel sees its peer gone, runs Suspend and Closed, and the device's
-//!   `vmbus_channel` is closed before `remove` returns. After a suspend the
-//!   client waits, Enabled, for the device's resume and then opens again.
+//!   `vmbus_channel` is closed before `remove` or `suspend` returns, with
+//!   the client's teardown over: Disabled after a removal, Enabled and
+//!   waiting after a suspend. After a suspend the client waits for the
+//!   device's resume and then opens again.
 //!
 //! Dynamic ids on one kmcl driver have no in-kernel interface in 7.3 (only
 //! sysfs `new_id`). Documentation/hv-transport.rst discusses the choice.
@@ -513,7 +515,9 @@ impl HvBus {
         Ok(d)
     }
 
-    /// Closes the client's side of `dev`, and waits until it has.
+    /// Closes the client's side of `dev`, and waits until it has and the
+    /// client has settled: Enabled again after a suspend, Disabled after a
+    /// removal (or wherever a Disable that raced took it).
     fn evict(&self, dev: &Arc<HvDevice>, suspend: bool) {
         let user = {
             let mut g = self.inner.lock();
@@ -527,14 +531,25 @@ impl HvBus {
             }
             e.user.clone()
         };
-        if let Some(chan) = user {
-            // Still opening: `open` sees the flag set above and closes it.
-            let _ = chan.transport_lost(suspend);
+        let Some(chan) = user else {
+            return;
+        };
+        // Still opening: `open` sees the flag set above and closes it.
+        let _ = chan.transport_lost(suspend);
+        {
+            let mut g = self.inner.lock();
+            while g.entry(dev).is_some_and(|e| e.user.is_some()) {
+                self.cond.wait(&mut g);
+            }
         }
-        let mut g = self.inner.lock();
-        while g.entry(dev).is_some_and(|e| e.user.is_some()) {
-            self.cond.wait(&mut g);
-        }
+        // The lease is given back from inside the client's teardown, after
+        // Closed and `vmbus_close()` but before the channel leaves Closing
+        // and, after a suspend, waits for the device again. Returning here
+        // would let `hv_vmbus` hibernate (or free the device) while that
+        // tail still runs: a resume then finds the client neither open nor
+        // waiting, and the driver sees it Closing. The teardown runs as one
+        // lifecycle step of the channel: wait for it to end.
+        chan.wait_lifecycle_idle();
     }
 
     /// The device goes away (rescind, unbind, driver unregistered). Returns
