@@ -15,9 +15,12 @@ use super::{
     Channel,
     State, //
 };
-use crate::wire::packet::{
-    self,
-    Kind, //
+use crate::{
+    transport::Link,
+    wire::packet::{
+        self,
+        Kind, //
+    },
 };
 
 /// Packets delivered between two read-index publications.

@@ -18,7 +18,10 @@ use super::{
     Inner,
     State, //
 };
-use crate::transport::WriteError;
+use crate::transport::{
+    Link,
+    WriteError, //
+};
 
 /// An entry of the send queue.
 pub(crate) enum Queued {

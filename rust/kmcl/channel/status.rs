@@ -17,7 +17,10 @@ use kernel::{
 };
 
 use super::Channel;
-use crate::sys;
+use crate::{
+    sys,
+    transport::Link, //
+};
 
 mod ffi {
     use kernel::prelude::*;

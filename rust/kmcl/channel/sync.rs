@@ -24,7 +24,10 @@ use super::{
 };
 use crate::{
     sys,
-    transport::WriteError,
+    transport::{
+        Link,
+        WriteError, //
+    },
     wire::packet, //
 };
 

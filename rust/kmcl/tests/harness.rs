@@ -38,7 +38,8 @@ use crate::{
     sys,
     transport::{
         loopback::LoopbackBus,
-        Bus, //
+        Bus,
+        Link, //
     },
     wire::guid::Guid,
 };

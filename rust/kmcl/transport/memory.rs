@@ -3,7 +3,7 @@
 //! Memory a channel shares with its peer, as the channel layer sees it:
 //! GPADLs and MMIO space, whatever transport carries the channel.
 //!
-//! The channel layer asks its attachment for a [`MemoryPeer`] and works
+//! The channel layer asks its attachment for a `MemoryPeer` and works
 //! through it; each transport implements the operations its way (the
 //! loopback keeps a table of page frame numbers, the hv transport goes
 //! through `vmbus_establish_gpadl()` and `vmbus_allocate_mmio()`).

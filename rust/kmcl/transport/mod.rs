@@ -25,8 +25,15 @@ use crate::{
 
 pub mod hv;
 pub(crate) mod lending;
+mod link;
 pub mod loopback;
 pub mod memory;
+
+pub(crate) use link::{
+    Link,
+    SignalTarget,
+    WriteError, //
+};
 
 /// The VMBus a channel uses when it names none: the machine's, if it has
 /// one.
@@ -120,154 +127,74 @@ impl Bus {
     }
 }
 
-fn ring_result(r: Result<crate::wire::ring::WriteOutcome, RingError>) -> Result<bool, WriteError> {
-    match r {
-        Ok(o) => Ok(o.signal),
-        Err(RingError::Full { needed }) => Err(WriteError::Full(needed)),
-        Err(_) => Err(WriteError::Broken),
-    }
-}
-
-/// Why a write did not go into the ring.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WriteError {
-    /// No room; the size of the write, trailer included, for the pending
-    /// send size (the write fits once more than this is free).
-    Full(u32),
-    /// The ring is unusable (the peer corrupted it).
-    Broken,
-    /// The host rescinded the channel.
-    Gone,
-}
-
 /// The transport side of an open channel.
 pub(crate) enum Attachment {
     Loopback(loopback::Endpoint),
     Hv(hv::HvEndpoint),
 }
 
-/// Whom to signal, taken out of the channel lock before signalling.
-pub(crate) enum SignalTarget {
-    Loopback(loopback::SignalTarget),
-    /// Linux's ring code signals the host itself.
-    None,
+/// Calls `$call` on the endpoint an [`Attachment`] carries.
+macro_rules! dispatch {
+    ($att:expr, $e:ident => $call:expr) => {
+        match $att {
+            Attachment::Loopback($e) => $call,
+            Attachment::Hv($e) => $call,
+        }
+    };
 }
 
-impl SignalTarget {
-    pub(crate) fn signal(self) {
-        match self {
-            SignalTarget::Loopback(t) => t.signal(),
-            SignalTarget::None => {}
-        }
+impl Link for Attachment {
+    fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
+        dispatch!(self, e => Link::write(e, bytes))
+    }
+
+    fn write_inband(&mut self, head: &packet::Descriptor, data: &[u8]) -> Result<bool, WriteError> {
+        dispatch!(self, e => Link::write_inband(e, head, data))
+    }
+
+    fn free(&self) -> u32 {
+        dispatch!(self, e => Link::free(e))
+    }
+
+    fn set_pending_send_size(&mut self, needed: u32) {
+        dispatch!(self, e => Link::set_pending_send_size(e, needed))
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
+        dispatch!(self, e => Link::read(e, buf))
+    }
+
+    fn begin_read(&mut self) {
+        dispatch!(self, e => Link::begin_read(e))
+    }
+
+    fn end_read(&mut self) -> bool {
+        dispatch!(self, e => Link::end_read(e))
+    }
+
+    fn commit(&mut self) -> bool {
+        dispatch!(self, e => Link::commit(e))
+    }
+
+    fn signal_target(&self) -> SignalTarget {
+        dispatch!(self, e => Link::signal_target(e))
+    }
+
+    fn ring_fill(&self) -> [(u32, u32); 2] {
+        dispatch!(self, e => Link::ring_fill(e))
+    }
+
+    fn completion_id(&mut self, wire: u64) -> Option<u64> {
+        dispatch!(self, e => Link::completion_id(e, wire))
     }
 }
 
 impl Attachment {
-    /// Writes one encoded packet; `Ok(true)` if the peer must be signalled.
-    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
-        match self {
-            Attachment::Loopback(e) => ring_result(e.writer.write(&[bytes])),
-            // Linux's ring code signals the host itself.
-            Attachment::Hv(e) => e.write(bytes).map(|_| false),
-        }
-    }
-
-    /// Writes an in-band packet with descriptor `head` and the unpadded
-    /// `data`, allocating nothing (for sends from atomic context).
-    pub(crate) fn write_inband(
-        &mut self,
-        head: &packet::Descriptor,
-        data: &[u8],
-    ) -> Result<bool, WriteError> {
-        match self {
-            Attachment::Loopback(e) => {
-                // Ring writes take whole 8-byte words: the aligned body,
-                // then the tail padded with zeroes.
-                let body = data.len() & !7;
-                let mut tail = [0u8; 8];
-                tail[..data.len() - body].copy_from_slice(&data[body..]);
-                let tail_len = if data.len() == body { 0 } else { 8 };
-                ring_result(
-                    e.writer
-                        .write(&[&head.encode(), &data[..body], &tail[..tail_len]]),
-                )
-            }
-            // Linux builds the descriptor and the padding itself.
-            Attachment::Hv(e) => e
-                .send(head.ty, head.flags, head.trans_id, data)
-                .map(|_| false),
-        }
-    }
-
-    /// Free bytes in the outgoing ring.
-    pub(crate) fn free(&self) -> u32 {
-        match self {
-            Attachment::Loopback(e) => e.writer.free().unwrap_or(0),
-            Attachment::Hv(e) => e.free(),
-        }
-    }
-
-    pub(crate) fn set_pending_send_size(&mut self, needed: u32) {
-        match self {
-            Attachment::Loopback(e) => e.writer.set_pending_send_size(needed),
-            Attachment::Hv(e) => e.set_pending_send_size(needed),
-        }
-    }
-
-    pub(crate) fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
-        match self {
-            Attachment::Loopback(e) => e.reader.read(buf),
-            Attachment::Hv(e) => e.read(buf),
-        }
-    }
-
-    pub(crate) fn begin_read(&mut self) {
-        match self {
-            Attachment::Loopback(e) => e.reader.begin_read(),
-            Attachment::Hv(e) => e.begin_read(),
-        }
-    }
-
-    /// Unmasks signals; `true` if data arrived meanwhile.
-    pub(crate) fn end_read(&mut self) -> bool {
-        match self {
-            Attachment::Loopback(e) => e.reader.end_read().unwrap_or(true),
-            Attachment::Hv(e) => e.end_read(),
-        }
-    }
-
-    /// Publishes the read index; `true` if the writer must be signalled.
-    pub(crate) fn commit(&mut self) -> bool {
-        match self {
-            Attachment::Loopback(e) => e.reader.commit(),
-            Attachment::Hv(e) => {
-                // hv_pkt_iter_close() signals the host itself when needed.
-                e.commit();
-                false
-            }
-        }
-    }
-
-    pub(crate) fn signal_target(&self) -> SignalTarget {
-        match self {
-            Attachment::Loopback(e) => SignalTarget::Loopback(e.signal_target()),
-            Attachment::Hv(_) => SignalTarget::None,
-        }
-    }
-
     /// Closes this end and tells the peer.
     pub(crate) fn close(self, chan: &Channel) {
         match self {
             Attachment::Loopback(e) => e.close(chan),
             Attachment::Hv(e) => e.close(),
-        }
-    }
-
-    /// Bytes used and size of the outgoing and incoming rings.
-    pub(crate) fn ring_fill(&self) -> [(u32, u32); 2] {
-        match self {
-            Attachment::Loopback(e) => e.ring_fill(),
-            Attachment::Hv(e) => e.ring_fill(),
         }
     }
 
@@ -286,15 +213,6 @@ impl Attachment {
         match self {
             Attachment::Loopback(e) => Some(e.conn.token()),
             Attachment::Hv(_) => None,
-        }
-    }
-
-    /// kmcl's transaction id for the id a completion carries on the wire;
-    /// `None` if the transport already knows it is not one of ours.
-    pub(crate) fn completion_id(&mut self, wire: u64) -> Option<u64> {
-        match self {
-            Attachment::Loopback(_) => Some(wire),
-            Attachment::Hv(e) => e.completion_id(wire),
         }
     }
 }

@@ -27,7 +27,11 @@ pub(crate) mod memory;
 pub use bus::HvBus;
 
 use crate::{
-    transport::WriteError,
+    transport::{
+        Link,
+        SignalTarget,
+        WriteError, //
+    },
     vmbus::ffi::VmbusChannel,
     wire::{
         packet::{
@@ -327,5 +331,56 @@ impl HvEndpoint {
             }
             Owner::Raw(None) => {}
         }
+    }
+}
+
+impl Link for HvEndpoint {
+    fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
+        // Linux's ring code signals the host itself.
+        HvEndpoint::write(self, bytes).map(|_| false)
+    }
+
+    fn write_inband(&mut self, head: &packet::Descriptor, data: &[u8]) -> Result<bool, WriteError> {
+        // Linux builds the descriptor and the padding itself.
+        self.send(head.ty, head.flags, head.trans_id, data)
+            .map(|_| false)
+    }
+
+    fn free(&self) -> u32 {
+        HvEndpoint::free(self)
+    }
+
+    fn set_pending_send_size(&mut self, needed: u32) {
+        HvEndpoint::set_pending_send_size(self, needed)
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
+        HvEndpoint::read(self, buf)
+    }
+
+    fn begin_read(&mut self) {
+        HvEndpoint::begin_read(self)
+    }
+
+    fn end_read(&mut self) -> bool {
+        HvEndpoint::end_read(self)
+    }
+
+    fn commit(&mut self) -> bool {
+        // hv_pkt_iter_close() signals the host itself when needed.
+        HvEndpoint::commit(self);
+        false
+    }
+
+    fn signal_target(&self) -> SignalTarget {
+        SignalTarget::None
+    }
+
+    fn ring_fill(&self) -> [(u32, u32); 2] {
+        HvEndpoint::ring_fill(self)
+    }
+
+    fn completion_id(&mut self, wire: u64) -> Option<u64> {
+        HvEndpoint::completion_id(self, wire)
     }
 }

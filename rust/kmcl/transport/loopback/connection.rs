@@ -29,12 +29,22 @@ use crate::{
         Channel,
         Endpoint as Role, //
     },
-    transport::lending::Lending,
-    wire::ring::{
-        RingMemory,
-        RingReader,
-        RingWriter,
-        CONTROL_SIZE, //
+    transport::{
+        lending::Lending,
+        link::ring_result,
+        Link,
+        SignalTarget as LinkSignal,
+        WriteError, //
+    },
+    wire::{
+        packet,
+        ring::{
+            RingError,
+            RingMemory,
+            RingReader,
+            RingWriter,
+            CONTROL_SIZE, //
+        },
     },
 };
 
@@ -163,13 +173,6 @@ impl Endpoint {
         })
     }
 
-    pub(crate) fn signal_target(&self) -> SignalTarget {
-        SignalTarget {
-            conn: self.conn.clone(),
-            to: other(self.role),
-        }
-    }
-
     pub(crate) fn close(self, _chan: &Channel) {
         self.conn.set_peer(self.role, None);
         // A parked connection waits for a restored server; the client is
@@ -185,13 +188,6 @@ impl Endpoint {
     /// Where this end lends the pages of its GPA-direct sends, and as whom.
     pub(crate) fn lending(&self) -> (&Arc<Lending>, Role) {
         (&self.conn.lending, self.role)
-    }
-
-    pub(crate) fn ring_fill(&self) -> [(u32, u32); 2] {
-        let size = self.writer.memory().size();
-        let out = size - self.writer.free().unwrap_or(size);
-        let inc = self.reader.available().unwrap_or(0);
-        [(out, size), (inc, size)]
     }
 }
 
@@ -223,5 +219,67 @@ impl Channel {
             Some(crate::transport::Attachment::Loopback(e)) => Some(e.conn.clone()),
             _ => None,
         })
+    }
+}
+
+impl Link for Endpoint {
+    fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
+        ring_result(self.writer.write(&[bytes]))
+    }
+
+    fn write_inband(&mut self, head: &packet::Descriptor, data: &[u8]) -> Result<bool, WriteError> {
+        // Ring writes take whole 8-byte words: the aligned body, then the
+        // tail padded with zeroes.
+        let body = data.len() & !7;
+        let mut tail = [0u8; 8];
+        tail[..data.len() - body].copy_from_slice(&data[body..]);
+        let tail_len = if data.len() == body { 0 } else { 8 };
+        ring_result(
+            self.writer
+                .write(&[&head.encode(), &data[..body], &tail[..tail_len]]),
+        )
+    }
+
+    fn free(&self) -> u32 {
+        self.writer.free().unwrap_or(0)
+    }
+
+    fn set_pending_send_size(&mut self, needed: u32) {
+        self.writer.set_pending_send_size(needed)
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
+        self.reader.read(buf)
+    }
+
+    fn begin_read(&mut self) {
+        self.reader.begin_read()
+    }
+
+    fn end_read(&mut self) -> bool {
+        self.reader.end_read().unwrap_or(true)
+    }
+
+    fn commit(&mut self) -> bool {
+        self.reader.commit()
+    }
+
+    fn signal_target(&self) -> LinkSignal {
+        LinkSignal::Loopback(SignalTarget {
+            conn: self.conn.clone(),
+            to: other(self.role),
+        })
+    }
+
+    fn ring_fill(&self) -> [(u32, u32); 2] {
+        let size = self.writer.memory().size();
+        let out = size - self.writer.free().unwrap_or(size);
+        let inc = self.reader.available().unwrap_or(0);
+        [(out, size), (inc, size)]
+    }
+
+    fn completion_id(&mut self, wire: u64) -> Option<u64> {
+        // Both ends are kmcl: ids travel unchanged.
+        Some(wire)
     }
 }

@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! An open link: what the channel layer needs of a transport while a
+//! channel is open. Each transport's endpoint implements [`Link`]; the
+//! channel holds an [`Attachment`](super::Attachment), which dispatches to
+//! the endpoint it carries.
+
+use crate::wire::{
+    packet,
+    ring::RingError, //
+};
+
+/// Whom to signal, taken out of the channel lock before signalling.
+pub(crate) enum SignalTarget {
+    Loopback(super::loopback::SignalTarget),
+    /// Linux's ring code signals the host itself.
+    None,
+}
+
+impl SignalTarget {
+    pub(crate) fn signal(self) {
+        match self {
+            SignalTarget::Loopback(t) => t.signal(),
+            SignalTarget::None => {}
+        }
+    }
+}
+
+/// One end of an open channel's two rings, and its signal.
+///
+/// Called with the channel lock held: no method sleeps or signals.
+pub(crate) trait Link {
+    /// Writes one encoded packet; `Ok(true)` if the peer must be signalled.
+    fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError>;
+
+    /// Writes an in-band packet with descriptor `head` and the unpadded
+    /// `data`, allocating nothing (for sends from atomic context).
+    fn write_inband(&mut self, head: &packet::Descriptor, data: &[u8]) -> Result<bool, WriteError>;
+
+    /// Free bytes in the outgoing ring.
+    fn free(&self) -> u32;
+
+    /// Stores the free space the writer waits for (0: not waiting).
+    fn set_pending_send_size(&mut self, needed: u32);
+
+    /// Copies the next incoming packet into `buf`; `Ok(None)` when empty.
+    fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError>;
+
+    /// Masks the peer's signals while the ring is drained.
+    fn begin_read(&mut self);
+
+    /// Unmasks signals; `true` if data arrived meanwhile.
+    fn end_read(&mut self) -> bool;
+
+    /// Publishes the read index; `true` if the writer must be signalled.
+    fn commit(&mut self) -> bool;
+
+    /// Whom to signal, to be signalled once the channel lock is dropped.
+    fn signal_target(&self) -> SignalTarget;
+
+    /// Bytes used and size of the outgoing and incoming rings.
+    fn ring_fill(&self) -> [(u32, u32); 2];
+
+    /// kmcl's transaction id for the id a completion carries on the wire;
+    /// `None` if the transport already knows it is not one of ours.
+    fn completion_id(&mut self, wire: u64) -> Option<u64>;
+}
+
+pub(super) fn ring_result(
+    r: Result<crate::wire::ring::WriteOutcome, RingError>,
+) -> Result<bool, WriteError> {
+    match r {
+        Ok(o) => Ok(o.signal),
+        Err(RingError::Full { needed }) => Err(WriteError::Full(needed)),
+        Err(_) => Err(WriteError::Broken),
+    }
+}
+
+/// Why a write did not go into the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteError {
+    /// No room; the size of the write, trailer included, for the pending
+    /// send size (the write fits once more than this is free).
+    Full(u32),
+    /// The ring is unusable (the peer corrupted it).
+    Broken,
+    /// The host rescinded the channel.
+    Gone,
+}
