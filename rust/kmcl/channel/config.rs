@@ -342,18 +342,6 @@ impl Channel {
         (g.cfg.target_type, g.cfg.target_instance)
     }
 
-    pub(crate) fn flags(&self) -> u32 {
-        self.inner.lock().cfg.flags
-    }
-
-    pub(crate) fn ring_pages(&self) -> u32 {
-        self.inner.lock().cfg.ring_pages
-    }
-
-    pub(crate) fn mmio_megabytes(&self) -> u32 {
-        self.inner.lock().cfg.mmio_megabytes
-    }
-
     /// The friendly name; empty if none was set.
     pub fn friendly_name(&self) -> FriendlyName {
         FriendlyName(self.inner.lock().cfg.friendly_name)

@@ -1,14 +1,27 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! What transports tell a channel: interrupts, a peer that opened or
-//! closed, a transport that went away; and what they ask of it to open.
+//! The channel's events interface: everything a transport calls on a
+//! channel besides the public API. Transports tell a channel of
+//! interrupts, of a peer that opened or closed, of a transport that went
+//! away; they attach and detach the connection they made; and they ask what
+//! to open (ring size, flags, MMIO, transaction slots). The rest of the
+//! channel's state is private to `channel/`.
 
 use core::sync::atomic::Ordering;
 
-use kernel::sync::Arc;
+use kernel::{
+    prelude::*,
+    sync::Arc, //
+};
 
-use super::Channel;
-use crate::sys;
+use super::{
+    Channel,
+    State, //
+};
+use crate::{
+    sys,
+    transport::Attachment, //
+};
 
 /// What `vmbus_open()` is given for a client channel.
 pub(crate) struct HvOpenParams {
@@ -18,7 +31,7 @@ pub(crate) struct HvOpenParams {
 }
 
 /// Control events for the channel's process-context work.
-pub(crate) mod event {
+pub(super) mod event {
     /// Look for the offer and open it (client).
     pub(crate) const CONNECT: u32 = 1 << 0;
     /// A client opened this server's offer.
@@ -29,7 +42,7 @@ pub(crate) mod event {
 
 impl Channel {
     /// Queues a control event for the process-context work.
-    pub(crate) fn post_event(&self, ev: u32) {
+    pub(super) fn post_event(&self, ev: u32) {
         self.inner.lock().events |= ev;
         let _ = sys::wq().enqueue::<Arc<Channel>, 2>(self.arc());
     }
@@ -41,7 +54,7 @@ impl Channel {
     }
 
     /// Queues incoming delivery in the context the channel is set up for.
-    pub(crate) fn kick_delivery(&self) {
+    pub(super) fn kick_delivery(&self) {
         let passive = self.inner.lock().rx.passive;
         if passive {
             let _ = sys::wq().enqueue::<Arc<Channel>, 1>(self.arc());
@@ -125,5 +138,55 @@ impl Channel {
     pub(crate) fn wait_lifecycle_idle(&self) {
         kernel::task::might_sleep();
         drop(self.control.lock());
+    }
+
+    /// Attaches an open connection and moves to Opened.
+    pub(crate) fn attach(&self, att: Attachment) -> Result {
+        self.attach_or_return(att).map_err(|(e, att)| {
+            // Nothing used it: closing tells the peer.
+            att.close(self);
+            e
+        })
+    }
+
+    /// As [`Channel::attach`], but hands the connection back on failure.
+    pub(crate) fn attach_or_return(
+        &self,
+        att: Attachment,
+    ) -> core::result::Result<(), (Error, Attachment)> {
+        let mut g = self.inner.lock();
+        if g.state != State::Enabled || g.att.is_some() || g.disabling {
+            return Err((EBUSY, att));
+        }
+        g.att = Some(att);
+        g.state = State::Opened;
+        g.peer_gone = false;
+        Ok(())
+    }
+
+    /// Drops the attachment and tells the peer.
+    pub(crate) fn detach(&self) {
+        let att = self.inner.lock().att.take();
+        if let Some(att) = att {
+            att.close(self);
+        }
+    }
+
+    pub(crate) fn flags(&self) -> u32 {
+        self.inner.lock().cfg.flags
+    }
+
+    pub(crate) fn ring_pages(&self) -> u32 {
+        self.inner.lock().cfg.ring_pages
+    }
+
+    pub(crate) fn mmio_megabytes(&self) -> u32 {
+        self.inner.lock().cfg.mmio_megabytes
+    }
+
+    /// A client opened this server's offer: the server's control work runs
+    /// Opened, Started and PostStarted.
+    pub(crate) fn peer_opened(&self) {
+        self.post_event(event::PEER_OPENED);
     }
 }

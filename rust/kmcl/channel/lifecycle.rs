@@ -236,30 +236,6 @@ impl Channel {
         r
     }
 
-    /// Attaches an open connection and moves to Opened.
-    pub(crate) fn attach(&self, att: Attachment) -> Result {
-        self.attach_or_return(att).map_err(|(e, att)| {
-            // Nothing used it: closing tells the peer.
-            att.close(self);
-            e
-        })
-    }
-
-    /// As [`Channel::attach`], but hands the connection back on failure.
-    pub(crate) fn attach_or_return(
-        &self,
-        att: Attachment,
-    ) -> core::result::Result<(), (Error, Attachment)> {
-        let mut g = self.inner.lock();
-        if g.state != State::Enabled || g.att.is_some() || g.disabling {
-            return Err((EBUSY, att));
-        }
-        g.att = Some(att);
-        g.state = State::Opened;
-        g.peer_gone = false;
-        Ok(())
-    }
-
     /// The Opened, Started and PostStarted sequence after a connection.
     /// Returns the Opened callback's error, after rolling back.
     pub(crate) fn run_open_sequence(&self) -> Result {
@@ -300,14 +276,6 @@ impl Channel {
             self.call_state(|cb, ch| cb.post_started(ch));
         }
         Ok(())
-    }
-
-    /// Drops the attachment and tells the peer.
-    pub(crate) fn detach(&self) {
-        let att = self.inner.lock().att.take();
-        if let Some(att) = att {
-            att.close(self);
-        }
     }
 
     /// Waits on the channel's condition variable until `done` holds.

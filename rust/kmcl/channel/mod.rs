@@ -68,7 +68,7 @@ pub(crate) use config::{
     Config,
     Sizing, //
 };
-pub(crate) use events::event;
+use events::event;
 use routines::Routines;
 use rx::RxState;
 use transactions::TxState;

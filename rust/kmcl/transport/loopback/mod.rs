@@ -31,7 +31,6 @@ use kernel::{
 
 use crate::{
     channel::{
-        event,
         Channel,
         Endpoint as Role,
         State, //
@@ -149,7 +148,7 @@ impl LoopbackBus {
         while i < g.waiting.len() {
             if matches(server, &g.waiting[i]) {
                 if let Ok(c) = g.waiting.remove(i) {
-                    c.post_event(event::CONNECT);
+                    c.post_connect();
                 }
             } else {
                 i += 1;
@@ -234,7 +233,7 @@ impl LoopbackBus {
             return Err(e);
         }
         drop(g);
-        server.post_event(event::PEER_OPENED);
+        server.peer_opened();
         Ok(true)
     }
 }
