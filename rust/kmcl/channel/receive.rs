@@ -7,12 +7,19 @@ use core::sync::atomic::Ordering;
 
 use kernel::{
     prelude::*,
-    sync::Arc, //
+    sync::{
+        lock::{
+            spinlock::SpinLockIrqBackend,
+            Guard, //
+        },
+        Arc, //
+    },
 };
 
 use super::{
     incoming::IncomingPacket,
     Channel,
+    Inner,
     State, //
 };
 use crate::{
@@ -214,15 +221,7 @@ impl Channel {
             }
             Err(e) => {
                 g.rx.put_buf(buf);
-                // Counted before the queue is seen stopped.
-                self.stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
-                g.rx.failed = true;
-                drop(g);
-                pr_err!(
-                    "channel {}: incoming ring refused ({:?}); queue stopped\n",
-                    self.id(),
-                    e
-                );
+                self.refuse_incoming(g, "incoming ring refused", &e);
                 return Some(Stop::Blocked);
             }
         };
@@ -238,15 +237,7 @@ impl Channel {
             Ok(v) => v,
             Err(e) => {
                 g.rx.put_buf(buf);
-                // Counted before the queue is seen stopped.
-                self.stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
-                g.rx.failed = true;
-                drop(g);
-                pr_err!(
-                    "channel {}: malformed packet from the peer ({:?}); queue stopped\n",
-                    self.id(),
-                    e
-                );
+                self.refuse_incoming(g, "malformed packet from the peer", &e);
                 return Some(Stop::Blocked);
             }
         };
@@ -294,5 +285,24 @@ impl Channel {
             g.rx.current = 0;
         }
         None
+    }
+
+    /// Stops the incoming queue on input the peer got wrong: counted before
+    /// the queue is seen stopped, logged once the lock is dropped.
+    fn refuse_incoming(
+        &self,
+        mut g: Guard<'_, Inner, SpinLockIrqBackend>,
+        what: &str,
+        error: &dyn core::fmt::Debug,
+    ) {
+        self.stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
+        g.rx.failed = true;
+        drop(g);
+        pr_err!(
+            "channel {}: {} ({:?}); queue stopped\n",
+            self.id(),
+            what,
+            error
+        );
     }
 }

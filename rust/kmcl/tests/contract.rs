@@ -127,6 +127,18 @@ fn resend_routine(packet: Packet, status: Result, _response: &[u8]) {
     }
 }
 
+/// A connected pair whose client has 2-page rings.
+fn small_ring_pair() -> Result<Pair> {
+    let mut p = Pair::new(|ch| {
+        if ch.endpoint() == crate::channel::Endpoint::Client {
+            ch.init_set_ring_buffer_page_count(2)?;
+        }
+        Ok(())
+    })?;
+    p.up()?;
+    Ok(p)
+}
+
 /// Fills `chan`'s outgoing ring with one-way sends until one is queued.
 fn fill_until_queued(chan: &Channel) -> Result<u32> {
     let before = chan.stats_ring_full();
@@ -189,13 +201,7 @@ mod tests {
     #[test]
     fn disable_waits_for_a_queued_oneway_routine() -> Result {
         let slow = KBox::new(Slow::default(), GFP_KERNEL)?;
-        let mut p = Pair::new(|ch| {
-            if ch.endpoint() == crate::channel::Endpoint::Client {
-                ch.init_set_ring_buffer_page_count(2)?;
-            }
-            Ok(())
-        })?;
-        p.up()?;
+        let p = small_ring_pair()?;
         p.server.pause()?;
         fill_until_queued(&p.client)?;
         // One more, queued behind the full ring, with a slow routine.
@@ -350,13 +356,7 @@ mod tests {
 
     #[test]
     fn zero_timeout_request_that_does_not_fit_sends_nothing() -> Result {
-        let mut p = Pair::new(|ch| {
-            if ch.endpoint() == crate::channel::Endpoint::Client {
-                ch.init_set_ring_buffer_page_count(2)?;
-            }
-            Ok(())
-        })?;
-        p.up()?;
+        let p = small_ring_pair()?;
         p.server.pause()?;
         let sent = fill_until_queued(&p.client)?;
         let mut resp = [0u8; 16];

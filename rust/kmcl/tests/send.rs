@@ -127,7 +127,7 @@ mod tests {
         // Declared first, so that it outlives every send of the pair.
         let done = Done::new()?;
         let p = Pair::connected()?;
-        // Finished in the sender's thread (bottom halves disabled) ...
+        // Finished by the channel's softirq work once in the ring ...
         harness::send_recorded(&p.client, b"a", SendFlags::NONE, &done)?;
         // ... and in softirq, when the completion arrives.
         harness::send_recorded(&p.client, b"b", SendFlags::WAIT_FOR_COMPLETION, &done)?;
