@@ -120,10 +120,17 @@ impl Channel {
     fn drain(&self) {
         let cb = {
             let mut g = self.inner.lock();
-            if g.rx.delivering || !g.rx.enabled || g.att.is_none() {
+            if g.rx.delivering {
+                // Another context drains: it looks at the ring once more
+                // before it leaves, so this interrupt is not lost.
+                g.rx.drain_again = true;
+                return;
+            }
+            if !g.rx.enabled || g.att.is_none() {
                 return;
             }
             g.rx.delivering = true;
+            g.rx.drain_again = false;
             if let Some(att) = g.att.as_mut() {
                 att.begin_read();
             }
@@ -133,10 +140,31 @@ impl Channel {
             self.inner.lock().rx.delivering = false;
             return;
         };
+        loop {
+            self.drain_pass(&*cb);
+            let mut g = self.inner.lock();
+            // An interrupt that came while this pass ran found the ring
+            // being drained; look again before leaving.
+            if core::mem::take(&mut g.rx.drain_again) && g.rx.enabled && !g.rx.failed {
+                if let Some(att) = g.att.as_mut() {
+                    att.begin_read();
+                    continue;
+                }
+            }
+            g.rx.current = 0;
+            g.rx.delivering = false;
+            break;
+        }
+        self.cond.notify_all();
+    }
+
+    /// One pass of [`Channel::drain`]: reads until the ring is empty or
+    /// delivery blocks, then calls ProcessingComplete for what it delivered.
+    fn drain_pass(&self, cb: &dyn super::callbacks::ProcessPacket) {
         let mut batch = 0u32;
         let mut since_commit = 0u32;
         loop {
-            let stop = self.drain_one(&*cb, &mut batch);
+            let stop = self.drain_one(cb, &mut batch);
             since_commit += 1;
             let mut signal = false;
             if stop.is_some() || since_commit >= COMMIT_EVERY {
@@ -178,12 +206,6 @@ impl Channel {
         if batch > 0 {
             cb.processing_complete(self, batch);
         }
-        {
-            let mut g = self.inner.lock();
-            g.rx.current = 0;
-            g.rx.delivering = false;
-        }
-        self.cond.notify_all();
     }
 
     /// Reads and handles one packet. `None`: go on.

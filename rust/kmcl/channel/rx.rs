@@ -30,6 +30,8 @@ pub(crate) struct RxState {
     pub(crate) enabled: bool,
     /// A context is draining the ring.
     pub(crate) delivering: bool,
+    /// An interrupt came while a context was draining: it drains once more.
+    pub(crate) drain_again: bool,
     /// Delivery stopped for lack of quota or slots; a completion restarts it.
     pub(crate) stalled: bool,
     /// PacketFail or a malformed packet stopped the queue.
@@ -61,6 +63,7 @@ impl RxState {
             passive: false,
             enabled: false,
             delivering: false,
+            drain_again: false,
             stalled: false,
             failed: false,
             deferred: KVec::new(),

@@ -630,3 +630,41 @@ pub(crate) fn inband(trans_id: u64, flags: u16, payload: &[u8]) -> Result<KVec<u
     v.resize(d.len8 as usize * 8, 0, GFP_KERNEL)?;
     Ok(v)
 }
+
+/// A server driver whose ProcessingComplete holds the first drain open
+/// until the test thread, on another CPU, has sent one more packet (or for
+/// at most 50 ms).
+#[derive(Default)]
+pub(crate) struct Holder {
+    pub(crate) received: AtomicU32,
+    /// The drain is inside ProcessingComplete, waiting.
+    pub(crate) holding: AtomicBool,
+    /// The test thread sent while the drain was held.
+    pub(crate) sent: AtomicBool,
+    /// Hold the next drain.
+    pub(crate) armed: AtomicBool,
+}
+
+impl crate::channel::callbacks::ProcessPacket for Holder {
+    fn process_packet(&self, _channel: &Channel, packet: crate::channel::incoming::IncomingPacket) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let _ = packet.complete(&[]);
+    }
+
+    fn processing_complete(&self, _channel: &Channel, _count: u32) {
+        if !self.armed.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        self.holding.store(true, Ordering::Release);
+        let end = sys::jiffies() + kernel::time::msecs_to_jiffies(50) as u64;
+        while sys::jiffies() < end && !self.sent.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
+        // Leave the sender a moment to signal.
+        let end = sys::jiffies() + kernel::time::msecs_to_jiffies(5) as u64;
+        while sys::jiffies() < end {
+            core::hint::spin_loop();
+        }
+        self.holding.store(false, Ordering::Release);
+    }
+}
