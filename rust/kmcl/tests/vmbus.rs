@@ -3,6 +3,7 @@
 //! The VMBus bus abstraction: id tables and behaviour without VMBus.
 
 use kernel::{
+    device::Core,
     device_id::IdArray,
     prelude::*, //
 };
@@ -30,10 +31,13 @@ struct NeverProbed;
 
 impl vmbus::Driver for NeverProbed {
     type IdInfo = u32;
-    type Data = ();
+    type Data<'bound> = ();
     const ID_TABLE: &'static dyn IdTable<u32> = &TABLE;
 
-    fn probe(_dev: &vmbus::Device, _info: Option<&'static u32>) -> impl PinInit<(), Error> {
+    fn probe<'bound>(
+        _dev: &'bound vmbus::Device<Core<'_>>,
+        _info: Option<&'static u32>,
+    ) -> impl PinInit<(), Error> + 'bound {
         Err::<(), _>(EINVAL)
     }
 }
