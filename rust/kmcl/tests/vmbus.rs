@@ -5,7 +5,8 @@
 use kernel::{
     device::Core,
     device_id::IdArray,
-    prelude::*, //
+    prelude::*,
+    str::CString, //
 };
 
 use crate::{
@@ -76,6 +77,25 @@ mod tests {
         // A second attempt behaves the same: the first left nothing behind.
         let r = vmbus::Registration::<NeverProbed>::new(c"kmcl_test", &crate::THIS_MODULE);
         assert!(matches!(r, Err(e) if e == ENODEV));
+    }
+
+    #[test]
+    fn registration_with_classes_without_vmbus_is_enodev() -> Result {
+        // The table and the name made at run time are freed with the failed
+        // registration (kmemleak checks), and nothing is left registered.
+        for _ in 0..2 {
+            let name = CString::try_from_fmt(fmt!("kmcl_test-{}", HEARTBEAT))?;
+            let r = vmbus::Registration::<NeverProbed>::with_classes(
+                name,
+                &[HEARTBEAT, KVP],
+                &crate::THIS_MODULE,
+            );
+            assert!(matches!(r, Err(e) if e == ENODEV));
+        }
+        let name = CString::try_from_fmt(fmt!("kmcl_test"))?;
+        let r = vmbus::Registration::<NeverProbed>::with_classes(name, &[], &crate::THIS_MODULE);
+        assert!(matches!(r, Err(e) if e == EINVAL));
+        Ok(())
     }
 
     #[test]
