@@ -18,6 +18,7 @@
 #include <linux/stddef.h>
 #include <linux/vmalloc.h>
 
+#include "hv_test.h"
 #include "vmbus.h"
 
 /* Rust mirrors struct hv_vmbus_device_id as { [u8; 16], usize }. */
@@ -48,6 +49,8 @@ int kmcl_vmbus_driver_register(struct hv_driver *drv, const char *name,
 	drv->shutdown = ops->shutdown;
 	drv->suspend = ops->suspend;
 	drv->resume = ops->resume;
+	if (IS_ENABLED(CONFIG_KUNIT))
+		kmcl_hv_test_note_registration(name, ids);
 	return __vmbus_driver_register(drv, owner, mod_name);
 }
 
