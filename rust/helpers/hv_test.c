@@ -316,3 +316,36 @@ int kmcl_hv_test_gpadl_teardown(struct vmbus_channel *c, struct vmbus_gpadl *g)
 	g->decrypted = kmcl_hv_test_reencrypt_fails;
 	return 0;
 }
+
+/* ---- What kmcl's last driver registration handed to hv_vmbus. ---- */
+
+static char kmcl_hv_test_reg_name[64];
+static guid_t kmcl_hv_test_reg_ids[4];
+static u32 kmcl_hv_test_reg_count;
+
+/*
+ * Called by kmcl_vmbus_driver_register() before __vmbus_driver_register(),
+ * which fails at once in the test VM: it has no VMBus.
+ */
+void kmcl_hv_test_note_registration(const char *name,
+				    const struct hv_vmbus_device_id *ids)
+{
+	u32 n;
+
+	strscpy(kmcl_hv_test_reg_name, name, sizeof(kmcl_hv_test_reg_name));
+	for (n = 0; !guid_is_null(&ids[n].guid); n++)
+		if (n < ARRAY_SIZE(kmcl_hv_test_reg_ids))
+			kmcl_hv_test_reg_ids[n] = ids[n].guid;
+	kmcl_hv_test_reg_count = n;
+}
+
+u32 kmcl_hv_test_last_registration(char *name, u32 len, guid_t *ids, u32 max)
+{
+	u32 i;
+
+	strscpy(name, kmcl_hv_test_reg_name, len);
+	for (i = 0; i < max && i < kmcl_hv_test_reg_count &&
+		    i < ARRAY_SIZE(kmcl_hv_test_reg_ids); i++)
+		ids[i] = kmcl_hv_test_reg_ids[i];
+	return kmcl_hv_test_reg_count;
+}

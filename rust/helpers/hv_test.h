@@ -10,6 +10,7 @@
 #include <linux/uuid.h>
 
 struct hv_device;
+struct hv_vmbus_device_id;
 struct vmbus_gpadl;
 
 struct vmbus_channel;
@@ -39,5 +40,10 @@ bool kmcl_hv_test_has_callback(struct vmbus_channel *c);
 int kmcl_hv_test_gpadl_establish(struct vmbus_channel *c, void *buf, u32 size,
 				 struct vmbus_gpadl *g);
 int kmcl_hv_test_gpadl_teardown(struct vmbus_channel *c, struct vmbus_gpadl *g);
+
+/* The name and id table of kmcl's last driver registration. */
+void kmcl_hv_test_note_registration(const char *name,
+				    const struct hv_vmbus_device_id *ids);
+u32 kmcl_hv_test_last_registration(char *name, u32 len, guid_t *ids, u32 max);
 
 #endif /* KMCL_HELPERS_HV_TEST_H */

@@ -22,6 +22,7 @@
 #include <linux/stddef.h>
 #include <linux/vmalloc.h>
 
+#include "hv_test.h"
 #include "vmbus.h"
 
 /* Rust mirrors struct hv_vmbus_device_id as { [u8; 16], usize }. */
@@ -29,73 +30,31 @@ static_assert(sizeof(struct hv_vmbus_device_id) == 16 + sizeof(kernel_ulong_t));
 static_assert(offsetof(struct hv_vmbus_device_id, driver_data) == 16);
 static_assert(sizeof(guid_t) == 16);
 
-struct kmcl_vmbus_driver {
-	struct hv_driver drv;
-	const struct kmcl_vmbus_driver_ops *ops;
-};
+/*
+ * Rust keeps a struct hv_driver in a zeroed buffer of KMCL_HV_DRIVER_SIZE
+ * bytes inside the kernel crate's driver::Registration, and tells the
+ * driver core where its struct device_driver lies.
+ */
+static_assert(sizeof(struct hv_driver) <= KMCL_HV_DRIVER_SIZE,
+	      "struct hv_driver outgrew KMCL_HV_DRIVER_SIZE");
+static_assert(__alignof__(struct hv_driver) <= 8);
+static_assert(offsetof(struct hv_driver, driver) ==
+	      KMCL_HV_DRIVER_DRIVER_OFFSET);
 
-static const struct kmcl_vmbus_driver_ops *kmcl_ops_of(struct hv_device *dev)
+int kmcl_vmbus_driver_register(struct hv_driver *drv, const char *name,
+			       const struct hv_vmbus_device_id *ids,
+			       const struct kmcl_vmbus_driver_ops *ops,
+			       struct module *owner, const char *mod_name)
 {
-	struct hv_driver *drv = drv_to_hv_drv(dev->device.driver);
-
-	return container_of(drv, struct kmcl_vmbus_driver, drv)->ops;
-}
-
-static int kmcl_vmbus_probe(struct hv_device *dev,
-			    const struct hv_vmbus_device_id *id)
-{
-	return kmcl_ops_of(dev)->probe(dev, id);
-}
-
-static void kmcl_vmbus_remove(struct hv_device *dev)
-{
-	kmcl_ops_of(dev)->remove(dev);
-}
-
-static void kmcl_vmbus_shutdown(struct hv_device *dev)
-{
-	kmcl_ops_of(dev)->shutdown(dev);
-}
-
-static int kmcl_vmbus_suspend(struct hv_device *dev)
-{
-	return kmcl_ops_of(dev)->suspend(dev);
-}
-
-static int kmcl_vmbus_resume(struct hv_device *dev)
-{
-	return kmcl_ops_of(dev)->resume(dev);
-}
-
-struct hv_driver *kmcl_vmbus_driver_alloc(const char *name,
-					  const struct hv_vmbus_device_id *ids,
-					  const struct kmcl_vmbus_driver_ops *ops)
-{
-	struct kmcl_vmbus_driver *d = kzalloc(sizeof(*d), GFP_KERNEL);
-
-	if (!d)
-		return NULL;
-	d->ops = ops;
-	d->drv.name = name;
-	d->drv.id_table = ids;
-	d->drv.probe = kmcl_vmbus_probe;
-	d->drv.remove = kmcl_vmbus_remove;
-	d->drv.shutdown = kmcl_vmbus_shutdown;
-	d->drv.suspend = kmcl_vmbus_suspend;
-	d->drv.resume = kmcl_vmbus_resume;
-	return &d->drv;
-}
-EXPORT_SYMBOL_GPL(kmcl_vmbus_driver_alloc);
-
-void kmcl_vmbus_driver_free(struct hv_driver *drv)
-{
-	kfree(container_of(drv, struct kmcl_vmbus_driver, drv));
-}
-EXPORT_SYMBOL_GPL(kmcl_vmbus_driver_free);
-
-int kmcl_vmbus_driver_register(struct hv_driver *drv, struct module *owner,
-			       const char *mod_name)
-{
+	drv->name = name;
+	drv->id_table = ids;
+	drv->probe = ops->probe;
+	drv->remove = ops->remove;
+	drv->shutdown = ops->shutdown;
+	drv->suspend = ops->suspend;
+	drv->resume = ops->resume;
+	if (IS_ENABLED(CONFIG_KUNIT))
+		kmcl_hv_test_note_registration(name, ids);
 	return __vmbus_driver_register(drv, owner, mod_name);
 }
 EXPORT_SYMBOL_GPL(kmcl_vmbus_driver_register);

@@ -20,8 +20,16 @@ struct vmbus_gpadl;
 struct vmbus_channel;
 
 /*
- * Callbacks of one Rust driver type. Rust owns a static instance per driver
- * type; the trampolines below find it through the hv_driver.
+ * The layout of struct hv_driver that Rust relies on (ffi::HV_DRIVER_SIZE
+ * and ffi::HV_DRIVER_DRIVER_OFFSET in rust/kmcl/vmbus.rs); vmbus.c checks
+ * both against the kernel's structure.
+ */
+#define KMCL_HV_DRIVER_SIZE 512
+#define KMCL_HV_DRIVER_DRIVER_OFFSET 40
+
+/*
+ * Callbacks of one Rust driver type, static in Rust; registration copies
+ * them into the struct hv_driver.
  */
 struct kmcl_vmbus_driver_ops {
 	int (*probe)(struct hv_device *dev, const struct hv_vmbus_device_id *id);
@@ -31,12 +39,10 @@ struct kmcl_vmbus_driver_ops {
 	int (*resume)(struct hv_device *dev);
 };
 
-struct hv_driver *kmcl_vmbus_driver_alloc(const char *name,
-					  const struct hv_vmbus_device_id *ids,
-					  const struct kmcl_vmbus_driver_ops *ops);
-void kmcl_vmbus_driver_free(struct hv_driver *drv);
-int kmcl_vmbus_driver_register(struct hv_driver *drv, struct module *owner,
-			       const char *mod_name);
+int kmcl_vmbus_driver_register(struct hv_driver *drv, const char *name,
+			       const struct hv_vmbus_device_id *ids,
+			       const struct kmcl_vmbus_driver_ops *ops,
+			       struct module *owner, const char *mod_name);
 void kmcl_vmbus_driver_unregister(struct hv_driver *drv);
 
 void *kmcl_hv_get_drvdata(struct hv_device *dev);

@@ -13,6 +13,10 @@ use core::sync::atomic::{
 };
 
 use kernel::{
+    device::{
+        self,
+        Core, //
+    },
     device_id::IdArray,
     prelude::*,
     sync::{
@@ -43,11 +47,14 @@ static ID_TABLE: IdArray<vmbus::DeviceId, (), 0> = IdArray::new([]);
 
 impl vmbus::Driver for HvDriver {
     type IdInfo = ();
-    type Data = Bound;
+    type Data<'bound> = Bound;
 
     const ID_TABLE: &'static dyn vmbus::IdTable<()> = &ID_TABLE;
 
-    fn probe(dev: &vmbus::Device, _id_info: Option<&'static ()>) -> impl PinInit<Bound, Error> {
+    fn probe<'bound>(
+        dev: &'bound vmbus::Device<Core<'_>>,
+        _id_info: Option<&'static ()>,
+    ) -> impl PinInit<Bound, Error> + 'bound {
         let bus = default_bus().ok_or(ENODEV);
         bus.and_then(|bus| {
             if !bus.is_targeted(&dev.class_id()) {
@@ -64,21 +71,21 @@ impl vmbus::Driver for HvDriver {
         })
     }
 
-    fn remove(_dev: &vmbus::Device, data: Pin<&Bound>) {
+    fn unbind(_dev: &vmbus::Device<Core<'_>>, data: Pin<&Bound>) {
         data.bus.remove(&data.dev);
     }
 
-    fn shutdown(_dev: &vmbus::Device, data: Pin<&Bound>) {
+    fn shutdown(_dev: &vmbus::Device<Core<'_>>, data: Pin<&Bound>) {
         // The channel closes as on removal; nothing opens it again.
         data.bus.remove(&data.dev);
     }
 
-    fn suspend(_dev: &vmbus::Device, data: Pin<&Bound>) -> Result {
+    fn suspend(_dev: &vmbus::Device<device::Bound>, data: Pin<&Bound>) -> Result {
         data.bus.suspend(&data.dev);
         Ok(())
     }
 
-    fn resume(_dev: &vmbus::Device, data: Pin<&Bound>) -> Result {
+    fn resume(_dev: &vmbus::Device<device::Bound>, data: Pin<&Bound>) -> Result {
         data.bus.resume(&data.dev);
         Ok(())
     }

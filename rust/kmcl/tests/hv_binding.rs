@@ -22,6 +22,7 @@ use core::{
 
 use kernel::{
     alloc::KVVec,
+    device::Core,
     device_id::IdArray,
     prelude::*,
     sync::Arc,
@@ -409,15 +410,18 @@ static GLUE_TABLE: IdArray<vmbus::DeviceId, u32, 1> =
 
 impl vmbus::Driver for Glue {
     type IdInfo = u32;
-    type Data = GlueData;
+    type Data<'bound> = GlueData;
     const ID_TABLE: &'static dyn vmbus::IdTable<u32> = &GLUE_TABLE;
 
-    fn probe(dev: &vmbus::Device, info: Option<&'static u32>) -> impl PinInit<GlueData, Error> {
+    fn probe<'bound>(
+        dev: &'bound vmbus::Device<Core<'_>>,
+        info: Option<&'static u32>,
+    ) -> impl PinInit<GlueData, Error> + 'bound {
         GLUE_INFO.store(info.copied().unwrap_or(0) + 1, Ordering::Relaxed);
         Ok::<_, Error>(GlueData(dev.instance_id()))
     }
 
-    fn remove(dev: &vmbus::Device, data: Pin<&GlueData>) {
+    fn unbind(dev: &vmbus::Device<Core<'_>>, data: Pin<&GlueData>) {
         if data.0 == dev.instance_id() {
             GLUE_REMOVED.fetch_add(1, Ordering::Relaxed);
         }

@@ -3,8 +3,10 @@
 //! The VMBus bus abstraction: id tables and behaviour without VMBus.
 
 use kernel::{
+    device::Core,
     device_id::IdArray,
-    prelude::*, //
+    prelude::*,
+    str::CString, //
 };
 
 use crate::{
@@ -25,15 +27,47 @@ static TABLE: IdArray<DeviceId, u32, 2> = IdArray::new([
     (DeviceId::new(SHUTDOWN), &20),
 ]);
 
+mod ffi {
+    use crate::wire::guid::Guid;
+
+    extern "C" {
+        pub(super) fn kmcl_hv_test_last_registration(
+            name: *mut u8,
+            len: u32,
+            ids: *mut Guid,
+            max: u32,
+        ) -> u32;
+    }
+}
+
+/// The name, and the number and first four entries of the id table, that
+/// the last registration handed to `hv_vmbus`.
+fn last_registration() -> ([u8; 64], u32, [Guid; 4]) {
+    let mut name = [0u8; 64];
+    let mut ids = [Guid::NULL; 4];
+    // SAFETY: both buffers are valid for the lengths given.
+    let n =
+        unsafe { ffi::kmcl_hv_test_last_registration(name.as_mut_ptr(), 64, ids.as_mut_ptr(), 4) };
+    (name, n, ids)
+}
+
+/// Whether the NUL-terminated `name` is `expected`.
+fn name_is(name: &[u8; 64], expected: &CStr) -> bool {
+    name.split(|b| *b == 0).next() == Some(expected.to_bytes())
+}
+
 /// A driver that must never be probed: the VM has no VMBus.
 struct NeverProbed;
 
 impl vmbus::Driver for NeverProbed {
     type IdInfo = u32;
-    type Data = ();
+    type Data<'bound> = ();
     const ID_TABLE: &'static dyn IdTable<u32> = &TABLE;
 
-    fn probe(_dev: &vmbus::Device, _info: Option<&'static u32>) -> impl PinInit<(), Error> {
+    fn probe<'bound>(
+        _dev: &'bound vmbus::Device<Core<'_>>,
+        _info: Option<&'static u32>,
+    ) -> impl PinInit<(), Error> + 'bound {
         Err::<(), _>(EINVAL)
     }
 }
@@ -72,6 +106,51 @@ mod tests {
         // A second attempt behaves the same: the first left nothing behind.
         let r = vmbus::Registration::<NeverProbed>::new(c"kmcl_test", &crate::THIS_MODULE);
         assert!(matches!(r, Err(e) if e == ENODEV));
+    }
+
+    #[test]
+    fn registration_with_classes_without_vmbus_is_enodev() -> Result {
+        // The table and the name made at run time are freed with the failed
+        // registration (kmemleak checks), and nothing is left registered.
+        for _ in 0..2 {
+            let name = CString::try_from_fmt(fmt!("kmcl_test-{}", HEARTBEAT))?;
+            let r = vmbus::Registration::<NeverProbed>::with_classes(
+                name,
+                &[HEARTBEAT, KVP],
+                &crate::THIS_MODULE,
+            );
+            assert!(matches!(r, Err(e) if e == ENODEV));
+        }
+        let name = CString::try_from_fmt(fmt!("kmcl_test"))?;
+        let r = vmbus::Registration::<NeverProbed>::with_classes(name, &[], &crate::THIS_MODULE);
+        assert!(matches!(r, Err(e) if e == EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn registrations_hand_their_table_and_name_to_hv_vmbus() -> Result {
+        // A table and a name made at run time reach the driver structure
+        // from beside the kernel's registration.
+        let name = CString::try_from_fmt(fmt!("kmcl_test-{}", KVP))?;
+        let expected = CString::try_from_fmt(fmt!("kmcl_test-{}", KVP))?;
+        let r = vmbus::Registration::<NeverProbed>::with_classes(
+            name,
+            &[KVP, HEARTBEAT],
+            &crate::THIS_MODULE,
+        );
+        assert!(matches!(r, Err(e) if e == ENODEV));
+        let (name, n, ids) = last_registration();
+        assert!(name_is(&name, &expected));
+        assert_eq!(n, 2);
+        assert!(ids[0] == KVP && ids[1] == HEARTBEAT);
+        // The static table and name.
+        let r = vmbus::Registration::<NeverProbed>::new(c"kmcl_test", &crate::THIS_MODULE);
+        assert!(matches!(r, Err(e) if e == ENODEV));
+        let (name, n, ids) = last_registration();
+        assert!(name_is(&name, c"kmcl_test"));
+        assert_eq!(n, 2);
+        assert!(ids[0] == HEARTBEAT && ids[1] == SHUTDOWN);
+        Ok(())
     }
 
     #[test]
