@@ -193,7 +193,8 @@ def main():
             f.write(f"{size} " + " ".join(f"{by[(w, wl, size)]['bytes_per_s'] / 1e6:.2f}"
                                           for w, wl in series) + "\n")
     png = os.path.join(out, "throughput.png")
-    title = lambda w, wl: LABEL[w] + ("" if wl == "stream" else f", guest {wl}s")
+    direction = {"stream": "", "send": ", guest sends", "recv": ", guest receives"}
+    title = lambda w, wl: LABEL[w] + direction[wl]
     plots = ", \\\n     ".join(f"'{dat}' using 1:{i + 2} with linespoints title '{title(w, wl)}'"
                                for i, (w, wl) in enumerate(series))
     script = f"""
