@@ -136,6 +136,13 @@ u64 kmcl_hv_test_sig_events(struct vmbus_channel *c)
 	return c->sig_events;
 }
 
+/* The packet buffer hv_pkt_iter_first() copies each incoming packet into. */
+void kmcl_hv_test_pkt_buffer(struct vmbus_channel *c, void **buf, u32 *size)
+{
+	*buf = c->inbound.pkt_buffer;
+	*size = c->inbound.pkt_buffer_size;
+}
+
 
 /*
  * Stand-ins for vmbus_open() and friends on a device the suites build: a

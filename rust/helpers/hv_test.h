@@ -21,6 +21,7 @@ void kmcl_hv_test_channel_free(struct vmbus_channel *c);
 void kmcl_hv_test_ring(struct vmbus_channel *c, int inbound, void **control,
 		       void **data, u32 *size);
 u64 kmcl_hv_test_sig_events(struct vmbus_channel *c);
+void kmcl_hv_test_pkt_buffer(struct vmbus_channel *c, void **buf, u32 *size);
 
 struct vmbus_channel *kmcl_hv_test_channel_alloc(const guid_t *type,
 						 const guid_t *instance,

@@ -16,6 +16,9 @@ use kernel::prelude::*;
 
 pub mod channel;
 pub mod sys;
+#[cfg(CONFIG_KUNIT)]
+#[doc(hidden)]
+pub mod testing;
 pub mod transport;
 pub mod vmbus;
 pub mod wire;

@@ -2,21 +2,37 @@
 
 //! kmcl's benchmark module, loaded by `make bench`.
 //!
-//! The same workloads run three ways in one boot:
+//! The same workloads run five ways in one boot:
 //!
-//! - `raw`: the ring code alone (`kmcl::wire::ring`), writer and reader in
-//!   one thread, no channel layer;
-//! - `api`: the kmcl API over the loopback transport, delivery in softirq;
-//! - `passive`: the same with incoming processing at passive level.
+//! - `raw` (a): the ring code alone (`kmcl::wire::ring`), writer and reader
+//!   in one thread, no channel layer;
+//! - `api` (b): the kmcl API over the loopback transport, delivery in softirq;
+//! - `passive` (c): the same with incoming processing at passive level;
+//! - `cpath` (d): a driver written against Linux's C API
+//!   (`vmbus_sendpacket_getid()`, `hv_pkt_iter_*()` in its channel callback,
+//!   `vmbus_request_addr_match()`) on a `vmbus_channel` built in memory
+//!   (`kmcl_bench_c.c`);
+//! - `hv` (e): the kmcl API over its hv transport on the same kind of
+//!   channel.
 //!
-//! Workloads: `stream` (one-way packets as fast as they go) and `reqresp`
+//! In (d) and (e) this module plays the host on the other end of the rings
+//! with kmcl's ring code, in the same thread: the guest's sends and the
+//! host's interrupts run with bottom halves disabled, where hv_vmbus's
+//! tasklet would run the channel callback, so (a), (d) and (e) each run in
+//! one thread, which the deterministic mode of `make bench` (QEMU `-icount`)
+//! needs. With `single=1` only those three ways run.
+//!
+//! Workloads: `stream` (one-way packets as fast as they go; for (d) and (e)
+//! `send`, the guest sends, and `recv`, the guest receives) and `reqresp`
 //! (one request, wait for its response, repeat), for payloads of 64, 512 and
 //! 4096 bytes. Each measurement prints one line starting `kmcl-bench:`;
 //! `tools/bench/report.py` turns them into the table, the JSON and the plot.
 
 use core::{
+    cell::UnsafeCell,
     ptr::NonNull,
     sync::atomic::{
+        AtomicBool,
         AtomicU64,
         Ordering, //
     },
@@ -41,16 +57,21 @@ use kmcl::{
             StateChange, //
         },
         incoming::IncomingPacket,
-        outgoing::SendFlags,
+        outgoing::{
+            Packet,
+            SendFlags, //
+        },
         Channel,
         ChannelHandle,
         Endpoint,
         State, //
     },
+    testing,
     transport::{
         loopback::LoopbackBus,
         Bus, //
     },
+    vmbus::ffi::VmbusChannel,
     wire::{
         guid::Guid,
         packet,
@@ -82,6 +103,10 @@ module! {
         runs: u32 {
             default: 5,
             description: "Repetitions of every measurement",
+        },
+        single: bool {
+            default: false,
+            description: "Only the single-thread ways: raw, cpath, hv",
         },
     },
 }
@@ -399,6 +424,536 @@ fn lock_pair(n: u64) -> Result<Measure> {
     })
 }
 
+// ---- Ways (d) and (e): a `vmbus_channel` in memory, the host played here. ----
+
+/// The C half, `kmcl_bench_c.c`.
+mod ffi {
+    use kernel::prelude::*;
+
+    use kmcl::vmbus::ffi::VmbusChannel;
+
+    extern "C" {
+        pub(super) fn kmcl_bench_chan_new(
+            ring_pages: u32,
+            max_pkt: u32,
+            rqstor: u32,
+            c_driver: bool,
+        ) -> *mut VmbusChannel;
+        pub(super) fn kmcl_bench_chan_free(c: *mut VmbusChannel);
+        pub(super) fn kmcl_bench_chan_ring(
+            c: *mut VmbusChannel,
+            inbound: c_int,
+            control: *mut *mut c_void,
+            data: *mut *mut c_void,
+            size: *mut u32,
+        );
+        pub(super) fn kmcl_bench_bh_disable();
+        pub(super) fn kmcl_bench_bh_enable();
+        pub(super) fn kmcl_bench_c_interrupt(c: *mut VmbusChannel);
+        pub(super) fn kmcl_bench_c_send(
+            c: *mut VmbusChannel,
+            buf: *mut c_void,
+            len: u32,
+            count: u32,
+        ) -> c_int;
+        pub(super) fn kmcl_bench_c_request(
+            c: *mut VmbusChannel,
+            buf: *mut c_void,
+            len: u32,
+            resp: *mut c_void,
+            resp_len: u32,
+        ) -> c_int;
+        pub(super) fn kmcl_bench_c_request_done(c: *mut VmbusChannel) -> c_int;
+        pub(super) fn kmcl_bench_c_received(c: *mut VmbusChannel) -> u64;
+        pub(super) fn kmcl_bench_c_errors(c: *mut VmbusChannel) -> u64;
+        pub(super) fn kmcl_bench_c_sig_events(c: *mut VmbusChannel) -> u64;
+    }
+}
+
+/// Pages per direction of the hv channels (control page included), as the
+/// loopback rings of (a) to (c).
+const HV_RING_PAGES: u32 = RING_PAGES as u32;
+/// The channels' packet buffer: the largest packet, descriptor included.
+const HV_MAX_PKT: u32 = 8192;
+const HV_RQSTOR: u32 = 64;
+
+/// Bottom halves off for as long as it lives; turning them back on runs
+/// what was raised meanwhile, in this thread.
+struct BhOff;
+
+impl BhOff {
+    fn new() -> Self {
+        // SAFETY: no preconditions; undone in `drop`.
+        unsafe { ffi::kmcl_bench_bh_disable() };
+        BhOff
+    }
+}
+
+impl Drop for BhOff {
+    fn drop(&mut self) {
+        // SAFETY: pairs with the disable in `new`.
+        unsafe { ffi::kmcl_bench_bh_enable() };
+    }
+}
+
+/// A built channel until it is freed or handed to kmcl.
+///
+/// # Invariants
+///
+/// `c` comes from `kmcl_bench_chan_new` and is freed only in `drop`.
+struct CChan {
+    c: NonNull<VmbusChannel>,
+}
+
+impl CChan {
+    fn new(c_driver: bool) -> Result<Self> {
+        // SAFETY: a plain constructor; null on failure.
+        let c = unsafe { ffi::kmcl_bench_chan_new(HV_RING_PAGES, HV_MAX_PKT, HV_RQSTOR, c_driver) };
+        Ok(Self {
+            c: NonNull::new(c).ok_or(ENOMEM)?,
+        })
+    }
+
+    fn raw(&self) -> *mut VmbusChannel {
+        self.c.as_ptr()
+    }
+
+    /// The host's end of both rings: it reads what the guest sends
+    /// (outbound) and writes what the guest receives (inbound).
+    ///
+    /// # Safety
+    ///
+    /// The returned value must be dropped before the channel is freed.
+    unsafe fn host(&self) -> Result<Host> {
+        let ring = |inbound: bool| -> Result<RingMemory> {
+            let (mut control, mut data, mut size) =
+                (core::ptr::null_mut(), core::ptr::null_mut(), 0u32);
+            // SAFETY: `c` is live by the invariant; the out-pointers are valid.
+            unsafe {
+                ffi::kmcl_bench_chan_ring(
+                    self.raw(),
+                    inbound.into(),
+                    &mut control,
+                    &mut data,
+                    &mut size,
+                )
+            };
+            // SAFETY: the rings outlive the view by the caller's promise.
+            unsafe {
+                RingMemory::new(
+                    NonNull::new(control.cast()).ok_or(EINVAL)?,
+                    NonNull::new(data.cast()).ok_or(EINVAL)?,
+                    size,
+                )
+            }
+            .ok_or(EINVAL)
+        };
+        let mut buf = KVec::new();
+        buf.resize(HV_MAX_PKT as usize, 0, GFP_KERNEL)?;
+        Ok(Host {
+            reader: RingReader::new(ring(false)?).map_err(|_| EIO)?,
+            writer: RingWriter::new(ring(true)?).map_err(|_| EIO)?,
+            size: ring(true)?.size(),
+            buf,
+        })
+    }
+
+    fn sig_events(&self) -> u64 {
+        // SAFETY: `c` is live by the invariant.
+        unsafe { ffi::kmcl_bench_c_sig_events(self.raw()) }
+    }
+
+    /// Gives up ownership: kmcl frees the channel from here on.
+    fn into_raw(self) -> NonNull<VmbusChannel> {
+        let c = self.c;
+        core::mem::forget(self);
+        c
+    }
+}
+
+impl Drop for CChan {
+    fn drop(&mut self) {
+        // SAFETY: by the invariant, `c` is live and freed only here.
+        unsafe { ffi::kmcl_bench_chan_free(self.raw()) }
+    }
+}
+
+/// The host's ends of a built channel's rings.
+struct Host {
+    reader: RingReader,
+    writer: RingWriter,
+    size: u32,
+    buf: KVec<u8>,
+}
+
+impl Host {
+    /// Packets of `size` bytes that fit in the ring at once.
+    fn batch(&self, size: usize) -> u64 {
+        let total = (packet::DESCRIPTOR_SIZE + packet::align8(size)) as u64 + 8;
+        (u64::from(self.size) - 1) / total
+    }
+
+    /// Reads and drops what the guest sent; returns the packet count.
+    fn drain(&mut self) -> Result<u64> {
+        let mut got = 0;
+        while self.reader.read(&mut self.buf).map_err(|_| EIO)?.is_some() {
+            got += 1;
+        }
+        let _ = self.reader.commit();
+        Ok(got)
+    }
+
+    /// Writes `count` copies of `pkt` for the guest.
+    fn feed(&mut self, pkt: &[u8], count: u64) -> Result {
+        for _ in 0..count {
+            let _ = self.writer.write(&[pkt]).map_err(|_| EIO)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the guest's request and writes its completion, echoing the
+    /// payload with the request's transaction id.
+    fn answer(&mut self) -> Result {
+        let n = self
+            .reader
+            .read(&mut self.buf)
+            .map_err(|_| EIO)?
+            .ok_or(EIO)?;
+        let _ = self.reader.commit();
+        let head: &[u8; 16] = self
+            .buf
+            .get(..16)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(EIO)?;
+        let d = packet::Descriptor::decode(head);
+        let payload = self.buf.get(d.offset8 as usize * 8..n).ok_or(EIO)?;
+        let c = packet::encode_simple(packet::TYPE_COMPLETION, 0, d.trans_id, payload.len())
+            .ok_or(EINVAL)?;
+        let _ = self
+            .writer
+            .write(&[&c.encode(), payload])
+            .map_err(|_| EIO)?;
+        Ok(())
+    }
+}
+
+/// Way (d): the C driver on its channel.
+struct CWay {
+    host: Host,
+    chan: CChan,
+}
+
+impl CWay {
+    fn new() -> Result<Self> {
+        let chan = CChan::new(true)?;
+        // SAFETY: `host` is declared first, so it is dropped before `chan`.
+        let host = unsafe { chan.host() }?;
+        Ok(Self { host, chan })
+    }
+
+    fn received(&self) -> u64 {
+        // SAFETY: the channel is live.
+        unsafe { ffi::kmcl_bench_c_received(self.chan.raw()) }
+    }
+
+    fn interrupt(&self) {
+        let _bh = BhOff::new();
+        // SAFETY: the channel is live; its callback is the C driver's.
+        unsafe { ffi::kmcl_bench_c_interrupt(self.chan.raw()) }
+    }
+
+    fn check(&self) -> Result {
+        // SAFETY: the channel is live.
+        match unsafe { ffi::kmcl_bench_c_errors(self.chan.raw()) } {
+            0 => Ok(()),
+            _ => Err(EIO),
+        }
+    }
+}
+
+fn cpath_send(w: &mut CWay, size: usize, n: u64) -> Result<Measure> {
+    let mut data = KVec::from_elem(0x5au8, size, GFP_KERNEL)?;
+    let batch = w.host.batch(size);
+    let sig0 = w.chan.sig_events();
+    let t = Instant::<Monotonic>::now();
+    let mut sent = 0;
+    while sent < n {
+        let k = batch.min(n - sent);
+        let r = {
+            let _bh = BhOff::new();
+            // SAFETY: the channel is live; Linux only reads `data`.
+            unsafe {
+                ffi::kmcl_bench_c_send(
+                    w.chan.raw(),
+                    data.as_mut_ptr().cast(),
+                    size as u32,
+                    k as u32,
+                )
+            }
+        };
+        kernel::error::to_result(r)?;
+        if w.host.drain()? != k {
+            return Err(EIO);
+        }
+        sent += k;
+    }
+    Ok(Measure {
+        ns: ns_since(t),
+        packets: n,
+        signals: w.chan.sig_events() - sig0,
+        p50: 0,
+        p99: 0,
+    })
+}
+
+fn cpath_recv(w: &mut CWay, size: usize, n: u64) -> Result<Measure> {
+    let pkt = raw_packet(size)?;
+    let batch = w.host.batch(size);
+    let before = w.received();
+    let t = Instant::<Monotonic>::now();
+    let mut sent = 0;
+    while sent < n {
+        let k = batch.min(n - sent);
+        w.host.feed(&pkt, k)?;
+        w.interrupt();
+        sent += k;
+        if w.received() != before + sent {
+            return Err(EIO);
+        }
+    }
+    let ns = ns_since(t);
+    w.check()?;
+    Ok(Measure {
+        ns,
+        packets: n,
+        signals: 0,
+        p50: 0,
+        p99: 0,
+    })
+}
+
+fn cpath_reqresp(w: &mut CWay, size: usize, n: u64) -> Result<Measure> {
+    let mut data = KVec::from_elem(0x5au8, size, GFP_KERNEL)?;
+    let mut resp = KVec::from_elem(0u8, packet::align8(size), GFP_KERNEL)?;
+    let mut lat = KVec::with_capacity(n as usize, GFP_KERNEL)?;
+    let sig0 = w.chan.sig_events();
+    let t = Instant::<Monotonic>::now();
+    for _ in 0..n {
+        let t1 = Instant::<Monotonic>::now();
+        // SAFETY: the channel is live; Linux only reads `data`; `resp` stays
+        // alive and unused until the response is in (checked below).
+        let r = unsafe {
+            ffi::kmcl_bench_c_request(
+                w.chan.raw(),
+                data.as_mut_ptr().cast(),
+                size as u32,
+                resp.as_mut_ptr().cast(),
+                resp.len() as u32,
+            )
+        };
+        kernel::error::to_result(r)?;
+        w.host.answer()?;
+        w.interrupt();
+        // SAFETY: the channel is live.
+        if unsafe { ffi::kmcl_bench_c_request_done(w.chan.raw()) } < size as c_int {
+            return Err(EIO);
+        }
+        let _ = lat.push_within_capacity(ns_since(t1));
+    }
+    let ns = ns_since(t);
+    w.check()?;
+    let (p50, p99) = percentiles(&mut lat);
+    Ok(Measure {
+        ns,
+        packets: n,
+        signals: w.chan.sig_events() - sig0,
+        p50,
+        p99,
+    })
+}
+
+/// Where the completion routine of (e) copies a response, as the C driver
+/// copies into its request.
+///
+/// # Invariants
+///
+/// `buf` is written only by [`on_response`], which runs in this module's
+/// thread inside [`HvWay::interrupt`] (or at teardown, with nothing to
+/// copy), for the one request outstanding at a time; it is read only after
+/// `done` was seen set.
+struct Response {
+    buf: UnsafeCell<[u8; 4096]>,
+    len: AtomicU64,
+    done: AtomicBool,
+}
+
+// SAFETY: by the invariant, writes and reads of `buf` never overlap.
+unsafe impl Sync for Response {}
+
+static RESPONSE: Response = Response {
+    buf: UnsafeCell::new([0; 4096]),
+    len: AtomicU64::new(0),
+    done: AtomicBool::new(false),
+};
+
+fn on_response(packet: Packet, status: Result, response: &[u8]) {
+    drop(packet);
+    if status.is_ok() {
+        let n = response.len().min(4096);
+        // SAFETY: by the invariant of `Response`, nothing else touches `buf`
+        // now; `n` is at most its size and the length of `response`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(response.as_ptr(), RESPONSE.buf.get().cast::<u8>(), n)
+        };
+        RESPONSE.len.store(n as u64, Ordering::Relaxed);
+    }
+    RESPONSE.done.store(true, Ordering::Release);
+}
+
+/// Way (e): a kmcl client on a built channel.
+struct HvWay {
+    host: Option<Host>,
+    client: ChannelHandle,
+    sink: Arc<Sink>,
+    sig: NonNull<VmbusChannel>,
+}
+
+impl HvWay {
+    fn new() -> Result<Self> {
+        let sink = Arc::new(
+            Sink {
+                received: AtomicU64::new(0),
+            },
+            GFP_KERNEL,
+        )?;
+        let client = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
+        client.init_set_process_packet_callbacks(sink.clone())?;
+        client.init_set_state_change_callbacks(sink.clone())?;
+        client.init_set_packet_pool_size(1024)?;
+        let chan = CChan::new(false)?;
+        // SAFETY: the host ends are dropped in `drop` before the channel is
+        // disabled, which frees the channel.
+        let host = unsafe { chan.host() }?;
+        let raw = chan.into_raw();
+        // SAFETY: `raw` is an open channel with rings, packet buffer and
+        // requestor and no callback; `kmcl_bench_chan_free` ends its life,
+        // once, when the client is disabled; only kmcl uses its guest ends.
+        unsafe { testing::open_on_hv(&client, raw, Some(ffi::kmcl_bench_chan_free)) }?;
+        Ok(Self {
+            host: Some(host),
+            client,
+            sink,
+            sig: raw,
+        })
+    }
+
+    fn host(&mut self) -> Result<&mut Host> {
+        self.host.as_mut().ok_or(EINVAL)
+    }
+
+    fn interrupt(&self) {
+        let _bh = BhOff::new();
+        testing::host_interrupt(&self.client);
+    }
+
+    fn sig_events(&self) -> u64 {
+        // SAFETY: the channel lives until `drop` disables the client.
+        unsafe { ffi::kmcl_bench_c_sig_events(self.sig.as_ptr()) }
+    }
+}
+
+impl Drop for HvWay {
+    fn drop(&mut self) {
+        self.host = None;
+        self.client.disable();
+    }
+}
+
+fn hv_send(w: &mut HvWay, size: usize, n: u64) -> Result<Measure> {
+    let data = KVec::from_elem(0x5au8, size, GFP_KERNEL)?;
+    let batch = w.host()?.batch(size);
+    let sig0 = w.sig_events();
+    let t = Instant::<Monotonic>::now();
+    let mut sent = 0;
+    while sent < n {
+        let k = batch.min(n - sent);
+        {
+            let _bh = BhOff::new();
+            for _ in 0..k {
+                let pkt = w.client.packet_allocate()?;
+                pkt.send(&data, SendFlags::NONE).map_err(|e| e.error)?;
+            }
+        }
+        if w.host()?.drain()? != k {
+            return Err(EIO);
+        }
+        sent += k;
+    }
+    Ok(Measure {
+        ns: ns_since(t),
+        packets: n,
+        signals: w.sig_events() - sig0,
+        p50: 0,
+        p99: 0,
+    })
+}
+
+fn hv_recv(w: &mut HvWay, size: usize, n: u64) -> Result<Measure> {
+    let pkt = raw_packet(size)?;
+    let batch = w.host()?.batch(size);
+    let before = w.sink.received.load(Ordering::Relaxed);
+    let t = Instant::<Monotonic>::now();
+    let mut sent = 0;
+    while sent < n {
+        let k = batch.min(n - sent);
+        w.host()?.feed(&pkt, k)?;
+        w.interrupt();
+        sent += k;
+        if w.sink.received.load(Ordering::Relaxed) != before + sent {
+            return Err(EIO);
+        }
+    }
+    Ok(Measure {
+        ns: ns_since(t),
+        packets: n,
+        signals: 0,
+        p50: 0,
+        p99: 0,
+    })
+}
+
+fn hv_reqresp(w: &mut HvWay, size: usize, n: u64) -> Result<Measure> {
+    let data = KVec::from_elem(0x5au8, size, GFP_KERNEL)?;
+    let mut lat = KVec::with_capacity(n as usize, GFP_KERNEL)?;
+    let sig0 = w.sig_events();
+    let t = Instant::<Monotonic>::now();
+    for _ in 0..n {
+        let t1 = Instant::<Monotonic>::now();
+        RESPONSE.done.store(false, Ordering::Relaxed);
+        let mut pkt = w.client.packet_allocate()?;
+        pkt.set_completion_routine(on_response);
+        pkt.send(&data, SendFlags::WAIT_FOR_COMPLETION)
+            .map_err(|e| e.error)?;
+        w.host()?.answer()?;
+        w.interrupt();
+        if !RESPONSE.done.load(Ordering::Acquire)
+            || RESPONSE.len.load(Ordering::Relaxed) < size as u64
+        {
+            return Err(EIO);
+        }
+        let _ = lat.push_within_capacity(ns_since(t1));
+    }
+    let ns = ns_since(t);
+    let (p50, p99) = percentiles(&mut lat);
+    Ok(Measure {
+        ns,
+        packets: n,
+        signals: w.sig_events() - sig0,
+        p50,
+        p99,
+    })
+}
+
 struct KmclBench;
 
 impl kernel::Module for KmclBench {
@@ -406,29 +961,49 @@ impl kernel::Module for KmclBench {
         let n = u64::from(module_parameters::packets.value());
         let q = u64::from(module_parameters::requests.value());
         let runs = module_parameters::runs.value();
-        let api = Pair::new(false)?;
-        let passive = Pair::new(true)?;
+        let single = module_parameters::single.value();
+        let threaded = if single {
+            None
+        } else {
+            Some((Pair::new(false)?, Pair::new(true)?))
+        };
+        let mut cway = CWay::new()?;
+        let mut hv = HvWay::new()?;
         for run in 0..runs {
             report("lock", "lockpair", 0, run, &lock_pair(n)?);
             for size in SIZES {
                 report("raw", "stream", size, run, &raw_stream(size, n)?);
-                report("api", "stream", size, run, &api_stream(&api, size, n)?);
-                report(
-                    "passive",
-                    "stream",
-                    size,
-                    run,
-                    &api_stream(&passive, size, n)?,
-                );
+                report("cpath", "send", size, run, &cpath_send(&mut cway, size, n)?);
+                report("hv", "send", size, run, &hv_send(&mut hv, size, n)?);
+                report("cpath", "recv", size, run, &cpath_recv(&mut cway, size, n)?);
+                report("hv", "recv", size, run, &hv_recv(&mut hv, size, n)?);
                 report("raw", "reqresp", size, run, &raw_reqresp(size, q)?);
-                report("api", "reqresp", size, run, &api_reqresp(&api, size, q)?);
                 report(
-                    "passive",
+                    "cpath",
                     "reqresp",
                     size,
                     run,
-                    &api_reqresp(&passive, size, q)?,
+                    &cpath_reqresp(&mut cway, size, q)?,
                 );
+                report("hv", "reqresp", size, run, &hv_reqresp(&mut hv, size, q)?);
+                if let Some((api, passive)) = &threaded {
+                    report("api", "stream", size, run, &api_stream(api, size, n)?);
+                    report(
+                        "passive",
+                        "stream",
+                        size,
+                        run,
+                        &api_stream(passive, size, n)?,
+                    );
+                    report("api", "reqresp", size, run, &api_reqresp(api, size, q)?);
+                    report(
+                        "passive",
+                        "reqresp",
+                        size,
+                        run,
+                        &api_reqresp(passive, size, q)?,
+                    );
+                }
             }
         }
         pr_info!("kmcl-bench: done\n");

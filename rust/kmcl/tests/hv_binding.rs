@@ -528,7 +528,7 @@ mod tests {
         let bus = bus()?;
         let (h, rec, dev, d) = opened(&bus)?;
         let mut host = dev.host()?;
-        // Host to guest: through hv_pkt_iter in the channel callback.
+        // Host to guest: through the hv reader in the channel callback.
         rec.mode.store(mode::ECHO, Ordering::Relaxed);
         host.send(&inband(0x31, 1, b"ping over vmbus")?)?;
         assert!(wait_for(2000, || rec.received.load(Ordering::Relaxed) == 1));

@@ -4,8 +4,8 @@
 //!
 //! A client channel is bound to a device built in memory (see
 //! [`super::hv_binding`]); the test plays the host. Packets reach kmcl
-//! through Linux's `hv_pkt_iter_*()` in the channel's tasklet, so each case
-//! runs Linux's hardening and kmcl's checks together. The malformed packets
+//! through the hv transport's reader in the channel's tasklet, so each case
+//! runs the hv reader's checks and kmcl's parser together. The malformed packets
 //! are those of the loopback hostile suite: kmcl must refuse every one the
 //! same way over both transports. The API cases are the loopback suites'
 //! calls (pause, start, quota, passive delivery, deferral, failing and
@@ -89,8 +89,8 @@ mod tests {
 
     #[test]
     fn offsets_linux_would_replace_are_refused() -> Result {
-        // Beyond the length, inside the descriptor, zero: hv_pkt_iter
-        // substitutes 16; kmcl refuses the packet instead.
+        // Beyond the length, inside the descriptor, zero: hv_pkt_iter_first()
+        // would substitute 16; kmcl refuses the packet instead.
         assert!(expect_refused(&raw(6, 4, 3, 0, &[0; 8]))?);
         assert!(expect_refused(&raw(6, 1, 3, 0, &[0; 8]))?);
         assert!(expect_refused(&raw(6, 0, 3, 0, &[0; 8]))?);

@@ -118,7 +118,7 @@ pub mod ffi {
 
     /// Opaque `struct vmbus_channel`.
     #[repr(C)]
-    pub(crate) struct VmbusChannel {
+    pub struct VmbusChannel {
         _opaque: [u8; 0],
     }
 

@@ -143,9 +143,9 @@ impl RingMemory {
     /// data offset `off` (a multiple of 8 below `size`), wrapping at the end
     /// of the data area.
     ///
-    /// The bytes are copied with `copy_nonoverlapping`, in at most two pieces.
-    /// A peer that writes them concurrently can only make the copy hold
-    /// garbage, which the caller checks before using (see
+    /// The bytes are copied with `copy_nonoverlapping`: one copy, or two
+    /// when they wrap. A peer that writes them concurrently can only make
+    /// the copy hold garbage, which the caller checks before using (see
     /// `RingReader::read`); the copy itself stays within the data area.
     fn copy_out(&self, off: u32, dst: &mut [u8]) {
         debug_assert!(off < self.size && off % 8 == 0 && dst.len() <= self.size as usize);
@@ -156,23 +156,89 @@ impl RingMemory {
         unsafe {
             let base = self.data.as_ptr();
             core::ptr::copy_nonoverlapping(base.add(off as usize), dst.as_mut_ptr(), first);
-            core::ptr::copy_nonoverlapping(base, dst.as_mut_ptr().add(first), dst.len() - first);
+            if first < dst.len() {
+                core::ptr::copy_nonoverlapping(
+                    base,
+                    dst.as_mut_ptr().add(first),
+                    dst.len() - first,
+                );
+            }
         }
+    }
+
+    /// Reads the 16 bytes at data offset `off` (a multiple of 8 below
+    /// `size`): a packet descriptor. Fixed-size loads, split in two 8-byte
+    /// halves only at the end of the data area.
+    fn load_descriptor(&self, off: u32) -> [u8; 16] {
+        debug_assert!(off < self.size && off % 8 == 0);
+        let mut d = [0u8; 16];
+        let base = self.data.as_ptr();
+        if self.size - off >= 16 {
+            // SAFETY: `off + 16 <= size`: in the data area, valid by the type
+            // invariant; `d` is a private buffer.
+            unsafe { core::ptr::copy_nonoverlapping(base.add(off as usize), d.as_mut_ptr(), 16) };
+        } else {
+            // SAFETY: both `off` and `size` are multiples of 8, so here
+            // `off + 8 == size`: the first half ends the data area and the
+            // second starts it (`size >= 8`).
+            unsafe {
+                core::ptr::copy_nonoverlapping(base.add(off as usize), d.as_mut_ptr(), 8);
+                core::ptr::copy_nonoverlapping(base, d.as_mut_ptr().add(8), 8);
+            }
+        }
+        d
     }
 
     /// Writes `src` (a multiple of 8 bytes, at most `size`) at data offset
     /// `off` (a multiple of 8 below `size`), wrapping; returns the offset
-    /// after it.
+    /// after it. One copy, or two when it wraps; a descriptor (16 bytes)
+    /// that does not wrap is a fixed-size store.
     fn copy_in(&self, off: u32, src: &[u8]) -> u32 {
         debug_assert!(off < self.size && off % 8 == 0 && src.len() <= self.size as usize);
-        let first = src.len().min((self.size - off) as usize);
-        // SAFETY: as in `copy_out`, with the roles of the buffers swapped.
-        unsafe {
-            let base = self.data.as_ptr();
-            core::ptr::copy_nonoverlapping(src.as_ptr(), base.add(off as usize), first);
-            core::ptr::copy_nonoverlapping(src.as_ptr().add(first), base, src.len() - first);
+        let room = (self.size - off) as usize;
+        let base = self.data.as_ptr();
+        if src.len() <= room {
+            // SAFETY: `off + src.len() <= size`: in the data area, valid by
+            // the type invariant; `src` is a distinct buffer.
+            unsafe {
+                let dst = base.add(off as usize);
+                if src.len() == 16 {
+                    core::ptr::copy_nonoverlapping(src.as_ptr(), dst, 16);
+                } else {
+                    core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
+                }
+            }
+        } else {
+            // SAFETY: as in `copy_out`, with the roles of the buffers swapped:
+            // `room` bytes end the data area, the rest (at most `off`) start it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(src.as_ptr(), base.add(off as usize), room);
+                core::ptr::copy_nonoverlapping(src.as_ptr().add(room), base, src.len() - room);
+            }
         }
-        let end = off as usize + src.len();
+        self.advance(off, src.len() as u32)
+    }
+
+    /// Writes a trailer at data offset `off` (a multiple of 8 below `size`):
+    /// one 8-byte store, which never wraps since `size` is a multiple of 8.
+    /// Returns the offset after it.
+    fn store_trailer(&self, off: u32, trailer: u64) -> u32 {
+        debug_assert!(off < self.size && off % 8 == 0);
+        // SAFETY: `off + 8 <= size`: in the data area, valid by the type
+        // invariant, and 8-aligned like the data area itself.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                trailer.to_ne_bytes().as_ptr(),
+                self.data.as_ptr().add(off as usize),
+                8,
+            )
+        };
+        self.advance(off, TRAILER_SIZE)
+    }
+
+    /// `off + len` (`off` below `size`, `len` at most `size`), wrapped.
+    fn advance(&self, off: u32, len: u32) -> u32 {
+        let end = off as usize + len as usize;
         if end >= self.size as usize {
             (end - self.size as usize) as u32
         } else {
@@ -293,8 +359,7 @@ impl RingWriter {
         for p in parts {
             off = self.mem.copy_in(off, p);
         }
-        let trailer = u64::from(start) << 32;
-        off = self.mem.copy_in(off, &trailer.to_ne_bytes());
+        off = self.mem.store_trailer(off, u64::from(start) << 32);
         // Publish: the data must be visible before the index.
         self.mem.ctl(WRITE_INDEX).store(off, Ordering::Release);
         self.write = off;
@@ -378,11 +443,10 @@ impl RingReader {
         if avail == 0 {
             return Ok(None);
         }
-        let mut desc = [0u8; 16];
         if avail < 16 + TRAILER_SIZE {
             return Err(RingError::BadPacket);
         }
-        self.mem.copy_out(self.read, &mut desc);
+        let desc = self.mem.load_descriptor(self.read);
         let len8 = u16::from_le_bytes([desc[4], desc[5]]);
         let len = u32::from(len8) * 8;
         if len < 16 || len + TRAILER_SIZE > avail {

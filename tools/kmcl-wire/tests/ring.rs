@@ -115,6 +115,44 @@ fn wraps_around_the_end() {
 }
 
 #[test]
+fn two_part_packets_land_whole_at_every_offset_across_the_end() {
+    const SIZE: usize = 4096;
+    let ring = TestRing::new(SIZE);
+    let mut w = RingWriter::new(ring.mem()).unwrap();
+    let mut r = RingReader::new(ring.mem()).unwrap();
+    let mut buf = vec![0u8; SIZE];
+    let (mut desc_split, mut trailer_last, mut payload_split) = (false, false, false);
+    // Footprints of 24 to 280 bytes in steps of 8 move the start across
+    // every offset: descriptors split at the end of the data area, trailers
+    // in its last word, payloads split anywhere.
+    for i in 0..1500u64 {
+        let len = ((i * 8) % 264) as usize;
+        let payload: Vec<u8> = (0..len).map(|b| (b as u8) ^ (i as u8)).collect();
+        let d = packet::encode_simple(packet::TYPE_DATA_INBAND, 0, i, len)
+            .unwrap()
+            .encode();
+        let [start, ..] = ring.mem().snapshot();
+        let start = start as usize;
+        let _ = w.write(&[&d, &payload]).unwrap();
+        let n = r.read(&mut buf).unwrap().unwrap();
+        assert_eq!(n, 16 + len);
+        assert_eq!(&buf[..16], &d[..], "packet {i} at {start}");
+        assert_eq!(&buf[16..n], &payload[..], "packet {i} at {start}");
+        let trailer = (start + 16 + len) % SIZE;
+        assert_eq!(
+            ring.data_word(trailer),
+            (start as u64) << 32,
+            "packet {i} at {start}"
+        );
+        let _ = r.commit();
+        desc_split |= start == SIZE - 8;
+        trailer_last |= trailer == SIZE - 8;
+        payload_split |= start + 16 < SIZE && start + 16 + len > SIZE;
+    }
+    assert!(desc_split && trailer_last && payload_split);
+}
+
+#[test]
 fn pending_send_size_signals_on_crossing_only() {
     let ring = TestRing::new(4096);
     let mut w = RingWriter::new(ring.mem()).unwrap();

@@ -7,9 +7,12 @@
 //!   completion get their wire id from the channel's requestor, which maps it
 //!   back to kmcl's generation-tagged id when the completion arrives; kmcl
 //!   then checks that id as on any transport. Linux signals the host itself.
-//! - Receives go through `hv_pkt_iter_first()` / `__hv_pkt_iter_next()` /
-//!   `hv_pkt_iter_close()`, which copy each packet out of the ring; kmcl
-//!   refuses a packet whose length Linux had to clamp, and parses every copy.
+//! - Receives copy each packet once, straight out of the ring into kmcl's
+//!   buffer (`rust/helpers/hv_ring.c`), with Linux's ring state and
+//!   hardening: the host's values are read once, and a packet whose length
+//!   or offset Linux would clamp or replace is refused; kmcl parses every
+//!   copy. `hv_pkt_iter_close()` publishes the read index and signals the
+//!   host as for Linux's own readers.
 //!   A GPA-direct packet from the host is refused as malformed: a guest never
 //!   reads memory that the host names.
 //! - GPA-direct sends go through `vmbus_sendpacket_mpb_desc()`, with the
@@ -66,8 +69,7 @@ pub(crate) mod ffi {
             len: u32,
             requestid: u64,
         ) -> c_int;
-        pub(crate) fn kmcl_hv_recvpacket(c: *mut VmbusChannel, buf: *mut c_void, len: u32)
-            -> c_int;
+        pub(crate) fn kmcl_hv_recv(c: *mut VmbusChannel, buf: *mut c_void, len: u32) -> c_int;
         pub(crate) fn kmcl_hv_recv_close(c: *mut VmbusChannel);
         pub(crate) fn kmcl_hv_begin_read(c: *mut VmbusChannel);
         pub(crate) fn kmcl_hv_end_read(c: *mut VmbusChannel) -> u32;
@@ -259,16 +261,14 @@ impl HvEndpoint {
         }
     }
 
-    /// The next packet, copied out by `hv_pkt_iter`.
+    /// The next packet, copied once out of the ring into `buf`.
     ///
     /// A GPA-direct packet is refused like a malformed one: it would have
     /// the guest read memory that the host names, which in a confidential
     /// VM is the guest's private memory. Linux's drivers never accept one.
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
         // SAFETY: `chan` is open; `buf` is writable for its length.
-        let n = unsafe {
-            ffi::kmcl_hv_recvpacket(self.raw(), buf.as_mut_ptr().cast(), buf.len() as u32)
-        };
+        let n = unsafe { ffi::kmcl_hv_recv(self.raw(), buf.as_mut_ptr().cast(), buf.len() as u32) };
         match n {
             0 => Ok(None),
             n if n > 0 && is_gpa_direct(&buf[..(n as usize).min(buf.len())]) => {

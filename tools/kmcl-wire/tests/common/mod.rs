@@ -31,6 +31,12 @@ impl TestRing {
         // SAFETY: both vectors outlive every use in the tests and are never resized.
         unsafe { RingMemory::new(c, d, (self.data.len() * 8) as u32).unwrap() }
     }
+
+    /// The 8-byte word at data offset `off` (a multiple of 8).
+    pub fn data_word(&self, off: usize) -> u64 {
+        // SAFETY: in bounds of the vector, which nothing writes meanwhile.
+        unsafe { core::ptr::read_volatile(self.data.as_ptr().add(off / 8)) }
+    }
 }
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
