@@ -25,6 +25,7 @@ use core::ptr::NonNull;
 use kernel::prelude::*;
 
 pub mod bus;
+mod device;
 pub(crate) mod memory;
 
 pub use bus::HvBus;
