@@ -53,7 +53,9 @@ check-repeat:
 bench:
 	tools/bench/run.sh
 
-# 1 000 000 packets, both directions, both CPUs (STRESS_PACKETS to change).
+# 1 000 000 packets, both directions, both CPUs (STRESS_PACKETS to change);
+# STRESS_MODE=teardown pauses, closes and reopens the pair at random while
+# they flow (STRESS_SEED to replay a run's choices).
 stress:
 	tools/stress/run.sh
 

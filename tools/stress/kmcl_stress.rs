@@ -12,6 +12,10 @@
 //! pauses and restarts the server (pause/start), and the small rings fill
 //! up (ring-full queueing). At the end: packets lost, duplicated and
 //! reordered per stream must all be 0.
+//!
+//! With `teardown=1` (`make stress STRESS_MODE=teardown`) the run tears
+//! connections down and pauses them while the packets flow instead; see
+//! [`teardown`].
 
 use core::sync::atomic::{
     AtomicU64,
@@ -73,8 +77,18 @@ module! {
             default: false,
             description: "Run the stress at load and print the counts (make stress)",
         },
+        teardown: bool {
+            default: false,
+            description: "At load, run the teardown mode: random Pause, Start, Disable and Enable",
+        },
+        seed: u64 {
+            default: 1,
+            description: "Seed of the teardown mode's random choices (printed with the counts)",
+        },
     },
 }
+
+mod teardown;
 
 /// This module: the owner of its channels.
 static THIS_MODULE: ThisModule = <KmclStress as kernel::ModuleMetadata>::THIS_MODULE;
@@ -367,7 +381,12 @@ impl kernel::Module for KmclStress {
         // Under make check the KUnit suite runs the stress; make stress asks
         // for it here.
         if module_parameters::run_at_load.value() {
-            run(u64::from(module_parameters::packets.value()))?;
+            let packets = u64::from(module_parameters::packets.value());
+            if module_parameters::teardown.value() {
+                teardown::run(packets, module_parameters::seed.value())?;
+            } else {
+                run(packets)?;
+            }
         }
         Ok(KmclStress)
     }
@@ -391,6 +410,25 @@ mod tests {
         // The conditions the test is for did occur.
         assert!(o.quota_stalls > 0);
         assert!(o.ring_full > 0);
+        assert!(o.pauses > 0);
+        Ok(())
+    }
+
+    #[test]
+    fn teardowns_lose_duplicate_and_call_late_nothing() -> Result {
+        let o = teardown::run(4000, module_parameters::seed.value())?;
+        assert_eq!(o.hang, None);
+        assert_eq!(o.lost, 0);
+        assert_eq!(o.duplicated, 0);
+        assert_eq!(o.reordered, 0);
+        assert_eq!(o.corrupt, 0);
+        assert_eq!(o.late_calls, 0);
+        assert_eq!(o.misreported, 0);
+        assert_eq!(o.sent, 4000);
+        assert!(o.received + o.cancelled + o.dropped >= o.sent);
+        // The conditions the test is for did occur.
+        assert!(o.disables > 0);
+        assert_eq!(u64::from(o.connections), o.disables + 1);
         assert!(o.pauses > 0);
         Ok(())
     }
