@@ -130,14 +130,16 @@ const RQST_ERROR: u64 = u64::MAX - 1;
 const RQST_ADDR_ANY: u64 = u64::MAX;
 
 /// What to do with a test-built `vmbus_channel` when the kmcl channel closes.
+#[cfg(CONFIG_KUNIT)]
 pub(crate) type Release = unsafe extern "C" fn(*mut VmbusChannel);
 
 /// Who owns the `vmbus_channel` under an endpoint.
 pub(crate) enum Owner {
     /// A device bound to kmcl; closing hands it back to the bus.
     Device(bus::Lease),
-    /// A channel the interop suites built, with its destructor.
-    #[cfg_attr(not(CONFIG_KUNIT), allow(dead_code))]
+    /// A channel the interop suites or the benchmark built, with its
+    /// destructor. Test-only.
+    #[cfg(CONFIG_KUNIT)]
     Raw(Option<Release>),
 }
 
@@ -175,6 +177,7 @@ impl HvEndpoint {
     pub(crate) fn device(&self) -> Option<(&kernel::sync::Arc<bus::HvDevice>, u64)> {
         match &self.owner {
             Owner::Device(lease) => Some((&lease.dev, lease.epoch)),
+            #[cfg(CONFIG_KUNIT)]
             Owner::Raw(_) => None,
         }
     }
@@ -326,10 +329,12 @@ impl HvEndpoint {
     pub(crate) fn close(self) {
         match self.owner {
             Owner::Device(lease) => bus::HvBus::close(lease),
+            #[cfg(CONFIG_KUNIT)]
             Owner::Raw(Some(release)) => {
                 // SAFETY: the invariant: `release` ends the channel's life, once.
                 unsafe { release(self.chan.as_ptr()) }
             }
+            #[cfg(CONFIG_KUNIT)]
             Owner::Raw(None) => {}
         }
     }
