@@ -90,6 +90,10 @@ pub(crate) struct PacketInner {
     pub(super) mdl: Option<Mdl>,
     pub(super) wait: bool,
     pub(super) trans_id: u64,
+    /// Payload bytes and external ranges of the encoded send, checked
+    /// against the channel's limits when it is submitted.
+    pub(super) payload_len: usize,
+    pub(super) range_count: usize,
 }
 
 impl PacketInner {
@@ -108,6 +112,8 @@ impl PacketInner {
                 mdl: None,
                 wait: false,
                 trans_id: 0,
+                payload_len: 0,
+                range_count: 0,
             },
             GFP_KERNEL,
         )?)
@@ -328,13 +334,8 @@ impl Packet {
         if !ranges.is_empty() && !wait {
             return Err(EINVAL);
         }
-        let (max, chain) = {
-            let g = self.channel().inner.lock();
-            (g.tx.max_packet_size, g.tx.max_ext_chain)
-        };
-        if data.len() > max as usize || ranges.len() > chain as usize {
-            return Err(EINVAL);
-        }
+        // The channel's limits are checked at submission, under the lock
+        // that takes anyway; the buffer bounds what can be encoded.
         let inner = self.get_mut();
         let flag_bits = if wait {
             packet::FLAG_COMPLETION_REQUESTED
@@ -362,6 +363,8 @@ impl Packet {
         inner.buf[off + data.len()..total].fill(0);
         inner.len = total;
         inner.wait = wait;
+        inner.payload_len = data.len();
+        inner.range_count = ranges.len();
         Ok(())
     }
 
@@ -370,7 +373,12 @@ impl Packet {
         let chan = self.channel().arc();
         let wait = self.get().wait;
         let mut g = chan.inner.lock();
-        if let Err(e) = usable_for_send(&g) {
+        let within = {
+            let i = self.get();
+            i.payload_len <= g.tx.max_packet_size as usize
+                && i.range_count <= g.tx.max_ext_chain as usize
+        };
+        if let Err(e) = usable_for_send(&g).and(if within { Ok(()) } else { Err(EINVAL) }) {
             drop(g);
             return Err(SendError {
                 error: e,
