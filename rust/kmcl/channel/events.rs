@@ -121,7 +121,7 @@ impl Channel {
     /// the channel down.
     pub(crate) fn peer_closed(&self) {
         self.inner.lock().peer_gone = true;
-        self.cond.notify_all();
+        self.wake_waiters();
         self.post_event(event::PEER_CLOSED);
     }
 

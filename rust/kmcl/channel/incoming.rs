@@ -249,7 +249,7 @@ impl IncomingPacket {
         if kick {
             chan.kick_delivery();
         }
-        chan.cond.notify_all();
+        chan.wake_waiters();
         result
     }
 }

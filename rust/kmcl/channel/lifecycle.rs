@@ -37,10 +37,8 @@ impl Channel {
             }
             // State changes notify the condition variable; the timeout only
             // bounds the wait.
-            match self
-                .cond
-                .wait_interruptible_timeout(&mut g, (deadline - now) as kernel::time::Jiffies)
-            {
+            let left = (deadline - now) as kernel::time::Jiffies;
+            match self.counted_wait(&mut g, |c, g| c.wait_interruptible_timeout(g, left)) {
                 CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
                 CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Woken { .. } => {}
             }
@@ -142,7 +140,7 @@ impl Channel {
             let mut g = self.inner.lock();
             g.disabling = true;
         }
-        self.cond.notify_all();
+        self.wake_waiters();
         let _c = self.control.lock();
         let (bus, servicing) = {
             let mut g = self.inner.lock();
@@ -269,7 +267,7 @@ impl Channel {
                 false
             }
         };
-        self.cond.notify_all();
+        self.wake_waiters();
         if !paused {
             self.call_state(|cb, ch| cb.started(ch));
             self.start_delivery();
@@ -282,7 +280,7 @@ impl Channel {
     pub(crate) fn wait_until(&self, mut done: impl FnMut(&mut Inner) -> bool) {
         let mut g = self.inner.lock();
         while !done(&mut g) {
-            self.cond.wait(&mut g);
+            self.counted_wait(&mut g, |c, g| c.wait(g));
         }
     }
 
@@ -381,7 +379,7 @@ impl Channel {
                 }
                 let bus = g.cfg.bus.clone();
                 drop(g);
-                self.cond.notify_all();
+                self.wake_waiters();
                 match (self.endpoint, bus) {
                     (Endpoint::Server, Some(bus)) => bus.offer_available(self),
                     (Endpoint::Client, Some(bus)) if state == State::Enabled => {

@@ -30,6 +30,10 @@ use kernel::{
     new_condvar, new_mutex, new_spinlock_irq,
     prelude::*,
     sync::{
+        lock::{
+            spinlock::SpinLockIrqBackend,
+            Guard, //
+        },
         Arc,
         CondVar,
         Mutex,
@@ -222,6 +226,9 @@ pub struct Channel {
     #[pin]
     routine_work: Work<Channel, 3>,
     pub(crate) stats: Stats,
+    /// Threads waiting on `cond`: a state change wakes it only when some
+    /// thread waits, so the packet paths pay no wake-up.
+    waiters: AtomicU32,
     pointer: core::sync::atomic::AtomicUsize,
 }
 
@@ -315,6 +322,7 @@ impl Channel {
                 control_work <- new_work!("kmcl::Channel::control_work"),
                 routine_work <- new_work!("kmcl::Channel::routine_work"),
                 stats: Stats::default(),
+                waiters: AtomicU32::new(0),
                 pointer: core::sync::atomic::AtomicUsize::new(0),
             }),
             GFP_KERNEL,
@@ -424,6 +432,36 @@ impl ChannelHandle {
         self.chan.enable()?;
         attach_status(self);
         Ok(())
+    }
+}
+
+/// The channel lock's guard.
+pub(crate) type InnerGuard<'a> = Guard<'a, Inner, SpinLockIrqBackend>;
+
+impl Channel {
+    /// Wakes the threads waiting on the channel's condition variable (a
+    /// state change they wait for happened); does nothing when none waits.
+    ///
+    /// A waiter counts itself under the channel lock before it sleeps, and
+    /// the change it waits for is made under that lock before this is
+    /// called: either the waiter saw the change, or this sees the waiter.
+    pub(crate) fn wake_waiters(&self) {
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.cond.notify_all();
+        }
+    }
+
+    /// Runs `wait`, a wait on the channel's condition variable with the
+    /// channel lock `g` held, counted as a waiter.
+    pub(crate) fn counted_wait<R>(
+        &self,
+        g: &mut InnerGuard<'_>,
+        wait: impl FnOnce(&CondVar, &mut InnerGuard<'_>) -> R,
+    ) -> R {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let r = wait(&self.cond, g);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        r
     }
 }
 

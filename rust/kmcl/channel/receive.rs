@@ -80,7 +80,7 @@ impl Channel {
             g.rx.current = 0;
             g.rx.redelivering -= 1;
         }
-        self.cond.notify_all();
+        self.wake_waiters();
         if self.inner.lock().rx.passive {
             self.flush_send_queue();
             self.drain();
@@ -155,7 +155,7 @@ impl Channel {
             g.rx.delivering = false;
             break;
         }
-        self.cond.notify_all();
+        self.wake_waiters();
     }
 
     /// One pass of [`Channel::drain`]: reads until the ring is empty or

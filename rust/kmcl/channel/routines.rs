@@ -107,7 +107,7 @@ impl Channel {
                         let waiter = core::mem::take(&mut g.routines.waiter);
                         drop(g);
                         if waiter {
-                            self.cond.notify_all();
+                            self.wake_waiters();
                         }
                         return;
                     }
@@ -140,7 +140,7 @@ impl Channel {
             // Another context is working the list off; it clears `running`
             // and wakes this waiter when it is done.
             g.routines.waiter = true;
-            self.cond.wait(&mut g);
+            self.counted_wait(&mut g, |c, g| c.wait(g));
         }
     }
 }

@@ -207,7 +207,7 @@ impl Channel {
                         _ => false,
                     };
                     drop(g);
-                    self.cond.notify_all();
+                    self.wake_waiters();
                     if signal {
                         self.signal_peer();
                     }
@@ -243,7 +243,7 @@ impl Channel {
                 }
             }
         }
-        self.cond.notify_all();
+        self.wake_waiters();
         loop {
             let mut g = self.inner.lock();
             let p = if let Some(item) = g.tx.pop() {
@@ -271,7 +271,7 @@ impl Channel {
                 call_routine(p, Err(status), &[]);
             }
         }
-        self.cond.notify_all();
+        self.wake_waiters();
         self.wait_until(|g| !g.tx.slots.iter().any(|s| s.owner.is_some()));
         // One-way sends that entered the ring finish as they would have.
         self.finish_routines();

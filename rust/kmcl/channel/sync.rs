@@ -154,7 +154,7 @@ impl Channel {
             if g.peer_gone || g.disabling {
                 g.tx.free_slot(slot);
                 drop(g);
-                self.cond.notify_all();
+                self.wake_waiters();
                 return Err(ENODEV);
             }
             let left = match deadline {
@@ -167,18 +167,18 @@ impl Channel {
                         // keeps its own slot until that completion comes.
                         g.tx.free_slot(slot);
                         drop(g);
-                        self.cond.notify_all();
+                        self.wake_waiters();
                         return Err(ETIMEDOUT);
                     }
                     (dl - now) as kernel::time::Jiffies
                 }
             };
-            match self.cond.wait_interruptible_timeout(&mut g, left) {
+            match self.counted_wait(&mut g, |c, g| c.wait_interruptible_timeout(g, left)) {
                 CondVarTimeoutResult::Signal { .. } => {
                     // Cancelled exactly as a timeout cancels it.
                     g.tx.free_slot(slot);
                     drop(g);
-                    self.cond.notify_all();
+                    self.wake_waiters();
                     return Err(ERESTARTSYS);
                 }
                 CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Woken { .. } => {}
@@ -188,7 +188,7 @@ impl Channel {
         // The slot's owner was taken above; free the slot itself.
         g.tx.free_slot(slot);
         drop(g);
-        self.cond.notify_all();
+        self.wake_waiters();
         match owner {
             Some(TxOwner::Sync(r)) => {
                 let n = r.result.unwrap_or(Err(ENODEV))?;

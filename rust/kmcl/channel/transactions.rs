@@ -242,7 +242,7 @@ impl Channel {
         drop(g);
         match p {
             Some(p) => call_routine(p, Ok(()), payload),
-            None => self.cond.notify_all(),
+            None => self.wake_waiters(),
         }
     }
 
