@@ -156,11 +156,11 @@ impl IncomingPacket {
         let chan = self.chan.clone();
         {
             let mut g = chan.inner.lock();
-            if g.rx.current != self.seq || self.seq == 0 {
+            if chan.current.load(Ordering::Relaxed) != self.seq || self.seq == 0 {
                 drop(g);
                 return Err(DeferError(self));
             }
-            g.rx.current = 0;
+            chan.current.store(0, Ordering::Relaxed);
             if let Err(e) = g.rx.deferred.push_within_capacity(self) {
                 // Cannot happen: one deferred entry per slot is reserved.
                 drop(g);
@@ -214,9 +214,9 @@ impl IncomingPacket {
         let mut signal = false;
         {
             let mut g = chan.inner.lock();
-            if g.rx.current == self.seq {
-                g.rx.current = 0;
-            }
+            let _ =
+                chan.current
+                    .compare_exchange(self.seq, 0, Ordering::Relaxed, Ordering::Relaxed);
             g.rx.outstanding -= 1;
             if g.rx.stalled && g.rx.outstanding < g.rx.quota {
                 g.rx.stalled = false;

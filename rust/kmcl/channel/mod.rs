@@ -226,6 +226,11 @@ pub struct Channel {
     #[pin]
     routine_work: Work<Channel, 3>,
     pub(crate) stats: Stats,
+    /// Sequence number of the packet inside ProcessPacket, 0 if none: the
+    /// one packet that may be deferred. Set and tested under the channel
+    /// lock; the drain clears it without the lock once ProcessPacket
+    /// returned.
+    pub(crate) current: AtomicU64,
     /// Threads waiting on `cond`: a state change wakes it only when some
     /// thread waits, so the packet paths pay no wake-up.
     waiters: AtomicU32,
@@ -322,6 +327,7 @@ impl Channel {
                 control_work <- new_work!("kmcl::Channel::control_work"),
                 routine_work <- new_work!("kmcl::Channel::routine_work"),
                 stats: Stats::default(),
+                current: AtomicU64::new(0),
                 waiters: AtomicU32::new(0),
                 pointer: core::sync::atomic::AtomicUsize::new(0),
             }),

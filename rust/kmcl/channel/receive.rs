@@ -66,7 +66,7 @@ impl Channel {
                 if let Some(p) = &mut p {
                     p.seq = g.rx.next_seq;
                     g.rx.next_seq += 1;
-                    g.rx.current = p.seq;
+                    self.current.store(p.seq, Ordering::Relaxed);
                 }
                 // Counted under the same lock that saw delivery enabled:
                 // `stop_delivery` waits for this call to return.
@@ -77,7 +77,7 @@ impl Channel {
                 cb.process_packet(self, p);
             }
             let mut g = self.inner.lock();
-            g.rx.current = 0;
+            self.current.store(0, Ordering::Relaxed);
             g.rx.redelivering -= 1;
         }
         self.wake_waiters();
@@ -151,7 +151,7 @@ impl Channel {
                     continue;
                 }
             }
-            g.rx.current = 0;
+            self.current.store(0, Ordering::Relaxed);
             g.rx.delivering = false;
             break;
         }
@@ -212,7 +212,7 @@ impl Channel {
     fn drain_one(&self, cb: &dyn super::callbacks::ProcessPacket, batch: &mut u32) -> Option<Stop> {
         let mut g = self.inner.lock();
         // The previous packet's ProcessPacket has returned.
-        g.rx.current = 0;
+        self.current.store(0, Ordering::Relaxed);
         if !g.rx.enabled || g.rx.failed || g.state != State::Started {
             return Some(Stop::Blocked);
         }
@@ -282,7 +282,7 @@ impl Channel {
         g.rx.outstanding += 1;
         let seq = g.rx.next_seq;
         g.rx.next_seq += 1;
-        g.rx.current = seq;
+        self.current.store(seq, Ordering::Relaxed);
         drop(g);
         self.stats.packets_received.fetch_add(1, Ordering::Relaxed);
         let len = buf.len();
@@ -302,10 +302,9 @@ impl Channel {
         };
         cb.process_packet(self, pkt);
         // From here on the packet can no longer be deferred.
-        let mut g = self.inner.lock();
-        if g.rx.current == seq {
-            g.rx.current = 0;
-        }
+        let _ = self
+            .current
+            .compare_exchange(seq, 0, Ordering::Release, Ordering::Relaxed);
         None
     }
 

@@ -41,8 +41,6 @@ pub(crate) struct RxState {
     /// Deferred packets being redelivered in process context now: driver
     /// calls outside the drain loop that Pause and teardown wait for.
     pub(crate) redelivering: u32,
-    /// Sequence number of the packet inside ProcessPacket, 0 if none.
-    pub(super) current: u64,
     pub(super) next_seq: u64,
 }
 
@@ -68,7 +66,6 @@ impl RxState {
             failed: false,
             deferred: KVec::new(),
             redelivering: 0,
-            current: 0,
             next_seq: 1,
         }
     }
