@@ -25,11 +25,13 @@ pub trait ProcessPacket: Send + Sync {
     /// Runs in softirq context (bottom halves disabled, as for completion
     /// routines), or in process context when the channel processes incoming
     /// packets at passive level or the packet was deferred.
+    #[doc(alias = "EvtVmbChannelProcessPacket")]
     fn process_packet(&self, channel: &Channel, packet: IncomingPacket);
 
     /// The incoming queue went from non-empty to empty, or delivery paused
     /// (quota, a failed packet); `count` packets were delivered since the last
     /// call. Runs in the same context as [`ProcessPacket::process_packet`].
+    #[doc(alias = "EvtVmbChannelProcessingComplete")]
     fn processing_complete(&self, channel: &Channel, count: u32) {
         let _ = (channel, count);
     }
@@ -43,6 +45,7 @@ pub trait StateChange: Send + Sync {
     /// The channel was opened (client: by this endpoint; server: by the
     /// client). Long-lived GPADLs are created here. An error rolls the
     /// channel back to no traffic; on a client, PnpFailure follows.
+    #[doc(alias = "EvtVmbChannelOpened")]
     fn opened(&self, channel: &Channel) -> Result {
         let _ = channel;
         Ok(())
@@ -50,12 +53,14 @@ pub trait StateChange: Send + Sync {
 
     /// The channel is configured; incoming delivery begins after this
     /// returns. Sends may be queued here, but replies must not be awaited.
+    #[doc(alias = "EvtVmbChannelStarted")]
     fn started(&self, channel: &Channel) {
         let _ = channel;
     }
 
     /// Packets from the peer can now be received: the place for synchronous
     /// protocol negotiation.
+    #[doc(alias = "EvtVmbChannelPostStarted")]
     fn post_started(&self, channel: &Channel) {
         let _ = channel;
     }
@@ -67,12 +72,14 @@ pub trait StateChange: Send + Sync {
     /// still be finished: Pause and Disable wait for them. Packets deferred
     /// to process context and not yet redelivered stay with kmcl: they are
     /// redelivered after the next Started, or dropped by a teardown.
+    #[doc(alias = "EvtVmbChannelSuspend")]
     fn suspend(&self, channel: &Channel) {
         let _ = channel;
     }
 
     /// The channel closed (Disable, peer close, rescind). GPADLs must be
     /// deleted here.
+    #[doc(alias = "EvtVmbChannelClosed")]
     fn closed(&self, channel: &Channel) {
         let _ = channel;
     }
@@ -90,6 +97,7 @@ pub trait SaveRestorePacket: Send + Sync {
     /// call gets an empty `buf`: return `Err(needed)` with the size needed if
     /// there is state, or `Ok(0)`. The second call gets a buffer that large
     /// and returns the bytes written.
+    #[doc(alias = "EvtVmbChannelSavePacket")]
     fn save_packet(
         &self,
         channel: &Channel,
@@ -101,6 +109,7 @@ pub trait SaveRestorePacket: Send + Sync {
     /// transaction id); `state` is what [`SaveRestorePacket::save_packet`]
     /// wrote. The driver takes ownership of `packet` and finishes it with
     /// [`Packet::restore`].
+    #[doc(alias = "EvtVmbChannelRestorePacket")]
     fn restore_packet(&self, channel: &Channel, packet: Packet, state: &[u8]) -> Result;
 }
 
@@ -116,4 +125,5 @@ pub trait SaveRestorePacket: Send + Sync {
 /// that enters the ring at once gets its routine shortly after `send()`
 /// returns, from the channel's softirq work. A routine that sends again
 /// therefore never recurses.
+#[doc(alias = "EvtVmbPacketCompletionRoutine")]
 pub type CompletionRoutine = fn(packet: Packet, status: Result, response: &[u8]);

@@ -136,6 +136,7 @@ impl Channel {
 
     /// Size of the per-incoming-packet scratch area
     /// (`VmbChannelInitSetClientContextSize`).
+    #[doc(alias = "VmbChannelInitSetClientContextSize")]
     pub fn init_set_client_context_size(&self, size: u32) -> Result {
         if size > 4096 {
             return Err(EINVAL);
@@ -146,6 +147,7 @@ impl Channel {
     }
 
     /// Channel flags, [`CHANNEL_FLAG_IS_PIPE`] (`VmbChannelInitSetFlags`).
+    #[doc(alias = "VmbChannelInitSetFlags")]
     pub fn init_set_flags(&self, flags: u32) -> Result {
         if flags & !CHANNEL_FLAG_IS_PIPE != 0 {
             return Err(EINVAL);
@@ -157,6 +159,7 @@ impl Channel {
 
     /// Name for debugging and debugfs (`VmbChannelInitSetFriendlyName`): at
     /// most [`FRIENDLY_NAME_MAX`] bytes of UTF-8.
+    #[doc(alias = "VmbChannelInitSetFriendlyName")]
     pub fn init_set_friendly_name(&self, name: &CStr) -> Result {
         let b = name.to_str().map_err(|_| EINVAL)?.as_bytes();
         if b.len() > FRIENDLY_NAME_MAX {
@@ -171,6 +174,7 @@ impl Channel {
 
     /// Largest external data a packet may describe: total bytes and number of
     /// ranges, both above zero (`VmbChannelInitSetMaximumExternalData`).
+    #[doc(alias = "VmbChannelInitSetMaximumExternalData")]
     pub fn init_set_maximum_external_data(&self, size: u32, chain_length: u32) -> Result {
         if size == 0 || chain_length == 0 || chain_length > 64 {
             return Err(EINVAL);
@@ -183,6 +187,7 @@ impl Channel {
 
     /// Largest payload a send may ever carry, above zero
     /// (`VmbChannelInitSetMaximumPacketSize`).
+    #[doc(alias = "VmbChannelInitSetMaximumPacketSize")]
     pub fn init_set_maximum_packet_size(&self, size: u32) -> Result {
         if size == 0 || size > 1 << 20 {
             return Err(EINVAL);
@@ -193,6 +198,7 @@ impl Channel {
     }
 
     /// Packet callbacks (`VmbChannelInitSetProcessPacketCallbacks`).
+    #[doc(alias = "VmbChannelInitSetProcessPacketCallbacks")]
     pub fn init_set_process_packet_callbacks(&self, cb: Arc<dyn ProcessPacket>) -> Result {
         init_setter!(self, g, {
             g.cfg.process = Some(cb);
@@ -200,6 +206,7 @@ impl Channel {
     }
 
     /// State callbacks (`VmbChannelInitSetStateChangeCallbacks`).
+    #[doc(alias = "VmbChannelInitSetStateChangeCallbacks")]
     pub fn init_set_state_change_callbacks(&self, cb: Arc<dyn StateChange>) -> Result {
         init_setter!(self, g, {
             g.cfg.state_cb = Some(cb);
@@ -230,6 +237,7 @@ impl Channel {
 
     /// The VMBus instance to use (`VmbServerChannelInitSetVmbusHandle`). kmcl
     /// accepts it on clients too, to pick a loopback bus.
+    #[doc(alias = "VmbServerChannelInitSetVmbusHandle")]
     pub fn init_set_vmbus_handle(&self, bus: Bus) -> Result {
         init_setter!(self, g, {
             g.cfg.bus = Some(bus);
@@ -238,6 +246,7 @@ impl Channel {
 
     /// Ring size in pages per direction, control page included, at least 2
     /// (`VmbClientChannelInitSetRingBufferPageCount`). Client only.
+    #[doc(alias = "VmbClientChannelInitSetRingBufferPageCount")]
     pub fn init_set_ring_buffer_page_count(&self, pages: u32) -> Result {
         if self.endpoint != Endpoint::Client || !(2..=1024).contains(&pages) {
             return Err(EINVAL);
@@ -250,6 +259,7 @@ impl Channel {
     /// The offer to open: interface type and, optionally, instance
     /// (`VmbClientChannelInitSetTargetPnp`). PnP failures reach
     /// [`StateChange::pnp_failure`]. Client only.
+    #[doc(alias = "VmbClientChannelInitSetTargetPnp")]
     pub fn init_set_target_pnp(&self, interface_type: Guid, instance: Option<Guid>) -> Result {
         if self.endpoint != Endpoint::Client || interface_type.is_null() {
             return Err(EINVAL);
@@ -261,6 +271,7 @@ impl Channel {
     }
 
     /// Server flags, see [`server_flags`] (`VmbServerChannelInitSetFlags`).
+    #[doc(alias = "VmbServerChannelInitSetFlags")]
     pub fn init_set_server_flags(&self, flags: u32) -> Result {
         if self.endpoint != Endpoint::Server || flags & !server_flags::ALL != 0 {
             return Err(EINVAL);
@@ -272,6 +283,7 @@ impl Channel {
 
     /// MMIO space to reserve for the device, in MiB
     /// (`VmbServerChannelInitSetMmioMegabytes`). Server only.
+    #[doc(alias = "VmbServerChannelInitSetMmioMegabytes")]
     pub fn init_set_mmio_megabytes(&self, megabytes: u32) -> Result {
         if self.endpoint != Endpoint::Server || megabytes > 64 {
             return Err(EINVAL);
@@ -283,6 +295,7 @@ impl Channel {
 
     /// Per-packet save/restore callbacks
     /// (`VmbServerChannelInitSetSaveRestorePacketCallbacks`). Server only.
+    #[doc(alias = "VmbServerChannelInitSetSaveRestorePacketCallbacks")]
     pub fn init_set_save_restore_packet_callbacks(&self, cb: Arc<dyn SaveRestorePacket>) -> Result {
         if self.endpoint != Endpoint::Server {
             return Err(EINVAL);
@@ -294,6 +307,7 @@ impl Channel {
 
     /// The interface type and instance of the offer
     /// (`VmbServerChannelInitSetTargetInterfaceId`). Server only.
+    #[doc(alias = "VmbServerChannelInitSetTargetInterfaceId")]
     pub fn init_set_target_interface_id(&self, interface_type: Guid, instance: Guid) -> Result {
         if self.endpoint != Endpoint::Server || interface_type.is_null() {
             return Err(EINVAL);
@@ -306,6 +320,7 @@ impl Channel {
 
     /// The VTL the offer is made to (`VmbServerChannelInitSetTargetVtl`).
     /// Server only; 0 to 2.
+    #[doc(alias = "VmbServerChannelInitSetTargetVtl")]
     pub fn init_set_target_vtl(&self, vtl: u8) -> Result {
         if self.endpoint != Endpoint::Server || vtl > 2 {
             return Err(EINVAL);
@@ -320,6 +335,7 @@ impl Channel {
     /// Caps how many incoming packets may be delivered and not yet finished
     /// (`VmbChannelSetTransactionQuota`), above zero. Lowering it below the
     /// outstanding count delivers nothing more until enough packets finish.
+    #[doc(alias = "VmbChannelSetTransactionQuota")]
     pub fn set_transaction_quota(&self, quota: u32) -> Result {
         if quota == 0 {
             return Err(EINVAL);
@@ -331,12 +347,14 @@ impl Channel {
 
     /// Delivers incoming packets in process context instead of softirq
     /// context (`VmbChannelSetIncomingProcessingAtPassive`).
+    #[doc(alias = "VmbChannelSetIncomingProcessingAtPassive")]
     pub fn set_incoming_processing_at_passive(&self, passive: bool) {
         self.inner.lock().rx.passive = passive;
     }
 
     /// The interface type and instance of the channel's offer
     /// (`VmbChannelGetInterfaceInstance` returns the latter).
+    #[doc(alias = "VmbChannelGetInterfaceInstance")]
     pub fn interface_ids(&self) -> (Guid, Option<Guid>) {
         let g = self.inner.lock();
         (g.cfg.target_type, g.cfg.target_instance)

@@ -105,11 +105,13 @@ impl Channel {
     /// returns once the server side has it. `flags`: [`GPADL_READ_ONLY`].
     /// Over the hv transport the buffer must be whole pages (page-aligned,
     /// a multiple of 4 KiB long), as Linux shares pages; `EINVAL` otherwise.
+    #[doc(alias = "VmbChannelCreateGpadlFromBuffer")]
     pub fn create_gpadl_from_buffer(&self, buffer: KVVec<u8>, flags: u32) -> Result<Gpadl> {
         self.create_gpadl(GpadlMemory::Buffer(buffer), flags)
     }
 
     /// Creates a GPADL over `pages` (`VmbChannelCreateGpadlFromMdl`).
+    #[doc(alias = "VmbChannelCreateGpadlFromMdl")]
     pub fn create_gpadl_from_pages(&self, pages: KVec<Page>, flags: u32) -> Result<Gpadl> {
         self.create_gpadl(GpadlMemory::Pages(pages), flags)
     }
@@ -129,6 +131,7 @@ impl Channel {
 
     /// Deletes a GPADL (`VmbChannelDeleteGpadl`) and returns its memory.
     /// Blocks while the server has it mapped.
+    #[doc(alias = "VmbChannelDeleteGpadl")]
     pub fn delete_gpadl(&self, mut gpadl: Gpadl) -> Option<GpadlMemory> {
         gpadl.delete_inner()
     }
@@ -136,6 +139,7 @@ impl Channel {
     /// Maps the client's GPADL `id` (`VmbChannelMapGpadl`). Server only; one
     /// mapping per GPADL at a time (`EBUSY`); `ENOENT` for an unknown or
     /// deleted id.
+    #[doc(alias = "VmbChannelMapGpadl")]
     pub fn map_gpadl(&self, id: u32) -> Result<GpadlMapping> {
         if self.endpoint() != super::Endpoint::Server {
             return Err(EINVAL);
@@ -145,6 +149,7 @@ impl Channel {
 
     /// Unmaps a GPADL (`VmbChannelUnmapGpadl`); dropping the mapping does the
     /// same.
+    #[doc(alias = "VmbChannelUnmapGpadl")]
     pub fn unmap_gpadl(&self, mapping: GpadlMapping) {
         drop(mapping);
     }
@@ -154,6 +159,7 @@ impl Channel {
     /// the loopback signals without monitor pages, and Linux 7.3 offers a
     /// guest no way to change a channel's monitor latency (the host sets it
     /// in the offer). The value is recorded and shown in debugfs.
+    #[doc(alias = "VmbChannelSetInterruptLatency")]
     pub fn set_interrupt_latency(&self, latency_100ns: u32) -> Result {
         self.peer()?;
         self.inner.lock().interrupt_latency = latency_100ns;
@@ -165,6 +171,7 @@ impl Channel {
     /// hv transport the range is allocated with `vmbus_allocate_mmio()` on
     /// first use, as large as the host's offer asks, and freed when the
     /// channel closes.
+    #[doc(alias = "VmbChannelGetMmioSpace")]
     pub fn mmio_space(&self) -> Result<MmioSpace> {
         self.peer()?.mmio().map(MmioSpace)
     }

@@ -97,6 +97,7 @@ impl IncomingPacket {
     /// The external memory the packet describes
     /// (`VmbChannelPacketGetExternalData`); `None` without
     /// [`PROCESS_PACKET_FLAG_EXTERNAL_DATA`].
+    #[doc(alias = "VmbChannelPacketGetExternalData")]
     pub fn external_data(&self) -> Option<ExternalData<'_>> {
         if !self.external {
             return None;
@@ -119,6 +120,7 @@ impl IncomingPacket {
     /// and the completion goes out empty. If the ring is full, the completion
     /// is queued and sent when space frees; it is never lost. Callable from
     /// any context.
+    #[doc(alias = "VmbChannelPacketComplete")]
     pub fn complete(mut self, response: &[u8]) -> Result {
         self.finish_with(Some(response))
     }
@@ -136,6 +138,7 @@ impl IncomingPacket {
 
     /// Fails the packet as malformed (`VmbChannelPacketFail`): no completion
     /// is sent and the incoming queue stops until the channel is reopened.
+    #[doc(alias = "VmbChannelPacketFail")]
     pub fn fail(mut self) {
         let chan = self.chan.clone();
         pr_warn!(
@@ -152,6 +155,7 @@ impl IncomingPacket {
     /// Redelivers the packet later in process context
     /// (`VmbChannelPacketDeferToPassive`). Only valid from inside
     /// ProcessPacket; elsewhere the packet is handed back.
+    #[doc(alias = "VmbChannelPacketDeferToPassive")]
     pub fn defer_to_passive(self) -> core::result::Result<(), DeferError> {
         let chan = self.chan.clone();
         {

@@ -63,6 +63,7 @@ impl Channel {
     /// Enables a Disabled channel (`VmbChannelEnable`): a server offers it, a
     /// client opens its target or waits for it. Returns at once; the state
     /// callbacks follow in process context.
+    #[doc(alias = "VmbChannelEnable")]
     pub fn enable(&self) -> Result {
         kernel::task::might_sleep();
         let _c = self.control.lock();
@@ -131,6 +132,7 @@ impl Channel {
     /// [`Channel::enable`]. On a Disabled channel it does nothing. Called
     /// from one of the channel's own state callbacks it would wait for
     /// itself: it logs an error and returns without doing anything.
+    #[doc(alias = "VmbChannelDisable")]
     pub fn disable(&self) {
         kernel::task::might_sleep();
         if self.check_not_in_callback().is_err() {
@@ -171,6 +173,7 @@ impl Channel {
     /// Pauses incoming delivery (`VmbChannelPause`). Blocks until Suspend has
     /// run and the driver has finished every outstanding incoming packet. On
     /// a Disabled channel, arms a pause that applies after the next open.
+    #[doc(alias = "VmbChannelPause")]
     pub fn pause(&self) -> Result {
         kernel::task::might_sleep();
         self.check_not_in_callback()?;
@@ -195,6 +198,7 @@ impl Channel {
 
     /// Leaves the paused state (`VmbChannelStart`): Started runs again and
     /// delivery resumes. On a Disabled channel, disarms a pending pause.
+    #[doc(alias = "VmbChannelStart")]
     pub fn start(&self) -> Result {
         kernel::task::might_sleep();
         self.check_not_in_callback()?;

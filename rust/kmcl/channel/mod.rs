@@ -264,6 +264,7 @@ impl core::ops::Deref for ChannelHandle {
 impl ChannelHandle {
     /// Frees a Disabled channel (`VmbChannelCleanup`). A channel in any other
     /// state is handed back with `EBUSY`.
+    #[doc(alias = "VmbChannelCleanup")]
     pub fn cleanup(self) -> core::result::Result<(), (Error, ChannelHandle)> {
         if self.chan.state() != State::Disabled {
             return Err((EBUSY, self));
@@ -295,6 +296,7 @@ impl Channel {
     /// one whose code the channel's callbacks run. Should that module go
     /// away with the handle still alive, kmcl disables the channel and drops
     /// its callbacks before the module's memory is freed.
+    #[doc(alias = "VmbChannelAllocate")]
     pub fn allocate(endpoint: Endpoint, module: &'static ThisModule) -> Result<ChannelHandle> {
         let chan = Arc::pin_init(
             try_pin_init!(Channel {
@@ -362,11 +364,13 @@ impl Channel {
     }
 
     /// Stores a driver value in the channel (`VmbChannelSetPointer`).
+    #[doc(alias = "VmbChannelSetPointer")]
     pub fn set_pointer(&self, value: usize) {
         self.pointer.store(value, Ordering::Relaxed);
     }
 
     /// The value stored with [`Channel::set_pointer`] (`VmbChannelGetPointer`).
+    #[doc(alias = "VmbChannelGetPointer")]
     pub fn pointer(&self) -> usize {
         self.pointer.load(Ordering::Relaxed)
     }
@@ -434,6 +438,7 @@ pub(crate) fn attach_status(handle: &mut ChannelHandle) {
 impl ChannelHandle {
     /// Enables the channel and publishes its debugfs status, see
     /// [`Channel::enable`].
+    #[doc(alias = "VmbChannelEnable")]
     pub fn enable(&mut self) -> Result {
         self.chan.enable()?;
         attach_status(self);

@@ -183,6 +183,7 @@ impl Packet {
     }
 
     /// Makes a packet of `channel` in caller memory (`VmbPacketInitialize`).
+    #[doc(alias = "VmbPacketInitialize")]
     pub fn initialize(channel: &Channel, mut memory: PacketMemory) -> Packet {
         memory.0.chan = Some(channel.arc());
         memory.0.routine = None;
@@ -205,6 +206,7 @@ impl Packet {
     }
 
     /// The channel of the packet (`VmbPacketGetChannel`).
+    #[doc(alias = "VmbPacketGetChannel")]
     pub fn channel(&self) -> &Channel {
         // INVARIANT: a live packet always belongs to a channel.
         self.get()
@@ -214,17 +216,20 @@ impl Packet {
     }
 
     /// Stores a driver value in the packet (`VmbPacketSetPointer`).
+    #[doc(alias = "VmbPacketSetPointer")]
     pub fn set_pointer(&mut self, value: usize) {
         self.get_mut().pointer = value;
     }
 
     /// The value stored with [`Packet::set_pointer`] (`VmbPacketGetPointer`).
+    #[doc(alias = "VmbPacketGetPointer")]
     pub fn pointer(&self) -> usize {
         self.get().pointer
     }
 
     /// Sets the routine called when the transaction ends
     /// (`VmbPacketSetCompletionRoutine`). Without one, the packet is freed.
+    #[doc(alias = "VmbPacketSetCompletionRoutine")]
     pub fn set_completion_routine(&mut self, routine: CompletionRoutine) {
         self.get_mut().routine = Some(routine);
     }
@@ -266,6 +271,7 @@ impl Packet {
     /// peer's completion arrives; without it, when the packet enters the
     /// ring. A full ring queues the packet; it is sent in order when space
     /// frees. Callable from any context.
+    #[doc(alias = "VmbPacketSend")]
     pub fn send(self, data: &[u8], flags: SendFlags) -> core::result::Result<(), SendError> {
         self.send_encoded(data, &[], None, flags)
     }
@@ -273,6 +279,7 @@ impl Packet {
     /// Sends `data` with external memory given as page frame numbers
     /// (`VmbPacketSendWithExternalPfns`). Requires
     /// [`SendFlags::WAIT_FOR_COMPLETION`].
+    #[doc(alias = "VmbPacketSendWithExternalPfns")]
     pub fn send_with_external_pfns(
         self,
         data: &[u8],
@@ -292,6 +299,7 @@ impl Packet {
     /// (`VmbPacketSendWithExternalMdl`). The packet owns `mdl` until the
     /// completion routine takes it back with [`Packet::take_mdl`]. Requires
     /// [`SendFlags::WAIT_FOR_COMPLETION`].
+    #[doc(alias = "VmbPacketSendWithExternalMdl")]
     pub fn send_with_external_mdl(
         self,
         data: &[u8],
@@ -453,6 +461,7 @@ impl Packet {
     /// Restores a packet after [`Channel::restore_from_buffer`]
     /// (`VmbPacketRestore`): the transaction it belonged to is live again,
     /// and its completion reaches the packet's routine.
+    #[doc(alias = "VmbPacketRestore")]
     pub fn restore(self) -> Result {
         let chan = self.get().chan.clone().ok_or(EINVAL)?;
         chan.restore_packet_transaction(self)
@@ -507,6 +516,7 @@ impl Channel {
 
     /// Bytes of caller memory one packet object takes
     /// (`VmbChannelSizeofPacket`).
+    #[doc(alias = "VmbChannelSizeofPacket")]
     pub fn sizeof_packet(&self) -> usize {
         core::mem::size_of::<PacketInner>() + self.inner.lock().tx.encoded_capacity
     }
@@ -514,6 +524,7 @@ impl Channel {
     /// Takes a packet object from the channel's pool (`VmbPacketAllocate`).
     /// Never allocates memory; fails with `ENOMEM` when the pool is empty
     /// and `EINVAL` while the channel is Disabled.
+    #[doc(alias = "VmbPacketAllocate")]
     pub fn packet_allocate(&self) -> Result<Packet> {
         let mut g = self.inner.lock();
         if g.lost {

@@ -108,6 +108,7 @@ impl Channel {
     /// ([`SaveRestorePacket::save_packet`](super::callbacks::SaveRestorePacket),
     /// first with an empty buffer, then with one of the size it asked for)
     /// and assembles the saved state.
+    #[doc(alias = "VmbChannelSaveBegin")]
     pub fn save_begin(&self) -> Result<SaveContext> {
         kernel::task::might_sleep();
         let _c = self.control.lock();
@@ -179,6 +180,7 @@ impl Channel {
 
     /// Copies the next part of the saved state into `buf`
     /// (`VmbChannelSaveContinue`). Only whole records are copied.
+    #[doc(alias = "VmbChannelSaveContinue")]
     pub fn save_continue(&self, ctx: &mut SaveContext, buf: &mut [u8]) -> Result<SaveStatus> {
         match save::copy_records(&ctx.state, &mut ctx.pos, buf) {
             Ok(CopyStatus::Complete { filled }) => Ok(SaveStatus::Complete { filled }),
@@ -193,6 +195,7 @@ impl Channel {
     /// Ends the save (`VmbChannelSaveEnd`). From now on, Disable parks the
     /// connection for a restored instance instead of closing it; Start
     /// resumes this instance and forgets the save.
+    #[doc(alias = "VmbChannelSaveEnd")]
     pub fn save_end(&self, ctx: SaveContext) {
         drop(ctx);
         self.inner.lock().servicing = true;
@@ -202,6 +205,7 @@ impl Channel {
     /// (`VmbChannelRestoreFromBuffer`), on a Disabled server channel with the
     /// same interface ids. A malformed state is refused with `EINVAL` and
     /// forgotten.
+    #[doc(alias = "VmbChannelRestoreFromBuffer")]
     pub fn restore_from_buffer(&self, chunk: &[u8]) -> Result<RestoreStatus> {
         kernel::task::might_sleep();
         let _c = self.control.lock();

@@ -50,6 +50,7 @@ impl Channel {
     ///   does and fails the call with `ERESTARTSYS`.
     /// - A channel going away fails it with `ENODEV`; a completion larger
     ///   than `response` with `EOVERFLOW`.
+    #[doc(alias = "VmbChannelSendSynchronousRequest")]
     pub fn send_synchronous_request(
         &self,
         data: &[u8],
