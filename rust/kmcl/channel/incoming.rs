@@ -193,7 +193,7 @@ impl IncomingPacket {
         let Some(mut buf) = self.buf.take() else {
             return Ok(());
         };
-        let chan = self.chan.clone();
+        let chan: &Channel = &self.chan;
         let mut result = Ok(());
         let mut to_send = None;
         if let Some(mut resp) = response {
