@@ -160,7 +160,11 @@ impl Channel {
         }
         g.att = Some(att);
         g.state = State::Opened;
+        // What was said of an earlier connection (its peer gone, its
+        // transport lost or hibernated) does not carry over to this one.
         g.peer_gone = false;
+        g.lost = false;
+        g.reconnect = false;
         Ok(())
     }
 

@@ -101,6 +101,8 @@ pub(crate) struct Recorder {
     pub(crate) in_task: AtomicU32,
     /// Errno the Opened callback returns, 0 for success.
     pub(crate) opened_error: AtomicI32,
+    /// How long the Opened callback sleeps before it returns.
+    pub(crate) opened_sleep_ms: AtomicU32,
     /// Call `pause` from inside Started and record its errno here.
     pub(crate) pause_in_started: AtomicBool,
     pub(crate) pause_in_started_result: AtomicI32,
@@ -139,6 +141,7 @@ impl Recorder {
                 in_softirq: AtomicU32::new(0),
                 in_task: AtomicU32::new(0),
                 opened_error: AtomicI32::new(0),
+                opened_sleep_ms: AtomicU32::new(0),
                 pause_in_started: AtomicBool::new(false),
                 pause_in_started_result: AtomicI32::new(1),
                 sync_in_post_started: AtomicBool::new(false),
@@ -314,6 +317,10 @@ impl ProcessPacket for Recorder {
 impl StateChange for Recorder {
     fn opened(&self, _channel: &Channel) -> Result {
         self.push(Ev::Opened);
+        let ms = self.opened_sleep_ms.load(Ordering::Relaxed);
+        if ms != 0 {
+            fsleep(Delta::from_millis(i64::from(ms)));
+        }
         match self.opened_error.load(Ordering::Relaxed) {
             0 => Ok(()),
             e => Err(Error::from_errno(-e)),

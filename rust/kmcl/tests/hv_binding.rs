@@ -762,6 +762,33 @@ mod tests {
     }
 
     #[test]
+    fn a_suspend_during_a_failing_open_leaves_no_reconnect_behind() -> Result {
+        // A suspend that comes while Opened runs, and an Opened that fails:
+        // the rollback closes the device, the suspend's teardown finds
+        // nothing open. The next open's rescind must still disable the
+        // client, not leave it waiting as after a hibernation.
+        let bus = bus()?;
+        let (dev, d) = offer(&bus, TYPE_A, INST_1, 0)?;
+        let (mut h, rec) = client(&bus, TYPE_A, None)?;
+        rec.opened_error
+            .store(EIO.to_errno().abs(), Ordering::Relaxed);
+        rec.opened_sleep_ms.store(200, Ordering::Relaxed);
+        h.enable()?;
+        assert!(wait_for(2000, || rec.count(Ev::Opened) == 1));
+        bus.suspend(&d);
+        assert_eq!(rec.count(Ev::PnpFailure), 1);
+        assert_eq!(h.state(), State::Enabled);
+        rec.opened_error.store(0, Ordering::Relaxed);
+        rec.opened_sleep_ms.store(0, Ordering::Relaxed);
+        bus.resume(&d);
+        h.wait_for_state(State::Started, Delta::from_millis(2000))?;
+        assert!(dev.is_open());
+        bus.remove(&d);
+        assert_eq!(h.state(), State::Disabled);
+        Ok(())
+    }
+
+    #[test]
     fn late_completion_of_a_timed_out_request_never_completes_another() -> Result {
         let bus = bus()?;
         let (h, _rec, dev, d) = opened(&bus)?;
