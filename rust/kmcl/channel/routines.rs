@@ -121,10 +121,13 @@ impl Channel {
                 b.next = ordered;
                 ordered = Some(b);
             }
-            while let Some(mut b) = ordered {
-                ordered = b.next.take();
-                call_routine(Packet::from_box(b), Ok(()), &[]);
-            }
+            // One bottom-half section for the batch, as a tasklet runs.
+            sys::with_bh_disabled(|| {
+                while let Some(mut b) = ordered.take() {
+                    ordered = b.next.take();
+                    Packet::from_box(b).complete_routine(Ok(()), &[]);
+                }
+            });
         }
     }
 
