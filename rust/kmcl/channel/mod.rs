@@ -196,6 +196,32 @@ pub(crate) struct Stats {
     pub(crate) malformed_packets: AtomicU64,
 }
 
+/// A channel's counters, read at one moment (`Channel::counters`). Each is
+/// counted since the channel was allocated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Data packets delivered to ProcessPacket.
+    pub packets_received: u64,
+    /// Packets written to the ring (sends, in-band replies).
+    pub packets_sent: u64,
+    /// Completion packets received for this channel's transactions.
+    pub completions_received: u64,
+    /// Completion packets sent for the peer's transactions.
+    pub completions_sent: u64,
+    /// Signals sent to the peer.
+    pub signals_sent: u64,
+    /// Interrupts from the peer.
+    pub interrupts: u64,
+    /// Times delivery stalled on the quota or on incoming slots.
+    pub quota_stalls: u64,
+    /// Times a write found the ring full.
+    pub ring_full: u64,
+    /// Completions refused as unknown, stale or duplicate.
+    pub rejected_completions: u64,
+    /// Packets from the peer refused as malformed (each stops the queue).
+    pub malformed_packets: u64,
+}
+
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
 /// A KMCL channel endpoint (`VMBCHANNEL`).
@@ -373,6 +399,24 @@ impl Channel {
     #[doc(alias = "VmbChannelGetPointer")]
     pub fn pointer(&self) -> usize {
         self.pointer.load(Ordering::Relaxed)
+    }
+
+    /// The channel's counters.
+    pub fn counters(&self) -> Counters {
+        let c = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counters {
+            packets_received: get(&c.packets_received),
+            packets_sent: get(&c.packets_sent),
+            completions_received: get(&c.completions_received),
+            completions_sent: get(&c.completions_sent),
+            signals_sent: get(&c.signals_sent),
+            interrupts: get(&c.interrupts),
+            quota_stalls: get(&c.quota_stalls),
+            ring_full: get(&c.ring_full),
+            rejected_completions: get(&c.rejected_completions),
+            malformed_packets: get(&c.malformed_packets),
+        }
     }
 
     /// Signals this channel has sent its peer since it was allocated.

@@ -273,6 +273,31 @@ mod tests {
     }
 
     #[test]
+    fn counters_count_what_went_through() -> Result {
+        let p = Pair::connected()?;
+        let (c0, s0) = (p.client.counters(), p.server.counters());
+        for i in 0..3u8 {
+            harness::send(&p.client, &[i; 8], false)?;
+        }
+        let mut resp = [0u8; 8];
+        p.client.send_synchronous_request(
+            b"counted",
+            SendFlags::WAIT_FOR_COMPLETION,
+            &mut resp,
+            Some(Delta::from_millis(2000)),
+        )?;
+        assert!(wait_for(2000, || p.server.counters().packets_received
+            == s0.packets_received + 4));
+        let (c, s) = (p.client.counters(), p.server.counters());
+        assert_eq!(c.packets_sent - c0.packets_sent, 4);
+        assert_eq!(c.completions_received - c0.completions_received, 1);
+        assert_eq!(s.completions_sent - s0.completions_sent, 1);
+        assert_eq!(c.rejected_completions, 0);
+        assert_eq!(s.malformed_packets, 0);
+        Ok(())
+    }
+
+    #[test]
     fn wait_for_state_gives_up_on_a_signal() -> Result {
         let p = Pair::connected()?;
         let start = sys::jiffies();
