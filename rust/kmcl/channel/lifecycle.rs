@@ -178,21 +178,11 @@ impl Channel {
         kernel::task::might_sleep();
         self.check_not_in_callback()?;
         let _c = self.control.lock();
-        {
-            let mut g = self.inner.lock();
-            match g.state {
-                State::Disabled => {
-                    g.pause_armed = true;
-                    return Ok(());
-                }
-                State::Started => g.state = State::Paused,
-                State::Paused => return Ok(()),
-                _ => return Err(EINVAL),
-            }
+        if self.set_paused(true)? {
+            self.stop_delivery();
+            self.call_state(|cb, ch| cb.suspend(ch));
+            self.wait_incoming_finished();
         }
-        self.stop_delivery();
-        self.call_state(|cb, ch| cb.suspend(ch));
-        self.wait_incoming_finished();
         Ok(())
     }
 
@@ -203,24 +193,40 @@ impl Channel {
         kernel::task::might_sleep();
         self.check_not_in_callback()?;
         let _c = self.control.lock();
-        {
-            let mut g = self.inner.lock();
-            match g.state {
-                State::Disabled => {
-                    g.pause_armed = false;
-                    return Ok(());
-                }
-                State::Paused => {}
-                State::Started => return Ok(()),
-                _ => return Err(EINVAL),
-            }
-            g.state = State::Started;
-            // Resuming this instance abandons a save.
-            g.servicing = false;
+        if self.set_paused(false)? {
+            self.call_state(|cb, ch| cb.started(ch));
+            self.start_delivery();
         }
-        self.call_state(|cb, ch| cb.started(ch));
-        self.start_delivery();
         Ok(())
+    }
+
+    /// Moves a Started channel to Paused (`paused`) or a Paused one back to
+    /// Started; on a Disabled channel, arms or disarms the pause for the
+    /// next open. `Ok(true)` when the state changed and the callbacks are
+    /// owed; `EINVAL` in any other state.
+    fn set_paused(&self, paused: bool) -> Result<bool> {
+        let (from, to) = if paused {
+            (State::Started, State::Paused)
+        } else {
+            (State::Paused, State::Started)
+        };
+        let mut g = self.inner.lock();
+        match g.state {
+            State::Disabled => {
+                g.pause_armed = paused;
+                Ok(false)
+            }
+            s if s == to => Ok(false),
+            s if s == from => {
+                g.state = to;
+                if !paused {
+                    // Resuming this instance abandons a save.
+                    g.servicing = false;
+                }
+                Ok(true)
+            }
+            _ => Err(EINVAL),
+        }
     }
 
     /// Runs a state callback with the in-callback marker set.
