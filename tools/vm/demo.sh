@@ -12,7 +12,7 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 "$top/tools/setup/build-kernel.sh"
 "$top/tools/testing/build-modules.sh" >/dev/null
 out="$top/build"
-"$top/tools/vm/mkinitramfs.sh" "$out/initramfs-run.cpio.gz" $("$top/tools/testing/module-list.sh" | grep -v kmcl_stress)
+"$top/tools/vm/mkinitramfs.sh" "$out/initramfs-run.cpio.gz" $("$top/tools/testing/module-list.sh" | grep -v -e kmcl_stress -e kmcl_leak)
 echo "==> booting the VM (QEMU TCG); console follows"
 "$top/tools/vm/run-vm.sh" "$KMCL_KBUILD/arch/x86/boot/bzImage" \
 	"$out/initramfs-run.cpio.gz" "$out/console-run.log" run 600 |
