@@ -21,10 +21,7 @@ use kernel::{
     },
     prelude::*,
     sync::Arc,
-    time::{
-        delay::fsleep,
-        Delta, //
-    },
+    time::Delta,
 };
 
 use kmcl::{
@@ -102,16 +99,6 @@ impl ProcessPacket for Client {
 
 impl StateChange for Client {}
 
-fn wait(ms: u32, mut cond: impl FnMut() -> bool) -> bool {
-    for _ in 0..ms {
-        if cond() {
-            return true;
-        }
-        fsleep(Delta::from_millis(1));
-    }
-    cond()
-}
-
 /// Opens instance `instance` of the echo interface.
 fn open(instance: u8) -> Result<ChannelHandle> {
     let mut inst = [0u8; 16];
@@ -157,8 +144,9 @@ fn async_sends(ch: &Channel, c: &Counters, n: u32) -> Result {
         p.send(&u64::from(i).to_le_bytes(), SendFlags::WAIT_FOR_COMPLETION)
             .map_err(|e| e.error)?;
     }
-    if !wait(5000, || c.completed.load(Ordering::Relaxed) == before + n) {
-        return Err(ETIMEDOUT);
+    ch.wait_sends_finished(Delta::from_millis(5000))?;
+    if c.completed.load(Ordering::Relaxed) != before + n {
+        return Err(EIO);
     }
     Ok(())
 }
@@ -194,8 +182,9 @@ fn external_send(ch: &Channel, c: &Counters) -> Result<(u64, u64)> {
     p.set_completion_routine(on_complete);
     p.send_with_external_mdl(b"checksum", mdl, SendFlags::WAIT_FOR_COMPLETION)
         .map_err(|e| e.error)?;
-    if !wait(5000, || c.completed.load(Ordering::Relaxed) == before + 1) {
-        return Err(ETIMEDOUT);
+    ch.wait_sends_finished(Delta::from_millis(5000))?;
+    if c.completed.load(Ordering::Relaxed) != before + 1 {
+        return Err(EIO);
     }
     Ok((c.checksum.load(Ordering::Relaxed), expect))
 }

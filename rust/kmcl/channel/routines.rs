@@ -42,8 +42,6 @@ pub(crate) struct Routines {
     done: Option<KBox<PacketInner>>,
     /// A context is calling routines from `done`.
     running: bool,
-    /// Teardown waits for `running` to clear.
-    waiter: bool,
 }
 
 impl Routines {
@@ -51,7 +49,6 @@ impl Routines {
         Self {
             done: None,
             running: false,
-            waiter: false,
         }
     }
 
@@ -104,11 +101,9 @@ impl Channel {
                     Some(list) => list,
                     None => {
                         g.routines.running = false;
-                        let waiter = core::mem::take(&mut g.routines.waiter);
                         drop(g);
-                        if waiter {
-                            self.wake_waiters();
-                        }
+                        // Teardown, or a driver waiting for its sends.
+                        self.wake_waiters();
                         return;
                     }
                 }
@@ -141,8 +136,7 @@ impl Channel {
                 return;
             }
             // Another context is working the list off; it clears `running`
-            // and wakes this waiter when it is done.
-            g.routines.waiter = true;
+            // and wakes the waiters when it is done.
             self.counted_wait(&mut g, |c, g| c.wait(g));
         }
     }

@@ -241,4 +241,33 @@ impl Channel {
         }
         Ok(())
     }
+
+    /// Waits in process context until every send of this channel has
+    /// finished: no transaction in flight, nothing queued behind a full
+    /// ring, and every completion routine returned. Fails with `ETIMEDOUT`
+    /// when `timeout` runs out and with `ERESTARTSYS` on a pending signal.
+    ///
+    /// A driver that sent asynchronously waits here rather than polling its
+    /// own counters.
+    pub fn wait_sends_finished(&self, timeout: Delta) -> Result {
+        kernel::task::might_sleep();
+        let ms = u32::try_from(timeout.as_millis().max(0)).unwrap_or(u32::MAX);
+        let deadline = sys::jiffies() + kernel::time::msecs_to_jiffies(ms) as u64;
+        let mut g = self.inner.lock();
+        loop {
+            let (in_flight, queued) = g.tx.outstanding();
+            if in_flight == 0 && queued == 0 && g.routines.idle() {
+                return Ok(());
+            }
+            let now = sys::jiffies();
+            if now >= deadline {
+                return Err(ETIMEDOUT);
+            }
+            let left = (deadline - now) as kernel::time::Jiffies;
+            match self.counted_wait(&mut g, |c, g| c.wait_interruptible_timeout(g, left)) {
+                CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
+                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Woken { .. } => {}
+            }
+        }
+    }
 }

@@ -240,10 +240,10 @@ impl Channel {
         }
         let p = if accepted { g.tx.free_slot(slot) } else { None };
         drop(g);
-        match p {
-            Some(p) => call_routine(p, Ok(()), payload),
-            None => self.wake_waiters(),
+        if let Some(p) = p {
+            call_routine(p, Ok(()), payload);
         }
+        self.wake_waiters();
     }
 
     fn reject_completion(&self, trans_id: u64) {

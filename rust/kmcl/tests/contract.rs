@@ -273,6 +273,33 @@ mod tests {
     }
 
     #[test]
+    fn waiting_for_all_sends_to_finish() -> Result {
+        let done = Done::new()?;
+        let p = Pair::connected()?;
+        p.srec.mode.store(mode::HOLD, Ordering::Relaxed);
+        for i in 1..=4u64 {
+            harness::send_recorded(
+                &p.client,
+                &i.to_le_bytes(),
+                SendFlags::WAIT_FOR_COMPLETION,
+                &done,
+            )?;
+        }
+        harness::send_recorded(&p.client, &5u64.to_le_bytes(), SendFlags::NONE, &done)?;
+        // The server holds all five; four transactions wait for it.
+        assert!(wait_for(2000, || p.srec.held() == 5));
+        let r = p.client.wait_sends_finished(Delta::from_millis(100));
+        assert!(matches!(r, Err(e) if e == ETIMEDOUT));
+        assert!(done.count.load(Ordering::Relaxed) < 5);
+        p.srec.release_held();
+        p.client.wait_sends_finished(Delta::from_millis(2000))?;
+        // Every routine has returned by then.
+        assert_eq!(done.count.load(Ordering::Relaxed), 5);
+        assert_eq!(done.ok.load(Ordering::Relaxed), 5);
+        Ok(())
+    }
+
+    #[test]
     fn counters_count_what_went_through() -> Result {
         let p = Pair::connected()?;
         let (c0, s0) = (p.client.counters(), p.server.counters());
