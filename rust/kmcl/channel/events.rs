@@ -193,4 +193,11 @@ impl Channel {
     pub(crate) fn peer_opened(&self) {
         self.post_event(event::PEER_OPENED);
     }
+
+    /// Calls `f` with the channel's attachment, under the channel lock: the
+    /// transport that attached a connection looks at it (a loopback bus
+    /// parks a saved server's connection).
+    pub(crate) fn with_attachment<R>(&self, f: impl FnOnce(Option<&Attachment>) -> R) -> R {
+        f(self.inner.lock().att.as_ref())
+    }
 }

@@ -16,7 +16,7 @@ use super::{
     Sizing,
     State, //
 };
-use crate::{sys, transport::Attachment};
+use crate::sys;
 
 impl Channel {
     /// Waits in process context until the channel is in `state`, for at
@@ -407,7 +407,10 @@ impl Channel {
     /// `connect` makes, then Opened, Started and PostStarted. For the suites
     /// that put kmcl on a transport endpoint they built, without a bus.
     #[cfg(CONFIG_KUNIT)]
-    pub(crate) fn open_attached(&self, connect: impl FnOnce() -> Attachment) -> Result {
+    pub(crate) fn open_attached(
+        &self,
+        connect: impl FnOnce() -> crate::transport::Attachment,
+    ) -> Result {
         kernel::task::might_sleep();
         let c = self.control.lock();
         let sizing = {

@@ -519,12 +519,3 @@ impl Channel {
         r
     }
 }
-
-#[cfg(CONFIG_KUNIT)]
-impl Channel {
-    /// Calls `f` with the channel's attachment under the channel lock, for
-    /// the suites' fault injection. Test-only.
-    pub(crate) fn with_attachment<R>(&self, f: impl FnOnce(Option<&Attachment>) -> R) -> R {
-        f(self.inner.lock().att.as_ref())
-    }
-}

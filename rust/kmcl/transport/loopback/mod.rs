@@ -157,7 +157,10 @@ impl LoopbackBus {
     }
 
     pub(crate) fn park(&self, server: &Channel) {
-        let Some(conn) = server.loopback_connection() else {
+        let Some(conn) = server.with_attachment(|a| match a {
+            Some(Attachment::Loopback(e)) => Some(e.conn.clone()),
+            _ => None,
+        }) else {
             return;
         };
         conn.parked.store(true, Ordering::Release);
