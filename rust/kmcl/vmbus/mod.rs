@@ -153,7 +153,11 @@ pub mod ffi {
             mod_name: *const c_char,
         ) -> c_int;
         pub(crate) fn kmcl_vmbus_driver_unregister(drv: *mut HvDriver);
+        // The driver core keeps device data itself; only the suites'
+        // stand-in for its unbind reaches it directly.
+        #[cfg(CONFIG_KUNIT)]
         pub(crate) fn kmcl_hv_get_drvdata(dev: *mut HvDevice) -> *mut c_void;
+        #[cfg(CONFIG_KUNIT)]
         pub(crate) fn kmcl_hv_set_drvdata(dev: *mut HvDevice, data: *mut c_void);
         pub(crate) fn kmcl_hv_device_dev(dev: *mut HvDevice) -> *mut c_void;
         pub(crate) fn kmcl_hv_device_channel(dev: *mut HvDevice) -> *mut VmbusChannel;
