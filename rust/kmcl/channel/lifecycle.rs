@@ -26,24 +26,9 @@ impl Channel {
     /// Fails with `ETIMEDOUT` when the time runs out, and with
     /// `ERESTARTSYS` as soon as a signal is pending for the caller.
     pub fn wait_for_state(&self, state: State, timeout: kernel::time::Delta) -> Result {
-        kernel::task::might_sleep();
-        let ms = u32::try_from(timeout.as_millis().max(0)).unwrap_or(u32::MAX);
-        let deadline = sys::jiffies() + u64::from(kernel::time::msecs_to_jiffies(ms) as u32);
-        let mut g = self.inner.lock();
-        while g.state != state {
-            let now = sys::jiffies();
-            if now >= deadline {
-                return Err(ETIMEDOUT);
-            }
-            // State changes notify the condition variable; the timeout only
-            // bounds the wait.
-            let left = (deadline - now) as kernel::time::Jiffies;
-            match self.counted_wait(&mut g, |c, g| c.wait_interruptible_timeout(g, left)) {
-                CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
-                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Woken { .. } => {}
-            }
-        }
-        Ok(())
+        // State changes wake the condition variable; the timeout only bounds
+        // the wait.
+        self.wait_until_interruptible(timeout, |g| g.state == state)
     }
 
     // ---- Lifecycle. ----
@@ -294,6 +279,31 @@ impl Channel {
         }
     }
 
+    /// Waits in process context on the channel's condition variable until
+    /// `done` holds: `ETIMEDOUT` once `timeout` has run out, `ERESTARTSYS`
+    /// as soon as a signal is pending for the caller.
+    pub(crate) fn wait_until_interruptible(
+        &self,
+        timeout: kernel::time::Delta,
+        mut done: impl FnMut(&mut Inner) -> bool,
+    ) -> Result {
+        kernel::task::might_sleep();
+        let deadline = deadline(timeout);
+        let mut g = self.inner.lock();
+        while !done(&mut g) {
+            let now = sys::jiffies();
+            if now >= deadline {
+                return Err(ETIMEDOUT);
+            }
+            let left = (deadline - now) as kernel::time::Jiffies;
+            match self.counted_wait(&mut g, |c, g| c.wait_interruptible_timeout(g, left)) {
+                CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
+                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Woken { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the preallocations of an Enable (packet pool, transaction table,
     /// send queue, incoming slots) and moves a Disabled channel to Enabled.
     /// Called with the control mutex held, which keeps the state Disabled
@@ -429,4 +439,10 @@ impl Channel {
         }
         r
     }
+}
+
+/// The jiffies at which `timeout`, counted from now, runs out.
+pub(super) fn deadline(timeout: kernel::time::Delta) -> u64 {
+    let ms = u32::try_from(timeout.as_millis().max(0)).unwrap_or(u32::MAX);
+    sys::jiffies() + kernel::time::msecs_to_jiffies(ms) as u64
 }

@@ -130,10 +130,7 @@ impl Channel {
 
         // A zero timeout governs ring space only: the request went in, so
         // its response is awaited like that of a request without a limit.
-        let deadline = timeout.filter(|_| !zero).map(|t| {
-            let ms = u32::try_from(t.as_millis().max(0)).unwrap_or(u32::MAX);
-            sys::jiffies() + kernel::time::msecs_to_jiffies(ms) as u64
-        });
+        let deadline = timeout.filter(|_| !zero).map(super::lifecycle::deadline);
         let mut g = self.inner.lock();
         loop {
             let s = &mut g.tx.slots[slot as usize];
@@ -250,24 +247,9 @@ impl Channel {
     /// A driver that sent asynchronously waits here rather than polling its
     /// own counters.
     pub fn wait_sends_finished(&self, timeout: Delta) -> Result {
-        kernel::task::might_sleep();
-        let ms = u32::try_from(timeout.as_millis().max(0)).unwrap_or(u32::MAX);
-        let deadline = sys::jiffies() + kernel::time::msecs_to_jiffies(ms) as u64;
-        let mut g = self.inner.lock();
-        loop {
+        self.wait_until_interruptible(timeout, |g| {
             let (in_flight, queued) = g.tx.outstanding();
-            if in_flight == 0 && queued == 0 && g.routines.idle() {
-                return Ok(());
-            }
-            let now = sys::jiffies();
-            if now >= deadline {
-                return Err(ETIMEDOUT);
-            }
-            let left = (deadline - now) as kernel::time::Jiffies;
-            match self.counted_wait(&mut g, |c, g| c.wait_interruptible_timeout(g, left)) {
-                CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
-                CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Woken { .. } => {}
-            }
-        }
+            in_flight == 0 && queued == 0 && g.routines.idle()
+        })
     }
 }
