@@ -592,10 +592,20 @@ pub(crate) fn send_recorded(
     flags: crate::channel::outgoing::SendFlags,
     done: &Arc<Done>,
 ) -> Result {
+    recorded_packet(chan, done)?
+        .send(data, flags)
+        .map_err(|e| e.error)
+}
+
+/// A pool packet of `chan` whose completion routine records into `done`.
+pub(crate) fn recorded_packet(
+    chan: &Channel,
+    done: &Arc<Done>,
+) -> Result<crate::channel::outgoing::Packet> {
     let mut p = chan.packet_allocate()?;
     p.set_pointer(Done::cookie(done));
     p.set_completion_routine(record_completion);
-    p.send(data, flags).map_err(|e| e.error)
+    Ok(p)
 }
 
 impl Channel {

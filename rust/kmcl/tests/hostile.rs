@@ -313,9 +313,7 @@ mod tests {
         let mem = conn.ring_memory(Endpoint::Client).ok_or(EINVAL)?;
         for bad in [u32::MAX, 15 * 4096, 12] {
             mem.poke_control(READ_INDEX, bad);
-            let mut pkt = p.client.packet_allocate()?;
-            pkt.set_pointer(Done::cookie(&done));
-            pkt.set_completion_routine(harness::record_completion);
+            let pkt = harness::recorded_packet(&p.client, &done)?;
             match pkt.send(b"x", SendFlags::NONE) {
                 Err(e) => assert_eq!(e.error, EIO),
                 Ok(()) => return Err(EINVAL),
@@ -636,9 +634,7 @@ mod tests {
             byte_offset: 100,
             pfns: &pfn,
         };
-        let mut pkt = p.client.packet_allocate()?;
-        pkt.set_pointer(Done::cookie(&done));
-        pkt.set_completion_routine(harness::record_completion);
+        let pkt = harness::recorded_packet(&p.client, &done)?;
         pkt.send_with_external_pfns(b"raw", &[range], WAIT)
             .map_err(|e| e.error)?;
         assert!(wait_for(2000, || p.srec.held() == 1));
@@ -671,9 +667,7 @@ mod tests {
         let p = Pair::connected()?;
         p.crec.mode.store(mode::HOLD, Ordering::Relaxed);
         // The server lends one page to the client, for real.
-        let mut pkt = p.server.packet_allocate()?;
-        pkt.set_pointer(Done::cookie(&done));
-        pkt.set_completion_routine(harness::record_completion);
+        let pkt = harness::recorded_packet(&p.server, &done)?;
         pkt.send_with_external_mdl(b"lent", filled_mdl(0x11, 64)?, WAIT)
             .map_err(|e| e.error)?;
         assert!(wait_for(2000, || p.crec.held() == 1));
@@ -714,9 +708,7 @@ mod tests {
         let done = Done::new()?;
         let p = Pair::connected()?;
         p.srec.mode.store(mode::HOLD, Ordering::Relaxed);
-        let mut pkt = p.client.packet_allocate()?;
-        pkt.set_pointer(Done::cookie(&done));
-        pkt.set_completion_routine(harness::record_completion);
+        let pkt = harness::recorded_packet(&p.client, &done)?;
         pkt.send_with_external_mdl(b"mdl", filled_mdl(0x30, 5000)?, WAIT)
             .map_err(|e| e.error)?;
         assert!(wait_for(2000, || p.srec.held() == 1));
@@ -742,9 +734,7 @@ mod tests {
         let done = Done::new()?;
         let p = Pair::connected()?;
         p.srec.mode.store(mode::HOLD, Ordering::Relaxed);
-        let mut pkt = p.client.packet_allocate()?;
-        pkt.set_pointer(Done::cookie(&done));
-        pkt.set_completion_routine(harness::record_completion);
+        let pkt = harness::recorded_packet(&p.client, &done)?;
         pkt.send_with_external_mdl(b"mdl", filled_mdl(0x40, 5000)?, WAIT)
             .map_err(|e| e.error)?;
         assert!(wait_for(2000, || p.srec.held() == 1));

@@ -891,9 +891,7 @@ mod tests {
             byte_offset: 96,
             pfns: &pfns,
         };
-        let mut pkt = ch.packet_allocate()?;
-        pkt.set_pointer(Done::cookie(&done));
-        pkt.set_completion_routine(harness::record_completion);
+        let pkt = harness::recorded_packet(&ch, &done)?;
         pkt.send_with_external_pfns(b"gpa", &[range], SendFlags::WAIT_FOR_COMPLETION)
             .map_err(|e| e.error)?;
         let p = host.next()?;

@@ -295,9 +295,7 @@ mod tests {
         let mut pages = KVec::new();
         pages.push(page, GFP_KERNEL)?;
         let mdl = Mdl::from_pages(pages, 100, 64)?;
-        let mut pkt = p.client.packet_allocate()?;
-        pkt.set_pointer(Done::cookie(&done));
-        pkt.set_completion_routine(harness::record_completion);
+        let pkt = harness::recorded_packet(&p.client, &done)?;
         pkt.send_with_external_mdl(b"ext", mdl, SendFlags::WAIT_FOR_COMPLETION)
             .map_err(|e| e.error)?;
         assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == 1));

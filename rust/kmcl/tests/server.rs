@@ -199,9 +199,7 @@ mod tests {
         // Three requests from the server, held by the client.
         p.crec.mode.store(mode::HOLD, Ordering::Relaxed);
         for i in 0..3u64 {
-            let mut pkt = p.server.packet_allocate()?;
-            pkt.set_pointer(Done::cookie(&done_old));
-            pkt.set_completion_routine(harness::record_completion);
+            let pkt = harness::recorded_packet(&p.server, &done_old)?;
             pkt.send(&(100 + i).to_le_bytes(), SendFlags::WAIT_FOR_COMPLETION)
                 .map_err(|e| e.error)?;
         }
