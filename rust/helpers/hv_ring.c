@@ -15,7 +15,6 @@
  * in a row, so a packet that wraps is one copy as well.
  */
 
-#include <linux/export.h>
 #include <linux/hyperv.h>
 
 #include "hv_ring.h"
@@ -74,4 +73,3 @@ int kmcl_hv_recv(struct vmbus_channel *c, void *buf, u32 len)
 	rbi->priv_read_index = r;
 	return n;
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_recv);

@@ -1,14 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Kernel facilities for kmcl's Rust code; see sys.h. Every function here
- * is exported: kmcl's Rust code inlined into a module built on kmcl calls
- * them from that module (see Kbuild).
+ * Kernel facilities for kmcl's Rust code; see sys.h. None is exported:
+ * they are reached only from code that stays inside kmcl.ko (see Kbuild and
+ * rust/kmcl/exports.txt).
  */
 
 #include <linux/bottom_half.h>
 #include <linux/debugfs.h>
 #include <linux/err.h>
-#include <linux/export.h>
 #include <linux/fs.h>
 #include <linux/jiffies.h>
 #include <linux/mm.h>
@@ -63,7 +62,6 @@ int kmcl_sys_init(void)
 	register_module_notifier(&kmcl_module_nb);
 	return 0;
 }
-EXPORT_SYMBOL_GPL(kmcl_sys_init);
 
 void kmcl_sys_exit(void)
 {
@@ -73,63 +71,53 @@ void kmcl_sys_exit(void)
 	destroy_workqueue(kmcl_wq);
 	destroy_workqueue(kmcl_bh_wq);
 }
-EXPORT_SYMBOL_GPL(kmcl_sys_exit);
 
 struct workqueue_struct *kmcl_sys_wq(void)
 {
 	return kmcl_wq;
 }
-EXPORT_SYMBOL_GPL(kmcl_sys_wq);
 
 struct workqueue_struct *kmcl_sys_bh_wq(void)
 {
 	return kmcl_bh_wq;
 }
-EXPORT_SYMBOL_GPL(kmcl_sys_bh_wq);
 
 void kmcl_sys_flush(void)
 {
 	flush_workqueue(kmcl_wq);
 	flush_workqueue(kmcl_bh_wq);
 }
-EXPORT_SYMBOL_GPL(kmcl_sys_flush);
 
 void kmcl_local_bh_disable(void)
 {
 	local_bh_disable();
 }
-EXPORT_SYMBOL_GPL(kmcl_local_bh_disable);
 
 void kmcl_local_bh_enable(void)
 {
 	local_bh_enable();
 }
-EXPORT_SYMBOL_GPL(kmcl_local_bh_enable);
 
 bool kmcl_in_serving_softirq(void)
 {
 	return in_serving_softirq();
 }
-EXPORT_SYMBOL_GPL(kmcl_in_serving_softirq);
 
 bool kmcl_bh_disabled(void)
 {
 	/* Serving a softirq, or bottom halves disabled by the caller. */
 	return in_softirq();
 }
-EXPORT_SYMBOL_GPL(kmcl_bh_disabled);
 
 bool kmcl_in_task(void)
 {
 	return in_task();
 }
-EXPORT_SYMBOL_GPL(kmcl_in_task);
 
 bool kmcl_preemptible(void)
 {
 	return preemptible();
 }
-EXPORT_SYMBOL_GPL(kmcl_preemptible);
 
 u64 kmcl_virt_to_pfn(const void *addr)
 {
@@ -137,13 +125,11 @@ u64 kmcl_virt_to_pfn(const void *addr)
 		return vmalloc_to_pfn(addr);
 	return page_to_pfn(virt_to_page(addr));
 }
-EXPORT_SYMBOL_GPL(kmcl_virt_to_pfn);
 
 u64 kmcl_page_to_pfn(struct page *page)
 {
 	return page_to_pfn(page);
 }
-EXPORT_SYMBOL_GPL(kmcl_page_to_pfn);
 
 void *kmcl_pfn_to_virt(u64 pfn)
 {
@@ -151,13 +137,11 @@ void *kmcl_pfn_to_virt(u64 pfn)
 		return NULL;
 	return page_address(pfn_to_page(pfn));
 }
-EXPORT_SYMBOL_GPL(kmcl_pfn_to_virt);
 
 unsigned long kmcl_jiffies(void)
 {
 	return jiffies;
 }
-EXPORT_SYMBOL_GPL(kmcl_jiffies);
 
 /* single_open() hands the data pointer to show() as m->private. */
 static int kmcl_status_show_private(struct seq_file *m, void *v)
@@ -188,14 +172,12 @@ struct dentry *kmcl_debugfs_add(const char *name, void *data)
 				&kmcl_status_fops);
 	return IS_ERR(d) ? NULL : d;
 }
-EXPORT_SYMBOL_GPL(kmcl_debugfs_add);
 
 /* Returns once no reader is inside kmcl_status_show() for this file. */
 void kmcl_debugfs_remove(struct dentry *d)
 {
 	debugfs_remove(d);
 }
-EXPORT_SYMBOL_GPL(kmcl_debugfs_remove);
 
 /*
  * For the KUnit suites: finds a status file by name and renders it through
@@ -218,4 +200,3 @@ ssize_t kmcl_debugfs_render(const char *name, char *buf, size_t len)
 	dput(d);
 	return seq_has_overflowed(&m) ? -EOVERFLOW : m.count;
 }
-EXPORT_SYMBOL_GPL(kmcl_debugfs_render);

@@ -9,8 +9,9 @@
  * (vmbus_driver_register, hv_get_drvdata, hv_set_drvdata, ...) have no symbol
  * to link against anyway, so they would need wrappers here in any case.
  *
- * Every function here is exported: kmcl's Rust code inlined into a module
- * built on kmcl calls them from that module (see Kbuild).
+ * Only kmcl_vmbus_driver_unregister() is exported: the other helpers are
+ * reached only from code that stays inside kmcl.ko (see Kbuild and
+ * rust/kmcl/exports.txt).
  */
 
 #include <linux/export.h>
@@ -57,44 +58,43 @@ int kmcl_vmbus_driver_register(struct hv_driver *drv, const char *name,
 		kmcl_hv_test_note_registration(name, ids);
 	return __vmbus_driver_register(drv, owner, mod_name);
 }
-EXPORT_SYMBOL_GPL(kmcl_vmbus_driver_register);
 
 void kmcl_vmbus_driver_unregister(struct hv_driver *drv)
 {
 	vmbus_driver_unregister(drv);
 }
+/*
+ * The one helper a module built on kmcl calls: the drop glue of a
+ * kmcl::Bus, which rustc instantiates in that module, ends in the generic
+ * Registration::drop of the VMBus binding, which calls this.
+ */
 EXPORT_SYMBOL_GPL(kmcl_vmbus_driver_unregister);
 
 void *kmcl_hv_get_drvdata(struct hv_device *dev)
 {
 	return hv_get_drvdata(dev);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_get_drvdata);
 
 void kmcl_hv_set_drvdata(struct hv_device *dev, void *data)
 {
 	hv_set_drvdata(dev, data);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_set_drvdata);
 
 struct device *kmcl_hv_device_dev(struct hv_device *dev)
 {
 	return &dev->device;
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_device_dev);
 
 struct vmbus_channel *kmcl_hv_device_channel(struct hv_device *dev)
 {
 	return dev->channel;
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_device_channel);
 
 void kmcl_hv_device_ids(struct hv_device *dev, guid_t *type, guid_t *instance)
 {
 	*type = dev->dev_type;
 	*instance = dev->dev_instance;
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_device_ids);
 
 void kmcl_vmbus_channel_offer_ids(struct vmbus_channel *chan, guid_t *type,
 				  guid_t *instance)
@@ -102,20 +102,17 @@ void kmcl_vmbus_channel_offer_ids(struct vmbus_channel *chan, guid_t *type,
 	*type = chan->offermsg.offer.if_type;
 	*instance = chan->offermsg.offer.if_instance;
 }
-EXPORT_SYMBOL_GPL(kmcl_vmbus_channel_offer_ids);
 
 bool kmcl_vmbus_channel_rescinded(struct vmbus_channel *chan)
 {
 	return READ_ONCE(chan->rescind);
 }
-EXPORT_SYMBOL_GPL(kmcl_vmbus_channel_rescinded);
 
 /* For the KUnit suites: the kernel's own GUID parser and constants. */
 int kmcl_guid_parse(const char *s, guid_t *out)
 {
 	return guid_parse(s, out);
 }
-EXPORT_SYMBOL_GPL(kmcl_guid_parse);
 
 void kmcl_hv_heartbeat_guid(guid_t *out)
 {
@@ -123,7 +120,6 @@ void kmcl_hv_heartbeat_guid(guid_t *out)
 
 	*out = id.guid;
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_heartbeat_guid);
 
 /*
  * The hv transport's ring access: Linux's own ring code, with the checks
@@ -135,14 +131,12 @@ int kmcl_hv_sendpacket(struct vmbus_channel *c, void *buf, u32 len,
 {
 	return vmbus_sendpacket_getid(c, buf, len, requestid, trans_id, type, flags);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_sendpacket);
 
 int kmcl_hv_sendpacket_mpb(struct vmbus_channel *c, void *desc, u32 desc_size,
 			   void *buf, u32 len, u64 requestid)
 {
 	return vmbus_sendpacket_mpb_desc(c, desc, desc_size, buf, len, requestid);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_sendpacket_mpb);
 
 int kmcl_hv_recvpacket(struct vmbus_channel *c, void *buf, u32 len)
 {
@@ -180,55 +174,46 @@ int kmcl_hv_recvpacket(struct vmbus_channel *c, void *buf, u32 len)
 	__hv_pkt_iter_next(c, desc);
 	return n;
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_recvpacket);
 
 void kmcl_hv_recv_close(struct vmbus_channel *c)
 {
 	hv_pkt_iter_close(c);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_recv_close);
 
 void kmcl_hv_begin_read(struct vmbus_channel *c)
 {
 	hv_begin_read(&c->inbound);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_begin_read);
 
 u32 kmcl_hv_end_read(struct vmbus_channel *c)
 {
 	return hv_end_read(&c->inbound);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_end_read);
 
 u32 kmcl_hv_bytes_to_write(struct vmbus_channel *c)
 {
 	return hv_get_bytes_to_write(&c->outbound);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_bytes_to_write);
 
 u32 kmcl_hv_bytes_to_read(struct vmbus_channel *c)
 {
 	return hv_get_bytes_to_read(&c->inbound);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_bytes_to_read);
 
 u32 kmcl_hv_ring_datasize(struct vmbus_channel *c)
 {
 	return c->outbound.ring_datasize;
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_ring_datasize);
 
 void kmcl_hv_set_pending_send_size(struct vmbus_channel *c, u32 size)
 {
 	set_channel_pending_send_size(c, size);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_set_pending_send_size);
 
 u64 kmcl_hv_request_addr(struct vmbus_channel *c, u64 trans_id, u64 rqst_addr)
 {
 	return vmbus_request_addr_match(c, trans_id, rqst_addr);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_request_addr);
 
 /* ---- Opening and closing a bound device's channel. ---- */
 
@@ -250,7 +235,6 @@ void kmcl_hv_prepare_open(struct vmbus_channel *c, u32 max_pkt, u32 rqstor)
 	 */
 	set_channel_read_mode(c, HV_CALL_DIRECT);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_prepare_open);
 
 int kmcl_hv_open(struct vmbus_channel *c, u32 ring_pages, void (*cb)(void *),
 		 void *ctx)
@@ -264,7 +248,6 @@ int kmcl_hv_open(struct vmbus_channel *c, u32 ring_pages, void (*cb)(void *),
 
 	return vmbus_open(c, bytes, bytes, NULL, 0, cb, ctx);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_open);
 
 void kmcl_hv_close(struct vmbus_channel *c)
 {
@@ -274,7 +257,6 @@ void kmcl_hv_close(struct vmbus_channel *c)
 	 */
 	vmbus_close(c);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_close);
 
 /*
  * Hands the channel back as hv_vmbus offered it, for the next driver: the
@@ -288,13 +270,11 @@ void kmcl_hv_forget_settings(struct vmbus_channel *c)
 	c->request_addr_callback = NULL;
 	set_channel_read_mode(c, HV_CALL_BATCHED);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_forget_settings);
 
 u32 kmcl_hv_device_offer_mmio_mb(struct hv_device *dev)
 {
 	return dev->channel ? dev->channel->offermsg.offer.mmio_megabytes : 0;
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_device_offer_mmio_mb);
 
 int kmcl_hv_allocate_mmio(struct hv_device *dev, u64 size, u64 *start)
 {
@@ -306,13 +286,11 @@ int kmcl_hv_allocate_mmio(struct hv_device *dev, u64 size, u64 *start)
 		*start = res->start;
 	return ret;
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_allocate_mmio);
 
 void kmcl_hv_free_mmio(u64 start, u64 size)
 {
 	vmbus_free_mmio(start, size);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_free_mmio);
 
 /* ---- GPADLs. ---- */
 
@@ -320,50 +298,42 @@ struct vmbus_gpadl *kmcl_hv_gpadl_alloc(void)
 {
 	return kzalloc(sizeof(struct vmbus_gpadl), GFP_KERNEL);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_gpadl_alloc);
 
 void kmcl_hv_gpadl_free(struct vmbus_gpadl *g)
 {
 	kfree(g);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_gpadl_free);
 
 int kmcl_hv_gpadl_establish(struct vmbus_channel *c, void *buf, u32 size,
 			    struct vmbus_gpadl *g)
 {
 	return vmbus_establish_gpadl(c, buf, size, g);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_gpadl_establish);
 
 int kmcl_hv_gpadl_teardown(struct vmbus_channel *c, struct vmbus_gpadl *g)
 {
 	return vmbus_teardown_gpadl(c, g);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_gpadl_teardown);
 
 u32 kmcl_hv_gpadl_handle(const struct vmbus_gpadl *g)
 {
 	return g->gpadl_handle;
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_gpadl_handle);
 
 bool kmcl_hv_gpadl_decrypted(const struct vmbus_gpadl *g)
 {
 	return g->decrypted;
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_gpadl_decrypted);
 
 void *kmcl_hv_vmap_pages(struct page **pages, u32 count)
 {
 	return vmap(pages, count, VM_MAP, PAGE_KERNEL);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_vmap_pages);
 
 void kmcl_hv_vunmap(void *addr)
 {
 	vunmap(addr);
 }
-EXPORT_SYMBOL_GPL(kmcl_hv_vunmap);
 
 /*
  * Memory the host may still see (its re-encryption failed) must never go
@@ -373,4 +343,3 @@ void kmcl_mark_not_leak(const void *ptr)
 {
 	kmemleak_not_leak(ptr);
 }
-EXPORT_SYMBOL_GPL(kmcl_mark_not_leak);

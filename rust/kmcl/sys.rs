@@ -72,14 +72,14 @@ pub(crate) fn bh_wq() -> &'static Queue {
 }
 
 /// Waits until everything queued on kmcl's workqueues so far has run.
-pub fn flush_work() {
+pub(crate) fn flush_work() {
     kernel::task::might_sleep();
     // SAFETY: the queues exist; flushing may sleep, checked above.
     unsafe { ffi::kmcl_sys_flush() }
 }
 
 /// Runs `f` with bottom halves disabled, as softirq-context code would run.
-pub fn with_bh_disabled<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn with_bh_disabled<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: paired with the enable below.
     unsafe { ffi::kmcl_local_bh_disable() };
     let r = f();

@@ -9,10 +9,32 @@ use core::ptr::NonNull;
 
 use kernel::prelude::*;
 
-use crate::{
-    channel::Channel,
-    vmbus::ffi::VmbusChannel, //
-};
+use crate::channel::Channel;
+
+pub use crate::vmbus::ffi::VmbusChannel;
+
+/// The ring format alone, for measuring kmcl's ring code without a channel.
+pub mod ring {
+    pub use crate::wire::ring::{
+        RingError,
+        RingMemory,
+        RingReader,
+        RingWriter,
+        CONTROL_SIZE, //
+    };
+}
+
+/// Packet descriptors, for writing packets into a [`ring`] by hand.
+pub mod packet {
+    pub use crate::wire::packet::{
+        align8,
+        encode_simple,
+        Descriptor,
+        DESCRIPTOR_SIZE,
+        TYPE_COMPLETION,
+        TYPE_DATA_INBAND, //
+    };
+}
 
 /// Frees a `vmbus_channel` the caller built, when the kmcl channel on it
 /// closes.

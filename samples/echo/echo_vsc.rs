@@ -25,27 +25,19 @@ use kernel::{
 };
 
 use kmcl::{
-    channel::{
-        callbacks::{
-            ProcessPacket,
-            StateChange, //
-        },
-        incoming::IncomingPacket,
-        outgoing::{
-            Mdl,
-            Packet,
-            SendFlags, //
-        },
-        Channel,
-        ChannelHandle,
-        Endpoint,
-        State, //
-    },
-    transport::{
-        loopback,
-        Bus, //
-    },
-    wire::guid::Guid,
+    loopback,
+    Bus,
+    Channel,
+    ChannelHandle,
+    Endpoint,
+    Guid,
+    IncomingPacket,
+    Mdl,
+    Packet,
+    ProcessPacket,
+    SendFlags,
+    State,
+    StateChange, //
 };
 
 module! {

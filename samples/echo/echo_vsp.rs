@@ -21,21 +21,15 @@ use kernel::{
 };
 
 use kmcl::{
-    channel::{
-        callbacks::{
-            ProcessPacket,
-            StateChange, //
-        },
-        incoming::IncomingPacket,
-        Channel,
-        ChannelHandle,
-        Endpoint, //
-    },
-    transport::{
-        loopback,
-        Bus, //
-    },
-    wire::guid::Guid,
+    loopback,
+    Bus,
+    Channel,
+    ChannelHandle,
+    Endpoint,
+    Guid,
+    IncomingPacket,
+    ProcessPacket,
+    StateChange, //
 };
 
 module! {

@@ -21,27 +21,19 @@ use kernel::{
 };
 
 use kmcl::{
-    channel::{
-        callbacks::{
-            ProcessPacket,
-            StateChange, //
-        },
-        incoming::IncomingPacket,
-        Channel,
-        ChannelHandle,
-        Endpoint, //
+    ic::{
+        self,
+        Version, //
     },
-    transport::{
-        loopback,
-        Bus, //
-    },
-    wire::{
-        guid::Guid,
-        ic::{
-            self,
-            Version, //
-        },
-    },
+    loopback,
+    Bus,
+    Channel,
+    ChannelHandle,
+    Endpoint,
+    Guid,
+    IncomingPacket,
+    ProcessPacket,
+    StateChange, //
 };
 
 module! {

@@ -25,24 +25,16 @@ use kernel::{
 };
 
 use kmcl::{
-    channel::{
-        callbacks::{
-            ProcessPacket,
-            StateChange, //
-        },
-        incoming::IncomingPacket,
-        Channel,
-        ChannelHandle,
-        Endpoint, //
-    },
-    transport::{
-        loopback,
-        Bus, //
-    },
-    wire::{
-        guid::Guid,
-        ic, //
-    },
+    ic,
+    loopback,
+    Bus,
+    Channel,
+    ChannelHandle,
+    Endpoint,
+    Guid,
+    IncomingPacket,
+    ProcessPacket,
+    StateChange, //
 };
 
 module! {

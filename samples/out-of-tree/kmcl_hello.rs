@@ -8,23 +8,17 @@
 use kernel::{prelude::*, sync::Arc, time::Delta};
 
 use kmcl::{
-    channel::{
-        callbacks::{
-            ProcessPacket,
-            StateChange, //
-        },
-        incoming::IncomingPacket,
-        outgoing::SendFlags,
-        Channel,
-        ChannelHandle,
-        Endpoint,
-        State, //
-    },
-    transport::{
-        loopback::LoopbackBus,
-        Bus, //
-    },
-    wire::guid::Guid,
+    loopback::LoopbackBus,
+    Bus,
+    Channel,
+    ChannelHandle,
+    Endpoint,
+    Guid,
+    IncomingPacket,
+    ProcessPacket,
+    SendFlags,
+    State,
+    StateChange, //
 };
 
 module! {

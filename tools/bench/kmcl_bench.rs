@@ -4,7 +4,7 @@
 //!
 //! The same workloads run five ways in one boot:
 //!
-//! - `raw` (a): the ring code alone (`kmcl::wire::ring`), writer and reader
+//! - `raw` (a): the ring code alone (`kmcl::testing::ring`), writer and reader
 //!   in one thread, no channel layer;
 //! - `api` (b): the kmcl API over the loopback transport, delivery in softirq;
 //! - `passive` (c): the same with incoming processing at passive level;
@@ -51,29 +51,9 @@ use kernel::{
 };
 
 use kmcl::{
-    channel::{
-        callbacks::{
-            ProcessPacket,
-            StateChange, //
-        },
-        incoming::IncomingPacket,
-        outgoing::{
-            Packet,
-            SendFlags, //
-        },
-        Channel,
-        ChannelHandle,
-        Endpoint,
-        State, //
-    },
-    testing,
-    transport::{
-        loopback::LoopbackBus,
-        Bus, //
-    },
-    vmbus::ffi::VmbusChannel,
-    wire::{
-        guid::Guid,
+    loopback::LoopbackBus,
+    testing::{
+        self,
         packet,
         ring::{
             RingError,
@@ -82,7 +62,19 @@ use kmcl::{
             RingWriter,
             CONTROL_SIZE, //
         },
+        VmbusChannel, //
     },
+    Bus,
+    Channel,
+    ChannelHandle,
+    Endpoint,
+    Guid,
+    IncomingPacket,
+    Packet,
+    ProcessPacket,
+    SendFlags,
+    State,
+    StateChange, //
 };
 
 module! {
@@ -347,7 +339,7 @@ impl Pair {
     }
 
     fn signals(&self) -> u64 {
-        self.client.stats_signals_sent()
+        self.client.counters().signals_sent
     }
 }
 
@@ -459,7 +451,7 @@ fn lock_pair(n: u64) -> Result<Measure> {
 mod ffi {
     use kernel::prelude::*;
 
-    use kmcl::vmbus::ffi::VmbusChannel;
+    use kmcl::testing::VmbusChannel;
 
     extern "C" {
         pub(super) fn kmcl_bench_chan_new(

@@ -42,24 +42,18 @@ use kernel::{
 };
 
 use kmcl::{
-    channel::{
-        callbacks::{
-            ProcessPacket,
-            StateChange, //
-        },
-        incoming::IncomingPacket,
-        outgoing::SendFlags,
-        Channel,
-        ChannelHandle,
-        Endpoint,
-        State, //
-    },
-    sys,
-    transport::{
-        loopback::LoopbackBus,
-        Bus, //
-    },
-    wire::guid::Guid,
+    context,
+    loopback::LoopbackBus,
+    Bus,
+    Channel,
+    ChannelHandle,
+    Endpoint,
+    Guid,
+    IncomingPacket,
+    ProcessPacket,
+    SendFlags,
+    State,
+    StateChange, //
 };
 
 module! {
@@ -160,7 +154,7 @@ impl ProcessPacket for Receiver {
             packet.context()[0] = 1;
             self.check(packet.data());
         }
-        if first && sys::in_softirq() && self.received.load(Ordering::Relaxed) % 16 == 0 {
+        if first && context::in_softirq() && self.received.load(Ordering::Relaxed) % 16 == 0 {
             match packet.defer_to_passive() {
                 Ok(()) => return,
                 Err(e) => packet = e.0,
@@ -338,7 +332,7 @@ fn run(total: u64) -> Result<Outcome> {
         }
         fsleep(Delta::from_millis(1));
     }
-    let stats = |c: &Channel| (c.stats_quota_stalls(), c.stats_ring_full());
+    let stats = |c: &Channel| (c.counters().quota_stalls, c.counters().ring_full);
     let (q1, r1) = stats(&p.client);
     let (q2, r2) = stats(&p.server);
     let o = Outcome {

@@ -68,26 +68,19 @@ use kernel::{
 };
 
 use kmcl::{
-    channel::{
-        callbacks::{
-            ProcessPacket,
-            StateChange, //
-        },
-        incoming::IncomingPacket,
-        outgoing::{
-            Packet,
-            SendError,
-            SendFlags, //
-        },
-        Channel,
-        ChannelHandle,
-        Endpoint,
-        State, //
-    },
-    transport::{
-        loopback::LoopbackBus,
-        Bus, //
-    },
+    loopback::LoopbackBus,
+    Bus,
+    Channel,
+    ChannelHandle,
+    Endpoint,
+    Guid,
+    IncomingPacket,
+    Packet,
+    ProcessPacket,
+    SendError,
+    SendFlags,
+    State,
+    StateChange, //
 };
 
 use super::{
@@ -602,7 +595,7 @@ fn open_pair(
     }
     server.init_set_friendly_name(c"stress-teardown-server")?;
     client.init_set_friendly_name(c"stress-teardown-client")?;
-    server.init_set_target_interface_id(STRESS_TYPE, kmcl::wire::guid::Guid::NULL)?;
+    server.init_set_target_interface_id(STRESS_TYPE, Guid::NULL)?;
     client.init_set_target_pnp(STRESS_TYPE, None)?;
     client.init_set_ring_buffer_page_count(3)?;
     server.set_incoming_processing_at_passive(true);
@@ -863,8 +856,8 @@ pub(crate) fn run(total: u64, seed: u64) -> Result<Outcome> {
         o.duplicated,
         o.reordered,
         o.corrupt,
-        client.stats_quota_stalls() + server.stats_quota_stalls(),
-        client.stats_ring_full() + server.stats_ring_full(),
+        client.counters().quota_stalls + server.counters().quota_stalls,
+        client.counters().ring_full + server.counters().ring_full,
         o.pauses,
         seed,
         o.connections,

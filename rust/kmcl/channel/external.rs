@@ -257,6 +257,13 @@ impl<'a> ExternalData<'a> {
     /// its pages back (the sender's channel was disabled, say), and any read
     /// over the hv transport.
     pub fn for_each_chunk(&self, mut f: impl FnMut(&[u8])) -> Result {
+        // Only this line is instantiated in the caller's module: the walk
+        // stays in kmcl, out of the modules' ABI.
+        self.for_each_chunk_dyn(&mut f)
+    }
+
+    /// [`ExternalData::for_each_chunk`] with a trait object.
+    pub fn for_each_chunk_dyn(&self, f: &mut dyn FnMut(&[u8])) -> Result {
         let (lending, lender) = self.chan.peer_lending().ok_or(EACCES)?;
         let mut buf = [0u8; PIECE];
         self.walk(|pfn, mut off, mut n| {

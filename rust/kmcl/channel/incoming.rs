@@ -10,7 +10,7 @@ use kernel::{
     sync::Arc, //
 };
 
-pub use super::external::ExternalData;
+pub(crate) use super::external::ExternalData;
 use super::{
     send_queue::Queued,
     Channel, //

@@ -20,10 +20,13 @@
 //! channel holds a transport attachment, which
 //! provides the rings and signalling.
 
-use core::sync::atomic::{
-    AtomicU32,
-    AtomicU64,
-    Ordering, //
+use core::{
+    mem::ManuallyDrop,
+    sync::atomic::{
+        AtomicU32,
+        AtomicU64,
+        Ordering, //
+    },
 };
 
 use kernel::{
@@ -49,19 +52,19 @@ use kernel::{
 
 use crate::transport::Attachment;
 
-pub mod callbacks;
+pub(crate) mod callbacks;
 mod config;
 mod events;
-pub mod external;
-pub mod gpadl;
-pub mod incoming;
+pub(crate) mod external;
+pub(crate) mod gpadl;
+pub(crate) mod incoming;
 mod lifecycle;
-pub mod outgoing;
+pub(crate) mod outgoing;
 pub(crate) mod owners;
 mod receive;
 mod routines;
 mod rx;
-pub mod save;
+pub(crate) mod save;
 mod send_queue;
 mod status;
 mod sync;
@@ -274,9 +277,13 @@ impl_has_work! {
 ///
 /// Dropping it disables the channel if needed (blocking, process context)
 /// and frees it, as [`ChannelHandle::cleanup`] does for a Disabled channel.
+///
+/// Its fields are dropped by its `Drop` impl, inside kmcl: the drop glue a
+/// driver's module instantiates for a handle calls that one exported
+/// function and reaches no internal of kmcl.
 pub struct ChannelHandle {
-    chan: Arc<Channel>,
-    _status: Option<status::StatusFile>,
+    chan: ManuallyDrop<Arc<Channel>>,
+    status: ManuallyDrop<Option<status::StatusFile>>,
 }
 
 impl core::ops::Deref for ChannelHandle {
@@ -301,7 +308,7 @@ impl ChannelHandle {
 
     /// A new reference to the channel, for work items and other threads.
     pub fn arc(&self) -> Arc<Channel> {
-        self.chan.clone()
+        Arc::clone(&self.chan)
     }
 }
 
@@ -312,6 +319,11 @@ impl Drop for ChannelHandle {
         }
         self.chan.drop_driver_callbacks();
         owners::remove(&self.chan);
+        // SAFETY: `drop` runs once, and neither field is used after this.
+        unsafe {
+            ManuallyDrop::drop(&mut self.status);
+            ManuallyDrop::drop(&mut self.chan);
+        }
     }
 }
 
@@ -363,8 +375,8 @@ impl Channel {
         )?;
         owners::add(module, chan.clone())?;
         Ok(ChannelHandle {
-            chan,
-            _status: None,
+            chan: ManuallyDrop::new(chan),
+            status: ManuallyDrop::new(None),
         })
     }
 
@@ -419,21 +431,6 @@ impl Channel {
         }
     }
 
-    /// Signals this channel has sent its peer since it was allocated.
-    pub fn stats_signals_sent(&self) -> u64 {
-        self.stats.signals_sent.load(Ordering::Relaxed)
-    }
-
-    /// Times delivery stalled on the quota or on incoming slots.
-    pub fn stats_quota_stalls(&self) -> u64 {
-        self.stats.quota_stalls.load(Ordering::Relaxed)
-    }
-
-    /// Times a write found the ring full.
-    pub fn stats_ring_full(&self) -> u64 {
-        self.stats.ring_full.load(Ordering::Relaxed)
-    }
-
     /// The current lifecycle state.
     pub fn state(&self) -> State {
         self.inner.lock().state
@@ -474,8 +471,8 @@ impl WorkItem<3> for Channel {
 
 /// Status of the channel for observability; see [`status`].
 pub(crate) fn attach_status(handle: &mut ChannelHandle) {
-    if handle._status.is_none() {
-        handle._status = status::StatusFile::new(handle.chan.clone());
+    if handle.status.is_none() {
+        *handle.status = status::StatusFile::new(Arc::clone(&handle.chan));
     }
 }
 

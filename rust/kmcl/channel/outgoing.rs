@@ -14,7 +14,7 @@ use kernel::{
     sync::Arc, //
 };
 
-pub use super::external::Mdl;
+pub(crate) use super::external::Mdl;
 use super::{
     callbacks::CompletionRoutine,
     send_queue::{

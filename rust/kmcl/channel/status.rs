@@ -116,7 +116,7 @@ impl Channel {
     }
 
     /// Writes the channel's status, as its debugfs file shows it.
-    pub fn write_status(&self, w: &mut impl core::fmt::Write) -> core::fmt::Result {
+    pub fn write_status(&self, w: &mut dyn core::fmt::Write) -> core::fmt::Result {
         let now = sys::jiffies();
         let (state, endpoint, fill, rx, tx, oldest, quota, ids) = {
             let g = self.inner.lock();

@@ -141,11 +141,11 @@ fn small_ring_pair() -> Result<Pair> {
 
 /// Fills `chan`'s outgoing ring with one-way sends until one is queued.
 fn fill_until_queued(chan: &Channel) -> Result<u32> {
-    let before = chan.stats_ring_full();
+    let before = chan.counters().ring_full;
     let payload = [0x5au8; 512];
     for n in 1..=64u32 {
         harness::send(chan, &payload, false)?;
-        if chan.stats_ring_full() != before {
+        if chan.counters().ring_full != before {
             return Ok(n);
         }
     }

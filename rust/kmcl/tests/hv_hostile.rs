@@ -357,7 +357,7 @@ mod tests {
         assert!(wait_for(2000, || rec.held() == 2));
         settle(30);
         assert_eq!(rec.received.load(Ordering::Relaxed), 2);
-        assert!(h.stats_quota_stalls() >= 1);
+        assert!(h.counters().quota_stalls >= 1);
         // Finishing packets restarts delivery from the ring, in order.
         while rec.received.load(Ordering::Relaxed) < 6 || rec.held() > 0 {
             if !wait_for(2000, || rec.held() > 0) {
@@ -441,12 +441,12 @@ mod tests {
         let mut buf = [0u8; 1000];
         let mut sent = 0u64;
         // Fill the ring, then queue a few more behind it.
-        while h.stats_ring_full() == 0 && sent < 64 {
+        while h.counters().ring_full == 0 && sent < 64 {
             sent += 1;
             buf[..8].copy_from_slice(&sent.to_le_bytes());
             harness::send_recorded(&h, &buf, SendFlags::NONE, &done)?;
         }
-        assert!(h.stats_ring_full() > 0);
+        assert!(h.counters().ring_full > 0);
         for _ in 0..3 {
             sent += 1;
             buf[..8].copy_from_slice(&sent.to_le_bytes());

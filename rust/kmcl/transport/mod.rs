@@ -23,11 +23,11 @@ use crate::{
     },
 };
 
-pub mod hv;
+pub(crate) mod hv;
 pub(crate) mod lending;
 mod link;
-pub mod loopback;
-pub mod memory;
+pub(crate) mod loopback;
+pub(crate) mod memory;
 
 pub(crate) use link::{
     Link,

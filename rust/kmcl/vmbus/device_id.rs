@@ -19,11 +19,11 @@ use super::ffi;
 /// The layout is that of `struct hv_vmbus_device_id`.
 #[repr(transparent)]
 #[derive(Clone, Copy)]
-pub struct DeviceId(pub(super) ffi::HvVmbusDeviceId);
+pub(crate) struct DeviceId(pub(super) ffi::HvVmbusDeviceId);
 
 impl DeviceId {
     /// A device id matching the interface type `class`.
-    pub const fn new(class: Guid) -> Self {
+    pub(crate) const fn new(class: Guid) -> Self {
         Self(ffi::HvVmbusDeviceId {
             guid: class.0,
             driver_data: 0,
@@ -31,7 +31,7 @@ impl DeviceId {
     }
 
     /// The interface type this id matches.
-    pub const fn class(&self) -> Guid {
+    pub(crate) const fn class(&self) -> Guid {
         Guid(self.0.guid)
     }
 }
@@ -50,7 +50,7 @@ unsafe impl RawDeviceIdIndex for DeviceId {
 /// A table of VMBus device ids with per-id driver information.
 ///
 /// `hv_vmbus` walks it until the all-zero sentinel that [`IdArray`] appends.
-pub trait IdTable<U: 'static>: Sync {
+pub(crate) trait IdTable<U: 'static>: Sync {
     /// The ids, without the sentinel.
     fn ids(&self) -> &[DeviceId];
     /// The driver information of entry `index`.

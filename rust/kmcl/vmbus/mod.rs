@@ -13,7 +13,7 @@
 //!
 //! The bus is built as the kernel's own buses (PCI, auxiliary, platform) are:
 //!
-//! - [`Adapter<T>`] implements [`kernel::driver::DriverLayout`] and
+//! - [`Adapter<T>`](registration::Adapter) implements [`kernel::driver::DriverLayout`] and
 //!   [`kernel::driver::RegistrationOps`] for `struct hv_driver`, and a
 //!   [`Registration`] holds a [`kernel::driver::Registration`]: the kernel's type
 //!   owns the driver structure, registers it and unregisters it on drop.
@@ -63,41 +63,38 @@ mod dev;
 mod device_id;
 mod registration;
 
-pub use dev::{
+pub(crate) use dev::{
     Channel,
     Device, //
 };
-pub use device_id::{
+pub(crate) use device_id::{
     DeviceId,
     IdTable, //
 };
 #[cfg(CONFIG_KUNIT)]
 pub(crate) use registration::driver_ops;
-pub use registration::{
-    Adapter,
-    Registration, //
-};
+pub(crate) use registration::Registration;
 
 /// Raw C declarations of the helper in `rust/helpers/vmbus.c`.
 #[doc(hidden)]
-pub mod ffi {
+pub(crate) mod ffi {
     use kernel::prelude::*;
 
     use crate::wire::guid::Guid;
 
     /// Bytes kmcl reserves for a `struct hv_driver`; `KMCL_HV_DRIVER_SIZE` in
     /// `vmbus.h`, which `vmbus.c` checks against the kernel's structure.
-    pub const HV_DRIVER_SIZE: usize = 512;
+    pub(crate) const HV_DRIVER_SIZE: usize = 512;
 
     /// Offset of the `struct device_driver` in `struct hv_driver`;
     /// `KMCL_HV_DRIVER_DRIVER_OFFSET` in `vmbus.h`, checked by `vmbus.c`.
-    pub const HV_DRIVER_DRIVER_OFFSET: usize = 40;
+    pub(crate) const HV_DRIVER_DRIVER_OFFSET: usize = 40;
 
     /// Storage for a `struct hv_driver`, which only C reads and writes.
     ///
     /// `vmbus.c` asserts that the structure fits and is no more aligned.
     #[repr(C, align(8))]
-    pub struct HvDriver {
+    pub(crate) struct HvDriver {
         _storage: [u8; HV_DRIVER_SIZE],
     }
 
@@ -125,7 +122,7 @@ pub mod ffi {
     /// Mirror of `struct hv_vmbus_device_id`; the helper asserts the layout.
     #[repr(C)]
     #[derive(Clone, Copy)]
-    pub struct HvVmbusDeviceId {
+    pub(crate) struct HvVmbusDeviceId {
         /// The class GUID in `guid_t` order.
         pub guid: [u8; 16],
         /// Driver information; kmcl stores a `&'static IdInfo` here.
@@ -185,7 +182,7 @@ impl kernel::fmt::Display for Guid {
 /// creates its per-device data in [`Driver::probe`]. The data lives until the
 /// device is unbound: [`Driver::unbind`] gets it last, and the driver core
 /// drops it right after.
-pub trait Driver: Send + Sync + 'static {
+pub(crate) trait Driver: Send + Sync + 'static {
     /// Driver information attached to each id of the table.
     type IdInfo: Sync + 'static;
 

@@ -35,7 +35,7 @@ use super::{
 ///
 /// A driver may also be registered directly with
 /// `kernel::driver::Registration<Adapter<T>>`.
-pub struct Adapter<T: Driver>(PhantomData<T>);
+pub(crate) struct Adapter<T: Driver>(PhantomData<T>);
 
 // SAFETY:
 // - `ffi::HvDriver` is `repr(C)` storage for a `struct hv_driver`.
@@ -295,7 +295,7 @@ enum Kind<T: Driver> {
 ///
 /// It holds a [`driver::Registration`], which registers the driver and, on
 /// drop, unregisters it (unbinding every device).
-pub struct Registration<T: Driver> {
+pub(crate) struct Registration<T: Driver> {
     _kind: Kind<T>,
 }
 
@@ -303,7 +303,7 @@ impl<T: Driver> Registration<T> {
     /// Registers driver `T` under `name`.
     ///
     /// Fails with `ENODEV` where the machine has no VMBus.
-    pub fn new(name: &'static CStr, module: &'static ThisModule) -> Result<Self> {
+    pub(crate) fn new(name: &'static CStr, module: &'static ThisModule) -> Result<Self> {
         let reg = KBox::pin_init(driver::Registration::new(name, module), GFP_KERNEL)?;
         Ok(Self {
             _kind: Kind::Static { _reg: reg },
@@ -316,7 +316,7 @@ impl<T: Driver> Registration<T> {
     ///
     /// Fails with `ENODEV` where the machine has no VMBus, and with `EBUSY`
     /// if a driver of that name is registered already.
-    pub fn with_classes(
+    pub(crate) fn with_classes(
         name: CString,
         classes: &[Guid],
         module: &'static ThisModule,

@@ -16,23 +16,17 @@ use kernel::{
 };
 
 use kmcl::{
-    channel::{
-        callbacks::{
-            ProcessPacket,
-            StateChange, //
-        },
-        incoming::IncomingPacket,
-        outgoing::SendFlags,
-        Channel,
-        ChannelHandle,
-        Endpoint,
-        State, //
-    },
-    transport::{
-        loopback,
-        Bus, //
-    },
-    wire::guid::Guid,
+    loopback,
+    Bus,
+    Channel,
+    ChannelHandle,
+    Endpoint,
+    Guid,
+    IncomingPacket,
+    ProcessPacket,
+    SendFlags,
+    State,
+    StateChange, //
 };
 
 module! {

@@ -24,11 +24,11 @@ use core::ptr::NonNull;
 
 use kernel::prelude::*;
 
-pub mod bus;
+pub(crate) mod bus;
 mod device;
 pub(crate) mod memory;
 
-pub use bus::HvBus;
+pub(crate) use bus::HvBus;
 
 use crate::{
     transport::{

@@ -50,7 +50,7 @@ use crate::{
 
 /// An open loopback channel: two rings, the GPADL table, MMIO space.
 #[pin_data]
-pub struct Connection {
+pub(crate) struct Connection {
     pub(super) token: u64,
     pub(super) parked: AtomicBool,
     c2s: KVVec<u64>,
@@ -110,7 +110,7 @@ impl Connection {
     }
 
     /// The ring that `writer` writes to.
-    pub fn ring_memory(&self, writer: Role) -> Option<RingMemory> {
+    pub(crate) fn ring_memory(&self, writer: Role) -> Option<RingMemory> {
         let v = match writer {
             Role::Client => &self.c2s,
             Role::Server => &self.s2c,

@@ -41,7 +41,7 @@ use crate::{
 mod connection;
 mod gpadl;
 
-pub use connection::Connection;
+pub(crate) use connection::Connection;
 pub(crate) use connection::{
     Endpoint,
     SignalTarget, //
