@@ -20,6 +20,7 @@ mod ffi {
         pub(super) fn kmcl_sys_exit();
         pub(super) fn kmcl_sys_wq() -> *mut bindings::workqueue_struct;
         pub(super) fn kmcl_sys_bh_wq() -> *mut bindings::workqueue_struct;
+        #[cfg(CONFIG_KUNIT)]
         pub(super) fn kmcl_sys_flush();
         pub(super) fn kmcl_local_bh_disable();
         pub(super) fn kmcl_local_bh_enable();
@@ -71,7 +72,9 @@ pub(crate) fn bh_wq() -> &'static Queue {
     queue(unsafe { ffi::kmcl_sys_bh_wq() })
 }
 
-/// Waits until everything queued on kmcl's workqueues so far has run.
+/// Waits until everything queued on kmcl's workqueues so far has run (for
+/// the KUnit suites).
+#[cfg(CONFIG_KUNIT)]
 pub(crate) fn flush_work() {
     kernel::task::might_sleep();
     // SAFETY: the queues exist; flushing may sleep, checked above.

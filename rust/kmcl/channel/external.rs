@@ -65,7 +65,7 @@ const PIECE: usize = 512;
 /// `VmbPacketSendWithExternalMdl`).
 ///
 /// On loopback, the pages are what the peer may read: see the
-/// [module documentation](self).
+/// rule in `Documentation/api.rst` (External data).
 ///
 /// # Invariants
 ///
@@ -197,7 +197,7 @@ impl Drop for Mdl {
 /// [`ExternalData::ranges`] shows what the sender wrote. [`copy_to`] and
 /// [`for_each_chunk`] read the bytes only where they are pages that the
 /// sender's packet owns and lends for this transaction (loopback; see the
-/// [module documentation](self)); otherwise they fail with `EACCES`.
+/// rule in `Documentation/api.rst`, External data); otherwise they fail with `EACCES`.
 ///
 /// [`copy_to`]: ExternalData::copy_to
 /// [`for_each_chunk`]: ExternalData::for_each_chunk

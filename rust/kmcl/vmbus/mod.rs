@@ -113,8 +113,10 @@ pub(crate) mod ffi {
         _opaque: [u8; 0],
     }
 
-    /// Opaque `struct vmbus_channel`.
+    /// Opaque `struct vmbus_channel`. Public for `kmcl::testing`, which
+    /// exists only with `CONFIG_KUNIT`.
     #[repr(C)]
+    #[cfg_attr(not(CONFIG_KUNIT), allow(unreachable_pub))]
     pub struct VmbusChannel {
         _opaque: [u8; 0],
     }
