@@ -145,10 +145,7 @@ impl IncomingPacket {
             "channel {}: packet failed by the driver; incoming queue stopped\n",
             chan.id()
         );
-        {
-            let mut g = chan.inner.lock();
-            g.rx.failed = true;
-        }
+        chan.rx.lock().failed = true;
         let _ = self.finish_with(None);
     }
 
@@ -159,13 +156,13 @@ impl IncomingPacket {
     pub fn defer_to_passive(self) -> core::result::Result<(), DeferError> {
         let chan = self.chan.clone();
         {
-            let mut g = chan.inner.lock();
+            let mut g = chan.rx.lock();
             if chan.current.load(Ordering::Relaxed) != self.seq || self.seq == 0 {
                 drop(g);
                 return Err(DeferError(self));
             }
             chan.current.store(0, Ordering::Relaxed);
-            if let Err(e) = g.rx.deferred.push_within_capacity(self) {
+            if let Err(e) = g.deferred.push_within_capacity(self) {
                 // Cannot happen: one deferred entry per slot is reserved.
                 drop(g);
                 return Err(DeferError(e.0));
@@ -217,26 +214,32 @@ impl IncomingPacket {
         let mut kick = false;
         let mut signal = false;
         {
-            let mut g = chan.inner.lock();
+            let mut g = chan.rx.lock();
             let _ =
                 chan.current
                     .compare_exchange(self.seq, 0, Ordering::Relaxed, Ordering::Relaxed);
-            g.rx.outstanding -= 1;
-            if g.rx.stalled && g.rx.outstanding < g.rx.quota {
-                g.rx.stalled = false;
+            g.outstanding -= 1;
+            if g.stalled && g.outstanding < g.quota {
+                g.stalled = false;
                 kick = true;
             }
-            match to_send {
-                Some(n) if g.att.is_some() => {
-                    match chan.submit(&mut g, Queued::Completion(buf, n)) {
-                        Ok(s) => {
-                            signal = s.signal;
-                            if let Some(Queued::Completion(b, _)) = s.written {
-                                g.rx.put_buf(b);
+            // The send lock nests inside the receive lock: the buffer goes
+            // back to the free slots at once if the send is done with it.
+            let mut back = Some(buf);
+            if let Some(n) = to_send {
+                let mut t = chan.tx.lock();
+                if t.link.is_some() {
+                    if let Some(b) = back.take() {
+                        match chan.submit(&mut t, Queued::Completion(b, n)) {
+                            Ok(s) => {
+                                signal = s.signal;
+                                if let Some(Queued::Completion(b, _)) = s.written {
+                                    back = Some(b);
+                                }
                             }
+                            Err((_, Queued::Completion(b, _))) => back = Some(b),
+                            Err(_) => {}
                         }
-                        Err((_, Queued::Completion(b, _))) => g.rx.put_buf(b),
-                        Err(_) => {}
                     }
                     if ty == packet::TYPE_COMPLETION {
                         chan.stats.completions_sent.fetch_add(1, Ordering::Relaxed);
@@ -244,7 +247,9 @@ impl IncomingPacket {
                         chan.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                _ => g.rx.put_buf(buf),
+            }
+            if let Some(b) = back {
+                g.put_buf(b);
             }
         }
         if signal {

@@ -17,13 +17,9 @@ use kernel::{
 pub use super::external::Mdl;
 use super::{
     callbacks::CompletionRoutine,
-    send_queue::{
-        usable_for_send,
-        Queued, //
-    },
+    send_queue::Queued,
     transactions::TxOwner,
-    Channel,
-    State, //
+    Channel, //
 };
 use crate::{
     sys,
@@ -139,7 +135,7 @@ impl PacketMemory {
     /// Allocates memory for one packet of `channel`, [`Channel::sizeof_packet`]
     /// bytes in all.
     pub fn new(channel: &Channel) -> Result<PacketMemory> {
-        let cap = channel.inner.lock().tx.encoded_capacity;
+        let cap = channel.tx.lock().encoded_capacity;
         Ok(PacketMemory(PacketInner::new(cap, Origin::Caller)?))
     }
 }
@@ -380,13 +376,12 @@ impl Packet {
     fn submit_encoded(mut self) -> core::result::Result<(), SendError> {
         let chan = self.channel().arc();
         let wait = self.get().wait;
-        let mut g = chan.inner.lock();
+        let mut g = chan.tx.lock();
         let within = {
             let i = self.get();
-            i.payload_len <= g.tx.max_packet_size as usize
-                && i.range_count <= g.tx.max_ext_chain as usize
+            i.payload_len <= g.max_packet_size as usize && i.range_count <= g.max_ext_chain as usize
         };
-        if let Err(e) = usable_for_send(&g).and(if within { Ok(()) } else { Err(EINVAL) }) {
+        if let Err(e) = g.gate.send.and(if within { Ok(()) } else { Err(EINVAL) }) {
             drop(g);
             return Err(SendError {
                 error: e,
@@ -394,14 +389,14 @@ impl Packet {
             });
         }
         let item = if wait {
-            let Some(slot) = g.tx.free_slots.pop() else {
+            let Some(slot) = g.free_slots.pop() else {
                 drop(g);
                 return Err(SendError {
                     error: EBUSY,
                     packet: self,
                 });
             };
-            let gen = g.tx.slots[slot as usize].gen;
+            let gen = g.slots[slot as usize].gen;
             let id = (u64::from(gen) << 32) | u64::from(slot + 1);
             let inner = self.get_mut();
             inner.trans_id = id;
@@ -409,9 +404,9 @@ impl Packet {
             if let Some(mdl) = inner.mdl.as_mut() {
                 // Before the packet can reach the ring: from here on the
                 // peer may read the pages (loopback).
-                mdl.lend(g.att.as_ref(), id);
+                mdl.lend(g.link.as_ref().and_then(|l| l.lending()), id);
             }
-            let s = &mut g.tx.slots[slot as usize];
+            let s = &mut g.slots[slot as usize];
             s.since = sys::jiffies();
             s.owner = Some(TxOwner::Packet(self));
             Queued::Tx { slot, gen }
@@ -438,7 +433,7 @@ impl Packet {
             Err((e, item)) => {
                 let p = match item {
                     Queued::Oneway(p) => Some(p),
-                    Queued::Tx { slot, .. } => g.tx.free_slot(slot),
+                    Queued::Tx { slot, .. } => g.free_slot(slot),
                     Queued::Completion(..) => None,
                 };
                 drop(g);
@@ -495,11 +490,9 @@ impl Drop for Packet {
             if let Some(chan) = inner.chan.take() {
                 inner.routine = None;
                 inner.pointer = 0;
-                let mut g = chan.inner.lock();
-                if g.tx.pool.len() < g.tx.pool_size as usize
-                    && inner.buf.len() == g.tx.encoded_capacity
-                {
-                    let _ = g.tx.pool.push_within_capacity(inner);
+                let mut g = chan.tx.lock();
+                if g.pool.len() < g.pool_size as usize && inner.buf.len() == g.encoded_capacity {
+                    let _ = g.pool.push_within_capacity(inner);
                 }
             }
         }
@@ -518,7 +511,7 @@ impl Channel {
     /// (`VmbChannelSizeofPacket`).
     #[doc(alias = "VmbChannelSizeofPacket")]
     pub fn sizeof_packet(&self) -> usize {
-        core::mem::size_of::<PacketInner>() + self.inner.lock().tx.encoded_capacity
+        core::mem::size_of::<PacketInner>() + self.tx.lock().encoded_capacity
     }
 
     /// Takes a packet object from the channel's pool (`VmbPacketAllocate`).
@@ -526,14 +519,9 @@ impl Channel {
     /// and `EINVAL` while the channel is Disabled.
     #[doc(alias = "VmbPacketAllocate")]
     pub fn packet_allocate(&self) -> Result<Packet> {
-        let mut g = self.inner.lock();
-        if g.lost {
-            return Err(ENODEV);
-        }
-        if g.state == State::Disabled {
-            return Err(EINVAL);
-        }
-        let mut inner = g.tx.pool.pop().ok_or(ENOMEM)?;
+        let mut g = self.tx.lock();
+        g.gate.alloc?;
+        let mut inner = g.pool.pop().ok_or(ENOMEM)?;
         drop(g);
         inner.chan = Some(self.arc());
         Ok(Packet { inner: Some(inner) })
@@ -541,6 +529,6 @@ impl Channel {
 
     /// Free packet objects in the pool.
     pub fn packet_pool_available(&self) -> usize {
-        self.inner.lock().tx.pool.len()
+        self.tx.lock().pool.len()
     }
 }

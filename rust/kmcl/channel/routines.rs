@@ -88,7 +88,7 @@ impl Channel {
     /// context picks up what was added meanwhile.
     pub(crate) fn run_routines(&self) {
         {
-            let mut g = self.inner.lock();
+            let mut g = self.tx.lock();
             if g.routines.running || g.routines.done.is_none() {
                 return;
             }
@@ -96,7 +96,7 @@ impl Channel {
         }
         loop {
             let list = {
-                let mut g = self.inner.lock();
+                let mut g = self.tx.lock();
                 match g.routines.done.take() {
                     Some(list) => list,
                     None => {
@@ -131,7 +131,7 @@ impl Channel {
     pub(crate) fn finish_routines(&self) {
         loop {
             self.run_routines();
-            let mut g = self.inner.lock();
+            let mut g = self.tx.lock();
             if g.routines.idle() {
                 return;
             }

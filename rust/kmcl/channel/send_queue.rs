@@ -3,7 +3,10 @@
 //! The send queue: writing into the ring, waiting behind a full ring with
 //! the pending send size, and finishing every send at a teardown.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{
+    AtomicU64,
+    Ordering, //
+};
 
 use kernel::prelude::*;
 
@@ -12,6 +15,7 @@ use super::{
     routines::call_routine,
     transactions::{
         TxOwner,
+        TxSlot,
         TxState, //
     },
     Channel,
@@ -19,7 +23,8 @@ use super::{
     State, //
 };
 use crate::transport::{
-    Link,
+    LinkWriter,
+    SendLink,
     WriteError, //
 };
 
@@ -62,70 +67,130 @@ impl TxState {
         self.queued -= 1;
         item
     }
+}
 
-    pub(super) fn front(&self) -> Option<&Queued> {
-        if self.queued == 0 {
-            return None;
-        }
-        self.queue[self.head].as_ref()
+fn front(queue: &[Option<Queued>], head: usize, queued: usize) -> Option<&Queued> {
+    if queued == 0 {
+        return None;
     }
+    queue[head].as_ref()
+}
 
-    /// The bytes an entry puts in the ring; `None` for a stale entry.
-    pub(super) fn bytes_of<'a>(&'a self, item: &'a Queued) -> Option<&'a [u8]> {
-        match item {
-            Queued::Tx { slot, gen } => {
-                let s = self.slots.get(*slot as usize)?;
-                if s.gen != *gen {
-                    return None;
-                }
-                match s.owner.as_ref()? {
-                    TxOwner::Packet(p) => Some(p.wire_bytes()),
-                    TxOwner::Sync(r) => Some(&r.req),
-                }
+/// The bytes an entry puts in the ring; `None` for a stale entry.
+fn bytes_of<'a>(slots: &'a [TxSlot], item: &'a Queued) -> Option<&'a [u8]> {
+    match item {
+        Queued::Tx { slot, gen } => {
+            let s = slots.get(*slot as usize)?;
+            if s.gen != *gen {
+                return None;
             }
-            Queued::Oneway(p) => Some(p.wire_bytes()),
-            Queued::Completion(b, n) => b.get(..*n),
+            match s.owner.as_ref()? {
+                TxOwner::Packet(p) => Some(p.wire_bytes()),
+                TxOwner::Sync(r) => Some(&r.req),
+            }
         }
+        Queued::Oneway(p) => Some(p.wire_bytes()),
+        Queued::Completion(b, n) => b.get(..*n),
     }
 }
 
-/// Whether the channel can take a send now.
-pub(super) fn usable_for_send(g: &Inner) -> Result {
-    if g.peer_gone || g.lost || g.disabling || g.state == State::Closing {
-        return Err(ENODEV);
+/// Writes `bytes`; when the ring is full, stores the pending send size
+/// and tries once more, as the reader may have freed space before it could
+/// see that size, so that no wakeup is lost. `full` counts a full ring.
+fn write_or_wait(
+    link: &mut LinkWriter,
+    bytes: &[u8],
+    pending_send: &mut bool,
+    full: Option<&AtomicU64>,
+) -> core::result::Result<bool, WriteError> {
+    let mut r = link.write(bytes);
+    if let Err(WriteError::Full(needed)) = r {
+        if let Some(c) = full {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        link.set_pending_send_size(needed);
+        r = link.write(bytes);
+        *pending_send = true;
     }
-    match g.state {
-        State::Opened | State::Started | State::Paused if g.att.is_some() => Ok(()),
-        _ => Err(EINVAL),
+    r
+}
+
+/// What the control state says about the send side, copied under the send
+/// lock so that a send takes no other lock: whether a send is allowed, and
+/// with which error it is refused; whether a packet may be allocated; and
+/// whether synchronous requesters must give up.
+#[derive(Clone, Copy)]
+pub(crate) struct Gates {
+    pub(crate) send: Result,
+    pub(crate) alloc: Result,
+    pub(crate) abandon: bool,
+}
+
+impl Gates {
+    /// The gates of a Disabled channel.
+    pub(crate) const DISABLED: Gates = Gates {
+        send: Err(EINVAL),
+        alloc: Err(EINVAL),
+        abandon: false,
+    };
+
+    /// The gates for the control state `g`.
+    pub(crate) fn of(g: &Inner) -> Gates {
+        let send = if g.peer_gone || g.lost || g.disabling || g.state == State::Closing {
+            Err(ENODEV)
+        } else {
+            match g.state {
+                State::Opened | State::Started | State::Paused if g.att.is_some() => Ok(()),
+                _ => Err(EINVAL),
+            }
+        };
+        let alloc = if g.lost {
+            Err(ENODEV)
+        } else if g.state == State::Disabled {
+            Err(EINVAL)
+        } else {
+            Ok(())
+        };
+        Gates {
+            send,
+            alloc,
+            abandon: g.peer_gone || g.disabling,
+        }
     }
 }
 
 impl Channel {
+    /// Copies what the control state `g` says about sends into the send
+    /// gate. Called, with the control lock held, after every change of the
+    /// state, the attachment or the flags [`Gates::of`] reads: a send that
+    /// passed the gate is in the send state before the change is seen, and
+    /// one that comes after sees the change.
+    pub(crate) fn publish(&self, g: &Inner) {
+        self.tx.lock().gate = Gates::of(g);
+    }
+
     /// Puts an item in the ring, or queues it behind earlier ones. Called
-    /// with the channel lock held.
+    /// with the send lock held.
     pub(crate) fn submit(
         &self,
-        g: &mut Inner,
+        tx: &mut TxState,
         item: Queued,
     ) -> core::result::Result<Submitted, (Error, Queued)> {
-        let Inner { tx, att, .. } = g;
-        let Some(att) = att.as_mut() else {
+        let TxState {
+            link,
+            slots,
+            queued,
+            pending_send,
+            ..
+        } = &mut *tx;
+        let Some(link) = link.as_mut() else {
             return Err((ENODEV, item));
         };
-        if tx.queued == 0 {
-            let Some(bytes) = tx.bytes_of(&item) else {
+        if *queued == 0 {
+            let Some(bytes) = bytes_of(slots, &item) else {
                 return Err((EINVAL, item));
             };
-            let mut r = att.write(bytes);
-            if let Err(WriteError::Full(needed)) = r {
-                self.stats.ring_full.fetch_add(1, Ordering::Relaxed);
-                att.set_pending_send_size(needed);
-                // The reader may have freed space before it could see the
-                // pending size; try once more so that no wakeup is lost.
-                r = att.write(bytes);
-                tx.pending_send = true;
-            }
-            match r {
+            match write_or_wait(link, bytes, pending_send, Some(&self.stats.ring_full)) {
                 Ok(signal) => {
                     return Ok(Submitted {
                         signal,
@@ -153,7 +218,7 @@ impl Channel {
 
     /// Signals the peer through the attachment.
     pub(crate) fn signal_peer(&self) {
-        let target = self.inner.lock().att.as_ref().map(|a| a.signal_target());
+        let target = self.tx.lock().link.as_ref().map(|l| l.signal_target());
         if let Some(t) = target {
             self.stats.signals_sent.fetch_add(1, Ordering::Relaxed);
             t.signal();
@@ -163,30 +228,31 @@ impl Channel {
     /// Writes queued items while the ring has room, in order.
     pub(crate) fn flush_send_queue(&self) {
         loop {
-            let mut g = self.inner.lock();
-            let Inner { tx, att, .. } = &mut *g;
-            let Some(att) = att.as_mut() else {
+            let mut g = self.tx.lock();
+            let tx = &mut *g;
+            let TxState {
+                link,
+                slots,
+                queue,
+                head,
+                queued,
+                pending_send,
+                ..
+            } = &mut *tx;
+            let Some(link) = link.as_mut() else {
                 return;
             };
-            let Some(front) = tx.front() else {
-                if tx.pending_send {
-                    tx.pending_send = false;
-                    att.set_pending_send_size(0);
+            let Some(front) = front(queue, *head, *queued) else {
+                if *pending_send {
+                    *pending_send = false;
+                    link.set_pending_send_size(0);
                 }
                 return;
             };
-            let r = match tx.bytes_of(front) {
+            let r = match bytes_of(slots, front) {
                 // A cancelled transaction: skip it.
                 None => Ok(false),
-                Some(bytes) => {
-                    let mut r = att.write(bytes);
-                    if let Err(WriteError::Full(needed)) = r {
-                        att.set_pending_send_size(needed);
-                        r = att.write(bytes);
-                        tx.pending_send = true;
-                    }
-                    r
-                }
+                Some(bytes) => write_or_wait(link, bytes, pending_send, None),
             };
             match r {
                 Ok(signal) => {
@@ -198,15 +264,15 @@ impl Channel {
                             }
                         }
                     }
-                    let schedule = match item {
-                        Some(Queued::Completion(b, _)) => {
-                            g.rx.put_buf(b);
-                            false
-                        }
-                        Some(Queued::Oneway(p)) => g.routines.push(p),
-                        _ => false,
+                    let (schedule, buf) = match item {
+                        Some(Queued::Completion(b, _)) => (false, Some(b)),
+                        Some(Queued::Oneway(p)) => (tx.routines.push(p), None),
+                        _ => (false, None),
                     };
                     drop(g);
+                    if let Some(b) = buf {
+                        self.rx.lock().put_buf(b);
+                    }
                     self.wake_waiters();
                     if signal {
                         self.signal_peer();
@@ -234,8 +300,8 @@ impl Channel {
     /// free their own slots; this waits until they have.
     pub(crate) fn cancel_all_sends(&self, status: Error) {
         {
-            let mut g = self.inner.lock();
-            for s in g.tx.slots.iter_mut() {
+            let mut g = self.tx.lock();
+            for s in g.slots.iter_mut() {
                 if let Some(TxOwner::Sync(r)) = s.owner.as_mut() {
                     if r.result.is_none() {
                         r.result = Some(Err(ENODEV));
@@ -245,34 +311,38 @@ impl Channel {
         }
         self.wake_waiters();
         loop {
-            let mut g = self.inner.lock();
-            let p = if let Some(item) = g.tx.pop() {
+            let mut g = self.tx.lock();
+            let mut buf = None;
+            let p = if let Some(item) = g.pop() {
                 match item {
                     Queued::Oneway(p) => Some(p),
                     Queued::Completion(b, _) => {
-                        g.rx.put_buf(b);
+                        buf = Some(b);
                         None
                     }
                     // The slot is finished below.
                     Queued::Tx { .. } => None,
                 }
             } else {
-                let busy =
-                    g.tx.slots
-                        .iter()
-                        .position(|s| matches!(s.owner, Some(TxOwner::Packet(_))));
+                let busy = g
+                    .slots
+                    .iter()
+                    .position(|s| matches!(s.owner, Some(TxOwner::Packet(_))));
                 match busy {
-                    Some(slot) => g.tx.free_slot(slot as u32),
+                    Some(slot) => g.free_slot(slot as u32),
                     None => break,
                 }
             };
             drop(g);
+            if let Some(b) = buf {
+                self.rx.lock().put_buf(b);
+            }
             if let Some(p) = p {
                 call_routine(p, Err(status), &[]);
             }
         }
         self.wake_waiters();
-        self.wait_until(|g| !g.tx.slots.iter().any(|s| s.owner.is_some()));
+        self.wait_until(&self.tx, |g| !g.slots.iter().any(|s| s.owner.is_some()));
         // One-way sends that entered the ring finish as they would have.
         self.finish_routines();
     }

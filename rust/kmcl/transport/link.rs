@@ -1,16 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! An open link: what the channel layer needs of a transport while a
-//! channel is open. Each transport's endpoint implements [`Link`]; the
-//! channel holds an [`Attachment`](super::Attachment), which dispatches to
-//! the endpoint it carries.
+//! channel is open, in two halves that the channel keeps under different
+//! locks: the send half ([`SendLink`], the outgoing ring) and the receive
+//! half ([`RecvLink`], the incoming ring). Each transport implements both;
+//! [`LinkWriter`](super::LinkWriter) and [`LinkReader`](super::LinkReader)
+//! dispatch to the half they carry.
 
 use crate::wire::{
     packet,
     ring::RingError, //
 };
 
-/// Whom to signal, taken out of the channel lock before signalling.
+/// Whom to signal, taken out of the send lock before signalling.
 pub(crate) enum SignalTarget {
     Loopback(super::loopback::SignalTarget),
     /// Linux's ring code signals the host itself.
@@ -26,10 +28,10 @@ impl SignalTarget {
     }
 }
 
-/// One end of an open channel's two rings, and its signal.
+/// The send half of an open channel's link: its outgoing ring.
 ///
-/// Called with the channel lock held: no method sleeps or signals.
-pub(crate) trait Link {
+/// Called with the channel's send lock held: no method sleeps or signals.
+pub(crate) trait SendLink {
     /// Writes one encoded packet; `Ok(true)` if the peer must be signalled.
     fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError>;
 
@@ -43,6 +45,18 @@ pub(crate) trait Link {
     /// Stores the free space the writer waits for (0: not waiting).
     fn set_pending_send_size(&mut self, needed: u32);
 
+    /// Whom to signal, to be signalled once the send lock is dropped.
+    fn signal_target(&self) -> SignalTarget;
+
+    /// Bytes used and size of the outgoing ring.
+    fn fill(&self) -> (u32, u32);
+}
+
+/// The receive half of an open channel's link: its incoming ring.
+///
+/// Called with the channel's receive lock held: no method sleeps or
+/// signals.
+pub(crate) trait RecvLink {
     /// Copies the next incoming packet into `buf`; `Ok(None)` when empty.
     fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError>;
 
@@ -55,11 +69,8 @@ pub(crate) trait Link {
     /// Publishes the read index; `true` if the writer must be signalled.
     fn commit(&mut self) -> bool;
 
-    /// Whom to signal, to be signalled once the channel lock is dropped.
-    fn signal_target(&self) -> SignalTarget;
-
-    /// Bytes used and size of the outgoing and incoming rings.
-    fn ring_fill(&self) -> [(u32, u32); 2];
+    /// Bytes used and size of the incoming ring.
+    fn fill(&self) -> (u32, u32);
 
     /// kmcl's transaction id for the id a completion carries on the wire;
     /// `None` if the transport already knows it is not one of ours.
