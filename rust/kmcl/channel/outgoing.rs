@@ -18,11 +18,15 @@ pub use super::external::Mdl;
 use super::{
     callbacks::CompletionRoutine,
     send_queue::Queued,
-    transactions::TxOwner,
+    transactions::{
+        transaction_id,
+        TxOwner, //
+    },
     Channel, //
 };
 use crate::{
     sys,
+    transport::OutPacket,
     wire::packet::{
         self,
         RangeSpec, //
@@ -90,6 +94,9 @@ pub(crate) struct PacketInner {
     /// against the channel's limits when it is submitted.
     pub(super) payload_len: usize,
     pub(super) range_count: usize,
+    /// Type of the last send, and where its payload starts in `buf`.
+    pub(super) ty: u16,
+    pub(super) offset: usize,
 }
 
 impl PacketInner {
@@ -110,6 +117,8 @@ impl PacketInner {
                 trans_id: 0,
                 payload_len: 0,
                 range_count: 0,
+                ty: packet::TYPE_DATA_INBAND,
+                offset: packet::DESCRIPTOR_SIZE,
             },
             GFP_KERNEL,
         )?)
@@ -369,7 +378,32 @@ impl Packet {
         inner.wait = wait;
         inner.payload_len = data.len();
         inner.range_count = ranges.len();
+        inner.offset = off;
+        inner.ty = if ranges.is_empty() {
+            packet::TYPE_DATA_INBAND
+        } else {
+            packet::TYPE_DATA_GPA_DIRECT
+        };
         Ok(())
+    }
+
+    /// The last send by its parts, in the packet's buffer, as the transport
+    /// takes it. (The descriptor in the buffer serves [`Packet::wire_bytes`]
+    /// and saved states; the transport builds its own.)
+    pub(super) fn out(&self) -> OutPacket<'_> {
+        let i = self.get();
+        let (flags, trans_id) = if i.wait {
+            (packet::FLAG_COMPLETION_REQUESTED, i.trans_id)
+        } else {
+            (0, 0)
+        };
+        OutPacket {
+            ty: i.ty,
+            flags,
+            trans_id,
+            ranges: i.buf.get(packet::DESCRIPTOR_SIZE..i.offset).unwrap_or(&[]),
+            payload: i.buf.get(i.offset..i.offset + i.payload_len).unwrap_or(&[]),
+        }
     }
 
     /// Takes a transaction slot if needed and hands the packet to the ring.
@@ -397,7 +431,7 @@ impl Packet {
                 });
             };
             let gen = g.slots[slot as usize].gen;
-            let id = (u64::from(gen) << 32) | u64::from(slot + 1);
+            let id = transaction_id(slot, gen);
             let inner = self.get_mut();
             inner.trans_id = id;
             inner.buf[8..16].copy_from_slice(&id.to_le_bytes());
@@ -434,7 +468,7 @@ impl Packet {
                 let p = match item {
                     Queued::Oneway(p) => Some(p),
                     Queued::Tx { slot, .. } => g.free_slot(slot),
-                    Queued::Completion(..) => None,
+                    Queued::Completion { .. } => None,
                 };
                 drop(g);
                 match p {
@@ -476,6 +510,14 @@ impl Packet {
         i.len = wire.len();
         i.trans_id = trans_id;
         i.wait = true;
+        if let Some(head) = wire.get(..packet::DESCRIPTOR_SIZE) {
+            let mut d = [0u8; packet::DESCRIPTOR_SIZE];
+            d.copy_from_slice(head);
+            let d = packet::Descriptor::decode(&d);
+            i.ty = d.ty;
+            i.offset = (d.offset8 as usize * 8).clamp(packet::DESCRIPTOR_SIZE, i.len);
+            i.payload_len = i.len - i.offset;
+        }
         Ok(())
     }
 }

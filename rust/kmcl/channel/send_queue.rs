@@ -14,6 +14,7 @@ use super::{
     outgoing::Packet,
     routines::call_routine,
     transactions::{
+        transaction_id,
         TxOwner,
         TxSlot,
         TxState, //
@@ -24,6 +25,7 @@ use super::{
 };
 use crate::transport::{
     LinkWriter,
+    OutPacket,
     SendLink,
     WriteError, //
 };
@@ -34,8 +36,15 @@ pub(crate) enum Queued {
     Tx { slot: u32, gen: u32 },
     /// A send without completion.
     Oneway(Packet),
-    /// A completion of an incoming packet: buffer and length.
-    Completion(KVec<u8>, usize),
+    /// A completion or in-band reply of an incoming packet, in the packet's
+    /// buffer: the reply's type and transaction id, its payload at the
+    /// start of `buf`, `len` bytes long.
+    Completion {
+        buf: KVec<u8>,
+        ty: u16,
+        trans_id: u64,
+        len: usize,
+    },
 }
 
 /// The result of [`Channel::submit`].
@@ -76,8 +85,8 @@ fn front(queue: &[Option<Queued>], head: usize, queued: usize) -> Option<&Queued
     queue[head].as_ref()
 }
 
-/// The bytes an entry puts in the ring; `None` for a stale entry.
-fn bytes_of<'a>(slots: &'a [TxSlot], item: &'a Queued) -> Option<&'a [u8]> {
+/// The packet an entry puts in the ring; `None` for a stale entry.
+fn packet_of<'a>(slots: &'a [TxSlot], item: &'a Queued) -> Option<OutPacket<'a>> {
     match item {
         Queued::Tx { slot, gen } => {
             let s = slots.get(*slot as usize)?;
@@ -85,31 +94,56 @@ fn bytes_of<'a>(slots: &'a [TxSlot], item: &'a Queued) -> Option<&'a [u8]> {
                 return None;
             }
             match s.owner.as_ref()? {
-                TxOwner::Packet(p) => Some(p.wire_bytes()),
-                TxOwner::Sync(r) => Some(&r.req),
+                TxOwner::Packet(p) => Some(p.out()),
+                TxOwner::Sync(r) => Some(r.out(transaction_id(*slot, *gen))),
             }
         }
-        Queued::Oneway(p) => Some(p.wire_bytes()),
-        Queued::Completion(b, n) => b.get(..*n),
+        Queued::Oneway(p) => Some(p.out()),
+        Queued::Completion {
+            buf,
+            ty,
+            trans_id,
+            len,
+        } => Some(OutPacket::simple(*ty, 0, *trans_id, buf.get(..*len)?)),
     }
 }
 
-/// Writes `bytes`; when the ring is full, stores the pending send size
+/// [`Channel::write_now`] on the parts of the send state it uses.
+fn send_unless_queued(
+    link: &mut Option<LinkWriter>,
+    queued: usize,
+    pending_send: &mut bool,
+    ring_full: &AtomicU64,
+    packet: &OutPacket<'_>,
+) -> Result<Option<bool>> {
+    let link = link.as_mut().ok_or(ENODEV)?;
+    if queued != 0 {
+        return Ok(None);
+    }
+    match write_or_wait(link, packet, pending_send, Some(ring_full)) {
+        Ok(signal) => Ok(Some(signal)),
+        Err(WriteError::Full(_)) => Ok(None),
+        Err(WriteError::Broken) => Err(EIO),
+        Err(WriteError::Gone) => Err(ENODEV),
+    }
+}
+
+/// Writes `packet`; when the ring is full, stores the pending send size
 /// and tries once more, as the reader may have freed space before it could
 /// see that size, so that no wakeup is lost. `full` counts a full ring.
 fn write_or_wait(
     link: &mut LinkWriter,
-    bytes: &[u8],
+    packet: &OutPacket<'_>,
     pending_send: &mut bool,
     full: Option<&AtomicU64>,
 ) -> core::result::Result<bool, WriteError> {
-    let mut r = link.write(bytes);
+    let mut r = link.send(packet);
     if let Err(WriteError::Full(needed)) = r {
         if let Some(c) = full {
             c.fetch_add(1, Ordering::Relaxed);
         }
         link.set_pending_send_size(needed);
-        r = link.write(bytes);
+        r = link.send(packet);
         *pending_send = true;
     }
     r
@@ -169,6 +203,24 @@ impl Channel {
         self.tx.lock().gate = Gates::of(g);
     }
 
+    /// Writes `packet` into the ring now, from the caller's memory, unless
+    /// earlier sends are queued: `Ok(Some(signal))` when it went in,
+    /// `Ok(None)` when it must queue (the pending send size is set). Called
+    /// with the send lock held.
+    pub(crate) fn write_now(
+        &self,
+        tx: &mut TxState,
+        packet: &OutPacket<'_>,
+    ) -> Result<Option<bool>> {
+        let TxState {
+            link,
+            queued,
+            pending_send,
+            ..
+        } = tx;
+        send_unless_queued(link, *queued, pending_send, &self.stats.ring_full, packet)
+    }
+
     /// Puts an item in the ring, or queues it behind earlier ones. Called
     /// with the send lock held.
     pub(crate) fn submit(
@@ -183,24 +235,30 @@ impl Channel {
             pending_send,
             ..
         } = &mut *tx;
-        let Some(link) = link.as_mut() else {
-            return Err((ENODEV, item));
+        let Some(packet) = packet_of(slots, &item) else {
+            return Err((EINVAL, item));
         };
-        if *queued == 0 {
-            let Some(bytes) = bytes_of(slots, &item) else {
-                return Err((EINVAL, item));
-            };
-            match write_or_wait(link, bytes, pending_send, Some(&self.stats.ring_full)) {
-                Ok(signal) => {
-                    return Ok(Submitted {
-                        signal,
-                        written: Some(item),
-                    })
-                }
-                Err(WriteError::Full(_)) => {}
-                Err(WriteError::Broken) => return Err((EIO, item)),
-                Err(WriteError::Gone) => return Err((ENODEV, item)),
+        match send_unless_queued(link, *queued, pending_send, &self.stats.ring_full, &packet) {
+            Ok(Some(signal)) => {
+                return Ok(Submitted {
+                    signal,
+                    written: Some(item),
+                })
             }
+            Ok(None) => {}
+            Err(e) => return Err((e, item)),
+        }
+        self.enqueue(tx, item)
+    }
+
+    /// Queues an item behind earlier sends. Called with the send lock held.
+    pub(crate) fn enqueue(
+        &self,
+        tx: &mut TxState,
+        item: Queued,
+    ) -> core::result::Result<Submitted, (Error, Queued)> {
+        if tx.link.is_none() {
+            return Err((ENODEV, item));
         }
         let is_tx = match &item {
             Queued::Tx { slot, .. } => Some(*slot),
@@ -249,10 +307,10 @@ impl Channel {
                 }
                 return;
             };
-            let r = match bytes_of(slots, front) {
+            let r = match packet_of(slots, front) {
                 // A cancelled transaction: skip it.
                 None => Ok(false),
-                Some(bytes) => write_or_wait(link, bytes, pending_send, None),
+                Some(packet) => write_or_wait(link, &packet, pending_send, None),
             };
             match r {
                 Ok(signal) => {
@@ -265,7 +323,7 @@ impl Channel {
                         }
                     }
                     let (schedule, buf) = match item {
-                        Some(Queued::Completion(b, _)) => (false, Some(b)),
+                        Some(Queued::Completion { buf, .. }) => (false, Some(buf)),
                         Some(Queued::Oneway(p)) => (tx.routines.push(p), None),
                         _ => (false, None),
                     };
@@ -316,7 +374,7 @@ impl Channel {
             let p = if let Some(item) = g.pop() {
                 match item {
                     Queued::Oneway(p) => Some(p),
-                    Queued::Completion(b, _) => {
+                    Queued::Completion { buf: b, .. } => {
                         buf = Some(b);
                         None
                     }

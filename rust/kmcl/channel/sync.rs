@@ -22,6 +22,7 @@ use super::{
 use crate::{
     sys,
     transport::{
+        OutPacket,
         SendLink,
         WriteError, //
     },
@@ -79,10 +80,8 @@ impl Channel {
             return Err(EINVAL);
         }
         let total = d.len8 as usize * 8;
-        let mut req = KVec::with_capacity(total, GFP_KERNEL)?;
-        req.resize(total, 0, GFP_KERNEL)?;
-        req[..16].copy_from_slice(&d.encode());
-        req[16..16 + data.len()].copy_from_slice(data);
+        let mut req = KVec::with_capacity(data.len(), GFP_KERNEL)?;
+        req.extend_from_slice(data, GFP_KERNEL)?;
         let mut resp = KVec::with_capacity(response.len(), GFP_KERNEL)?;
         resp.resize(response.len(), 0, GFP_KERNEL)?;
 
@@ -98,8 +97,6 @@ impl Channel {
             let slot = g.free_slots.pop().ok_or(EBUSY)?;
             let s = &mut g.slots[slot as usize];
             let gen = s.gen;
-            let id = (u64::from(gen) << 32) | u64::from(slot + 1);
-            req[8..16].copy_from_slice(&id.to_le_bytes());
             s.since = sys::jiffies();
             s.owner = Some(TxOwner::Sync(SyncRequest {
                 req,
@@ -207,8 +204,8 @@ impl Channel {
     }
 
     pub(crate) fn send_raw_inband(&self, data: &[u8], trans_id: u64) -> Result {
-        let d = packet::encode_simple(packet::TYPE_DATA_INBAND, 0, trans_id, data.len())
-            .ok_or(EINVAL)?;
+        let out = OutPacket::simple(packet::TYPE_DATA_INBAND, 0, trans_id, data);
+        out.descriptor().ok_or(EINVAL)?;
         let signal = {
             let mut g = self.tx.lock();
             g.gate.send?;
@@ -219,7 +216,7 @@ impl Channel {
                 return Err(EAGAIN);
             }
             let link = g.link.as_mut().ok_or(ENODEV)?;
-            match link.write_inband(&d, data) {
+            match link.send(&out) {
                 Ok(s) => s,
                 Err(WriteError::Full(_)) => return Err(EAGAIN),
                 Err(WriteError::Broken) => return Err(EIO),

@@ -31,7 +31,10 @@ use super::{
 };
 use crate::{
     sys,
-    transport::LinkWriter,
+    transport::{
+        LinkWriter,
+        OutPacket, //
+    },
     wire::packet, //
 };
 
@@ -43,10 +46,28 @@ pub(crate) enum TxOwner {
 
 /// A synchronous request in flight.
 pub(crate) struct SyncRequest {
+    /// The request's payload.
     pub(super) req: KVec<u8>,
     pub(super) resp: KVec<u8>,
     pub(super) wait: bool,
     pub(super) result: Option<Result<usize>>,
+}
+
+impl SyncRequest {
+    /// The request as an in-band packet with transaction id `id`.
+    pub(super) fn out(&self, id: u64) -> OutPacket<'_> {
+        let flags = if self.wait {
+            packet::FLAG_COMPLETION_REQUESTED
+        } else {
+            0
+        };
+        OutPacket::simple(packet::TYPE_DATA_INBAND, flags, id, &self.req)
+    }
+}
+
+/// The transaction id of generation `gen` of slot `slot`.
+pub(super) fn transaction_id(slot: u32, gen: u32) -> u64 {
+    (u64::from(gen) << 32) | u64::from(slot + 1)
 }
 
 pub(crate) struct TxSlot {

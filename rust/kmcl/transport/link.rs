@@ -28,16 +28,60 @@ impl SignalTarget {
     }
 }
 
+/// A packet to send, by its parts. The transport builds the descriptor (hv:
+/// Linux does) and pads the payload; nothing is encoded beforehand.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPacket<'a> {
+    /// The packet type (`packet::TYPE_*`).
+    pub(crate) ty: u16,
+    /// The descriptor's flags (`packet::FLAG_COMPLETION_REQUESTED`).
+    pub(crate) flags: u16,
+    /// The transaction id on the wire.
+    pub(crate) trans_id: u64,
+    /// For a GPA-direct packet, the GPA header and the ranges, as they
+    /// follow the descriptor on the wire (a multiple of 8 bytes); empty
+    /// otherwise.
+    pub(crate) ranges: &'a [u8],
+    /// The payload, unpadded.
+    pub(crate) payload: &'a [u8],
+}
+
+impl OutPacket<'_> {
+    /// An in-band or completion packet of type `ty` without ranges.
+    pub(crate) fn simple(ty: u16, flags: u16, trans_id: u64, payload: &[u8]) -> OutPacket<'_> {
+        OutPacket {
+            ty,
+            flags,
+            trans_id,
+            ranges: &[],
+            payload,
+        }
+    }
+
+    /// The descriptor of the packet; `None` if it is too long for one.
+    pub(crate) fn descriptor(&self) -> Option<packet::Descriptor> {
+        let off = packet::DESCRIPTOR_SIZE.checked_add(self.ranges.len())?;
+        let len = off.checked_add(packet::align8(self.payload.len()))?;
+        if self.ranges.len() % 8 != 0 {
+            return None;
+        }
+        Some(packet::Descriptor {
+            ty: self.ty,
+            offset8: u16::try_from(off / 8).ok()?,
+            len8: u16::try_from(len / 8).ok()?,
+            flags: self.flags,
+            trans_id: self.trans_id,
+        })
+    }
+}
+
 /// The send half of an open channel's link: its outgoing ring.
 ///
 /// Called with the channel's send lock held: no method sleeps or signals.
 pub(crate) trait SendLink {
-    /// Writes one encoded packet; `Ok(true)` if the peer must be signalled.
-    fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError>;
-
-    /// Writes an in-band packet with descriptor `head` and the unpadded
-    /// `data`, allocating nothing (for sends from atomic context).
-    fn write_inband(&mut self, head: &packet::Descriptor, data: &[u8]) -> Result<bool, WriteError>;
+    /// Writes one packet, straight from the caller's memory, allocating
+    /// nothing; `Ok(true)` if the peer must be signalled.
+    fn send(&mut self, packet: &OutPacket<'_>) -> Result<bool, WriteError>;
 
     /// Free bytes in the outgoing ring.
     fn free(&self) -> u32;

@@ -17,10 +17,7 @@ use crate::{
         Channel,
         Endpoint, //
     },
-    wire::{
-        packet,
-        ring::RingError, //
-    },
+    wire::ring::RingError,
 };
 
 pub mod hv;
@@ -30,6 +27,7 @@ pub mod loopback;
 pub mod memory;
 
 pub(crate) use link::{
+    OutPacket,
     RecvLink,
     SendLink,
     SignalTarget,
@@ -160,12 +158,8 @@ macro_rules! dispatch {
 }
 
 impl SendLink for LinkWriter {
-    fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
-        dispatch!(LinkWriter, self, e => SendLink::write(e, bytes))
-    }
-
-    fn write_inband(&mut self, head: &packet::Descriptor, data: &[u8]) -> Result<bool, WriteError> {
-        dispatch!(LinkWriter, self, e => SendLink::write_inband(e, head, data))
+    fn send(&mut self, packet: &OutPacket<'_>) -> Result<bool, WriteError> {
+        dispatch!(LinkWriter, self, e => SendLink::send(e, packet))
     }
 
     fn free(&self) -> u32 {

@@ -15,6 +15,8 @@
 //!   host as for Linux's own readers.
 //!   A GPA-direct packet from the host is refused as malformed: a guest never
 //!   reads memory that the host names.
+//! - Sends hand Linux the packet's parts (type, flags, id, payload) from the
+//!   sender's memory; nothing is encoded and decoded again.
 //! - GPA-direct sends go through `vmbus_sendpacket_mpb_desc()`, with the
 //!   range list kmcl encoded.
 //! - Devices are bound, opened and closed in [`bus`]; GPADLs and MMIO are
@@ -32,19 +34,14 @@ pub use bus::HvBus;
 
 use crate::{
     transport::{
+        OutPacket,
         RecvLink,
         SendLink,
         SignalTarget,
         WriteError, //
     },
     vmbus::ffi::VmbusChannel,
-    wire::{
-        packet::{
-            self,
-            Descriptor, //
-        },
-        ring::RingError,
-    },
+    wire::{packet, ring::RingError},
 };
 
 /// The helper's hv functions; the interop suites call some directly.
@@ -245,26 +242,18 @@ impl HvLink {
         self.chan.as_ptr()
     }
 
-    /// Sends one packet kmcl encoded: Linux builds the descriptor again from
-    /// its type, flags and id. Returns the id on the wire.
-    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<u64, WriteError> {
-        let head: &[u8; 16] = bytes
-            .get(..16)
-            .and_then(|h| h.try_into().ok())
-            .ok_or(WriteError::Broken)?;
-        let d = Descriptor::decode(head);
-        let off = d.offset8 as usize * 8;
-        let payload = bytes
-            .get(off..d.len8 as usize * 8)
-            .ok_or(WriteError::Broken)?;
-        if d.ty != packet::TYPE_DATA_GPA_DIRECT {
-            return self.send(d.ty, d.flags, d.trans_id, payload);
+    /// Sends one packet by its parts, from the caller's memory: Linux builds
+    /// the descriptor and pads the payload. Returns the id on the wire.
+    pub(crate) fn send_packet(&mut self, p: &OutPacket<'_>) -> Result<u64, WriteError> {
+        if p.ty != packet::TYPE_DATA_GPA_DIRECT {
+            return self.send(p.ty, p.flags, p.trans_id, p.payload);
         }
-        // Linux fills in the descriptor of the header it is given, so hand
-        // it a copy: descriptor, GPA header and ranges.
+        // Linux fills in the descriptor in front of the GPA header and
+        // ranges it is given, so hand it a copy of those.
+        let off = packet::DESCRIPTOR_SIZE + p.ranges.len();
         let mut hdr = [0u8; 512];
         let h = hdr.get_mut(..off).ok_or(WriteError::Broken)?;
-        h.copy_from_slice(&bytes[..off]);
+        h[packet::DESCRIPTOR_SIZE..].copy_from_slice(p.ranges);
         // SAFETY: `chan` is open; `hdr` holds a `vmbus_packet_mpb_array` of
         // `off` bytes with its range count set; Linux only reads `payload`.
         let r = unsafe {
@@ -272,13 +261,14 @@ impl HvLink {
                 self.raw(),
                 h.as_mut_ptr().cast(),
                 off as u32,
-                payload.as_ptr().cast_mut().cast(),
-                payload.len() as u32,
-                d.trans_id,
+                p.payload.as_ptr().cast_mut().cast(),
+                p.payload.len() as u32,
+                p.trans_id,
             )
         };
         // The requestor's id is not reported for GPA-direct packets.
-        self.result(r, bytes.len()).map(|()| 0)
+        let len = off + packet::align8(p.payload.len());
+        self.result(r, len).map(|()| 0)
     }
 
     /// Sends `payload` (padded by Linux) as a packet of type `ty`; returns
@@ -385,15 +375,9 @@ impl HvLink {
 }
 
 impl SendLink for HvLink {
-    fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
+    fn send(&mut self, p: &OutPacket<'_>) -> Result<bool, WriteError> {
         // Linux's ring code signals the host itself.
-        HvLink::write(self, bytes).map(|_| false)
-    }
-
-    fn write_inband(&mut self, head: &packet::Descriptor, data: &[u8]) -> Result<bool, WriteError> {
-        // Linux builds the descriptor and the padding itself.
-        self.send(head.ty, head.flags, head.trans_id, data)
-            .map(|_| false)
+        self.send_packet(p).map(|_| false)
     }
 
     fn free(&self) -> u32 {

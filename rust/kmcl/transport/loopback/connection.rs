@@ -32,20 +32,18 @@ use crate::{
     transport::{
         lending::Lending,
         link::ring_result,
+        OutPacket,
         RecvLink,
         SendLink,
         SignalTarget as LinkSignal,
         WriteError, //
     },
-    wire::{
-        packet,
-        ring::{
-            RingError,
-            RingMemory,
-            RingReader,
-            RingWriter,
-            CONTROL_SIZE, //
-        },
+    wire::ring::{
+        RingError,
+        RingMemory,
+        RingReader,
+        RingWriter,
+        CONTROL_SIZE, //
     },
 };
 
@@ -267,21 +265,21 @@ impl Channel {
 }
 
 impl SendLink for Writer {
-    fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
-        ring_result(self.writer.write(&[bytes]))
-    }
-
-    fn write_inband(&mut self, head: &packet::Descriptor, data: &[u8]) -> Result<bool, WriteError> {
-        // Ring writes take whole 8-byte words: the aligned body, then the
-        // tail padded with zeroes.
+    fn send(&mut self, p: &OutPacket<'_>) -> Result<bool, WriteError> {
+        let desc = p.descriptor().ok_or(WriteError::Broken)?;
+        // Ring writes take whole 8-byte words: descriptor and ranges, the
+        // aligned body of the payload, then its tail padded with zeroes.
+        let data = p.payload;
         let body = data.len() & !7;
         let mut tail = [0u8; 8];
         tail[..data.len() - body].copy_from_slice(&data[body..]);
         let tail_len = if data.len() == body { 0 } else { 8 };
-        ring_result(
-            self.writer
-                .write(&[&head.encode(), &data[..body], &tail[..tail_len]]),
-        )
+        ring_result(self.writer.write(&[
+            &desc.encode(),
+            p.ranges,
+            &data[..body],
+            &tail[..tail_len],
+        ]))
     }
 
     fn free(&self) -> u32 {
