@@ -450,8 +450,15 @@ impl Packet {
         match chan.submit(&mut g, item) {
             Ok(s) => {
                 chan.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
-                // The routine runs after this send returns, never inside it.
+                // The routine runs after this send returns, never inside it;
+                // a packet without one goes back to its pool now.
                 let schedule = match s.written {
+                    Some(Queued::Oneway(p)) if p.get().recyclable() => {
+                        if let Some(b) = p.into_box() {
+                            g.recycle(b);
+                        }
+                        false
+                    }
                     Some(Queued::Oneway(p)) => g.routines.push(p),
                     _ => false,
                 };
@@ -530,13 +537,44 @@ impl Drop for Packet {
         inner.mdl = None;
         if inner.origin == Origin::Pool {
             if let Some(chan) = inner.chan.take() {
-                inner.routine = None;
-                inner.pointer = 0;
-                let mut g = chan.tx.lock();
-                if g.pool.len() < g.pool_size as usize && inner.buf.len() == g.encoded_capacity {
-                    let _ = g.pool.push_within_capacity(inner);
-                }
+                chan.tx.lock().recycle(inner);
             }
+        }
+    }
+}
+
+impl PacketInner {
+    /// Whether finishing the packet is no more than its return to its
+    /// pool: a pool packet with no routine and no MDL.
+    pub(super) fn recyclable(&self) -> bool {
+        self.routine.is_none() && self.origin == Origin::Pool && self.mdl.is_none()
+    }
+}
+
+impl Channel {
+    /// Returns finished packets of this channel, `list` (linked through
+    /// `next`, each [`PacketInner::recyclable`]), to its pool in one trip
+    /// through the send lock, as dropping each would.
+    pub(super) fn recycle(&self, mut list: Option<KBox<PacketInner>>) {
+        let mut g = self.tx.lock();
+        while let Some(mut b) = list.take() {
+            list = b.next.take();
+            // Not the last reference: the caller borrows the channel.
+            g.recycle(b);
+        }
+    }
+}
+
+impl super::transactions::TxState {
+    /// Puts a finished pool packet back into the pool, as dropping it
+    /// would; its reference to the channel must not be the last one.
+    pub(super) fn recycle(&mut self, mut b: KBox<PacketInner>) {
+        b.mdl = None;
+        b.routine = None;
+        b.pointer = 0;
+        b.chan = None;
+        if self.pool.len() < self.pool_size as usize && b.buf.len() == self.encoded_capacity {
+            let _ = self.pool.push_within_capacity(b);
         }
     }
 }

@@ -34,6 +34,17 @@ enum Stop {
     Blocked,
 }
 
+/// What a drain does after a pass.
+#[derive(PartialEq, Eq)]
+enum Next {
+    /// Read on.
+    Read,
+    /// Call ProcessingComplete, then look at `drain_again`.
+    Complete,
+    /// Leave: delivering is cleared.
+    Done,
+}
+
 impl Channel {
     /// Softirq work: flush the send queue, then drain the incoming ring
     /// unless the channel delivers at passive level.
@@ -137,82 +148,100 @@ impl Channel {
             self.rx.lock().delivering = false;
             return;
         };
-        loop {
-            self.drain_pass(&*cb);
-            let mut g = self.rx.lock();
-            // An interrupt that came while this pass ran found the ring
-            // being drained; look again before leaving.
-            if core::mem::take(&mut g.drain_again) && g.enabled && !g.failed {
-                if let Some(link) = g.link.as_mut() {
-                    link.begin_read();
-                    continue;
-                }
-            }
-            self.current.store(0, Ordering::Relaxed);
-            g.delivering = false;
-            break;
-        }
+        self.drain_passes(&*cb);
         self.wake_waiters();
     }
 
-    /// One pass of [`Channel::drain`]: reads until the ring is empty or
-    /// delivery blocks, then calls ProcessingComplete for what it delivered.
-    fn drain_pass(&self, cb: &dyn super::callbacks::ProcessPacket) {
+    /// The passes of [`Channel::drain`]: each reads until the ring is empty
+    /// or delivery blocks, publishes the read index, unmasks, then calls
+    /// ProcessingComplete for what it delivered. After the last pass the
+    /// drain leaves, unless an interrupt came meanwhile. A pass that
+    /// delivered nothing leaves in the same trip through the receive lock
+    /// that ends it.
+    fn drain_passes(&self, cb: &dyn super::callbacks::ProcessPacket) {
         let mut batch = 0u32;
         let mut since_commit = 0u32;
+        // The buffer of a completion just handled, back to the free slots
+        // under the next packet's lock.
+        let mut spare = None;
         loop {
-            let stop = self.drain_one(cb, &mut batch);
+            let stop = self.drain_one(cb, &mut batch, &mut spare);
             since_commit += 1;
-            let mut signal = false;
-            if stop.is_some() || since_commit >= COMMIT_EVERY {
-                since_commit = 0;
-                if let Some(link) = self.rx.lock().link.as_mut() {
-                    signal = link.commit();
+            let Some(stop) = stop else {
+                if since_commit >= COMMIT_EVERY {
+                    since_commit = 0;
+                    let signal = self.rx.lock().link.as_mut().is_some_and(|l| l.commit());
+                    if signal {
+                        self.signal_peer();
+                    }
                 }
-            }
+                continue;
+            };
+            since_commit = 0;
+            let (signal, next) = {
+                let mut g = self.rx.lock();
+                let mut signal = false;
+                let mut more = false;
+                if let Some(link) = g.link.as_mut() {
+                    signal = link.commit();
+                    // Unmask; data that raced in is drained now, as no
+                    // signal will come for it: masked again at once.
+                    more = link.end_read() && stop == Stop::Empty;
+                    if more {
+                        link.begin_read();
+                    }
+                }
+                let next = if more {
+                    Next::Read
+                } else if batch == 0 {
+                    self.leave_or_again(&mut g)
+                } else {
+                    Next::Complete
+                };
+                (signal, next)
+            };
             if signal {
                 self.signal_peer();
             }
-            match stop {
-                None => continue,
-                Some(Stop::Empty) => {
-                    // Unmask; data that raced in is drained now, as no
-                    // signal will come for it.
-                    let more = {
-                        let mut g = self.rx.lock();
-                        match g.link.as_mut() {
-                            // Masked again at once: the loop drains on.
-                            Some(link) => {
-                                let more = link.end_read();
-                                if more {
-                                    link.begin_read();
-                                }
-                                more
-                            }
-                            None => false,
-                        }
-                    };
-                    if more {
-                        continue;
+            match next {
+                Next::Read => {}
+                Next::Complete => {
+                    cb.processing_complete(self, core::mem::take(&mut batch));
+                    if self.leave_or_again(&mut self.rx.lock()) == Next::Done {
+                        return;
                     }
-                    break;
                 }
-                Some(Stop::Blocked) => {
-                    if let Some(link) = self.rx.lock().link.as_mut() {
-                        let _ = link.end_read();
-                    }
-                    break;
-                }
+                Next::Done => return,
             }
-        }
-        if batch > 0 {
-            cb.processing_complete(self, batch);
         }
     }
 
+    /// At the end of a pass, with the receive lock held: an interrupt that
+    /// came while the pass ran found the ring being drained, so look again
+    /// ([`Next::Read`]); otherwise stop delivering ([`Next::Done`]).
+    fn leave_or_again(&self, g: &mut RxState) -> Next {
+        if core::mem::take(&mut g.drain_again) && g.enabled && !g.failed {
+            if let Some(link) = g.link.as_mut() {
+                link.begin_read();
+                return Next::Read;
+            }
+        }
+        self.current.store(0, Ordering::Relaxed);
+        g.delivering = false;
+        Next::Done
+    }
+
     /// Reads and handles one packet. `None`: go on.
-    fn drain_one(&self, cb: &dyn super::callbacks::ProcessPacket, batch: &mut u32) -> Option<Stop> {
+    fn drain_one(
+        &self,
+        cb: &dyn super::callbacks::ProcessPacket,
+        batch: &mut u32,
+        spare: &mut Option<KVec<u8>>,
+    ) -> Option<Stop> {
         let mut g = self.rx.lock();
+        if let Some(b) = spare.take() {
+            g.put_buf(b);
+        }
         // The previous packet's ProcessPacket has returned.
         self.current.store(0, Ordering::Relaxed);
         // `enabled` is cleared under the control lock when the channel
@@ -280,7 +309,7 @@ impl Channel {
                 .completions_received
                 .fetch_add(1, Ordering::Relaxed);
             self.on_completion(id, &buf[payload_offset..n]);
-            self.rx.lock().put_buf(buf);
+            *spare = Some(buf);
             return None;
         }
         g.outstanding += 1;

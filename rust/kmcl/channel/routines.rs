@@ -116,13 +116,24 @@ impl Channel {
                 b.next = ordered;
                 ordered = Some(b);
             }
+            // Packets with no routine only go back to their pool: all of
+            // the batch's at once, after the routines.
+            let mut spare: Option<KBox<PacketInner>> = None;
             // One bottom-half section for the batch, as a tasklet runs.
             sys::with_bh_disabled(|| {
                 while let Some(mut b) = ordered.take() {
                     ordered = b.next.take();
+                    if b.recyclable() {
+                        b.next = spare.take();
+                        spare = Some(b);
+                        continue;
+                    }
                     Packet::from_box(b).complete_routine(Ok(()), &[]);
                 }
             });
+            if spare.is_some() {
+                self.recycle(spare);
+            }
         }
     }
 
