@@ -543,42 +543,6 @@ impl Drop for Packet {
     }
 }
 
-impl PacketInner {
-    /// Whether finishing the packet is no more than its return to its
-    /// pool: a pool packet with no routine and no MDL.
-    pub(super) fn recyclable(&self) -> bool {
-        self.routine.is_none() && self.origin == Origin::Pool && self.mdl.is_none()
-    }
-}
-
-impl Channel {
-    /// Returns finished packets of this channel, `list` (linked through
-    /// `next`, each [`PacketInner::recyclable`]), to its pool in one trip
-    /// through the send lock, as dropping each would.
-    pub(super) fn recycle(&self, mut list: Option<KBox<PacketInner>>) {
-        let mut g = self.tx.lock();
-        while let Some(mut b) = list.take() {
-            list = b.next.take();
-            // Not the last reference: the caller borrows the channel.
-            g.recycle(b);
-        }
-    }
-}
-
-impl super::transactions::TxState {
-    /// Puts a finished pool packet back into the pool, as dropping it
-    /// would; its reference to the channel must not be the last one.
-    pub(super) fn recycle(&mut self, mut b: KBox<PacketInner>) {
-        b.mdl = None;
-        b.routine = None;
-        b.pointer = 0;
-        b.chan = None;
-        if self.pool.len() < self.pool_size as usize && b.buf.len() == self.encoded_capacity {
-            let _ = self.pool.push_within_capacity(b);
-        }
-    }
-}
-
 impl Channel {
     /// A reference-counted handle to this channel.
     pub fn arc(&self) -> Arc<Channel> {
