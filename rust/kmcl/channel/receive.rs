@@ -14,7 +14,8 @@ use super::{
     incoming::IncomingPacket,
     rx::RxState,
     Channel,
-    LockGuard, //
+    LockGuard,
+    State, //
 };
 use crate::{
     transport::RecvLink,
@@ -89,7 +90,14 @@ impl Channel {
 
     /// Delivery may proceed: called once Started.
     pub(crate) fn start_delivery(&self) {
-        self.rx.lock().enabled = true;
+        {
+            // Enabled only while Started, under the control lock: a
+            // teardown that raced in keeps delivery off.
+            let g = self.inner.lock();
+            if g.state == State::Started {
+                self.rx.lock().enabled = true;
+            }
+        }
         self.kick_delivery();
         // Deferred packets from before a pause are redelivered too.
         let _ = crate::sys::wq().enqueue::<Arc<Channel>, 1>(self.arc());
