@@ -340,8 +340,7 @@ impl Channel {
         if quota == 0 {
             return Err(EINVAL);
         }
-        let mut g = self.inner.lock();
-        g.rx.quota = quota;
+        self.rx.lock().quota = quota;
         Ok(())
     }
 
@@ -349,7 +348,7 @@ impl Channel {
     /// context (`VmbChannelSetIncomingProcessingAtPassive`).
     #[doc(alias = "VmbChannelSetIncomingProcessingAtPassive")]
     pub fn set_incoming_processing_at_passive(&self, passive: bool) {
-        self.inner.lock().rx.passive = passive;
+        self.rx.lock().passive = passive;
     }
 
     /// The interface type and instance of the channel's offer

@@ -55,7 +55,7 @@ impl Channel {
 
     /// Queues incoming delivery in the context the channel is set up for.
     pub(super) fn kick_delivery(&self) {
-        let passive = self.inner.lock().rx.passive;
+        let passive = self.rx.lock().passive;
         if passive {
             let _ = sys::wq().enqueue::<Arc<Channel>, 1>(self.arc());
         } else {
@@ -84,6 +84,7 @@ impl Channel {
                 g.reconnect = true;
             } else {
                 g.lost = true;
+                self.publish(&g);
             }
         }
         self.peer_closed();
@@ -100,6 +101,8 @@ impl Channel {
     /// The sizes `vmbus_open()` is given for this channel.
     pub(crate) fn hv_open_params(&self) -> HvOpenParams {
         let g = self.inner.lock();
+        let packet_room = self.rx.lock().packet_room();
+        let slots = self.tx.lock().slot_count();
         HvOpenParams {
             ring_pages: g.cfg.ring_pages,
             // The largest packet kmcl accepts (descriptor, ranges and
@@ -107,20 +110,24 @@ impl Channel {
             // No packet is larger than the ring's data area, and Linux
             // copies up to this many bytes from the ring even when the host
             // lies about the length: never more than the ring holds.
-            max_pkt: (g.rx.packet_room() as u32).min((g.cfg.ring_pages - 1) * 4096),
+            max_pkt: (packet_room as u32).min((g.cfg.ring_pages - 1) * 4096),
             // Two requestor slots per transaction slot. A request that timed
             // out keeps its requestor slot until the host completes it (its
             // late completion is then refused), so the requestor needs room
             // beyond the requests in flight; should a host never answer, a
             // full requestor only queues sends, as a full ring does.
-            rqstor: g.tx.slot_count() * 2,
+            rqstor: slots * 2,
         }
     }
 
     /// The peer closed: sends fail from now on, and the control work tears
     /// the channel down.
     pub(crate) fn peer_closed(&self) {
-        self.inner.lock().peer_gone = true;
+        {
+            let mut g = self.inner.lock();
+            g.peer_gone = true;
+            self.publish(&g);
+        }
         self.wake_waiters();
         self.post_event(event::PEER_CLOSED);
     }
@@ -128,7 +135,7 @@ impl Channel {
     /// The number of transaction slots of the channel, which is Enabled:
     /// transports size their per-transaction tables by it.
     pub(crate) fn transaction_slots(&self) -> usize {
-        self.inner.lock().tx.slots_len()
+        self.tx.lock().slots_len()
     }
 
     /// Waits until no lifecycle step runs on the channel: an Enable, a
@@ -152,12 +159,20 @@ impl Channel {
     /// As [`Channel::attach`], but hands the connection back on failure.
     pub(crate) fn attach_or_return(
         &self,
-        att: Attachment,
+        mut att: Attachment,
     ) -> core::result::Result<(), (Error, Attachment)> {
         let mut g = self.inner.lock();
         if g.state != State::Enabled || g.att.is_some() || g.disabling {
             return Err((EBUSY, att));
         }
+        // SAFETY: the halves live in the receive and send state until
+        // `detach` drops them, before it closes the attachment; the type's
+        // invariant.
+        let Some((reader, writer)) = (unsafe { att.take_link() }) else {
+            return Err((EINVAL, att));
+        };
+        self.rx.lock().link = Some(reader);
+        self.tx.lock().link = Some(writer);
         g.att = Some(att);
         g.state = State::Opened;
         // What was said of an earlier connection (its peer gone, its
@@ -165,12 +180,23 @@ impl Channel {
         g.peer_gone = false;
         g.lost = false;
         g.reconnect = false;
+        self.publish(&g);
         Ok(())
     }
 
-    /// Drops the attachment and tells the peer.
+    /// Drops the attachment's link, then closes it and tells the peer.
     pub(crate) fn detach(&self) {
-        let att = self.inner.lock().att.take();
+        let att = {
+            let mut g = self.inner.lock();
+            let reader = self.rx.lock().link.take();
+            let writer = self.tx.lock().link.take();
+            let att = g.att.take();
+            self.publish(&g);
+            drop(g);
+            drop(reader);
+            drop(writer);
+            att
+        };
         if let Some(att) = att {
             att.close(self);
         }

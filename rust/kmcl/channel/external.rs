@@ -39,10 +39,7 @@ use super::{
 };
 use crate::{
     sys,
-    transport::{
-        lending::Lending,
-        Attachment, //
-    },
+    transport::lending::Lending,
     wire::packet::{
         self,
         RangeSpec, //
@@ -154,13 +151,13 @@ impl Mdl {
         }
     }
 
-    /// Lends the pages to the peer of `att` for transaction `id`, before the
-    /// packet that owns the MDL can reach the ring. Only the loopback
-    /// transport lends; a host reads guest memory by itself. Called with the
-    /// channel lock held; allocates nothing.
-    pub(crate) fn lend(&mut self, att: Option<&Attachment>, id: u64) {
+    /// Lends the pages through `lending`, as the lender it names, for
+    /// transaction `id`, before the packet that owns the MDL can reach the
+    /// ring. Only the loopback transport lends; a host reads guest memory
+    /// by itself. Called with the send lock held; allocates nothing.
+    pub(crate) fn lend(&mut self, lending: Option<(&Arc<Lending>, Endpoint)>, id: u64) {
         self.revoke();
-        let Some((lending, lender)) = att.and_then(|a| a.lending()) else {
+        let Some((lending, lender)) = lending else {
             return;
         };
         let pages = &self.pages[..self.kpfns.len()];

@@ -15,10 +15,13 @@ use super::{
     send_queue::Queued,
     Channel, //
 };
-use crate::wire::packet::{
-    self,
-    Kind,
-    Limits, //
+use crate::{
+    transport::OutPacket,
+    wire::packet::{
+        self,
+        Kind,
+        Limits, //
+    },
 };
 
 /// Flag of [`super::callbacks::ProcessPacket::process_packet`]: the packet
@@ -145,10 +148,7 @@ impl IncomingPacket {
             "channel {}: packet failed by the driver; incoming queue stopped\n",
             chan.id()
         );
-        {
-            let mut g = chan.inner.lock();
-            g.rx.failed = true;
-        }
+        chan.rx.lock().failed = true;
         let _ = self.finish_with(None);
     }
 
@@ -159,13 +159,13 @@ impl IncomingPacket {
     pub fn defer_to_passive(self) -> core::result::Result<(), DeferError> {
         let chan = self.chan.clone();
         {
-            let mut g = chan.inner.lock();
+            let mut g = chan.rx.lock();
             if chan.current.load(Ordering::Relaxed) != self.seq || self.seq == 0 {
                 drop(g);
                 return Err(DeferError(self));
             }
             chan.current.store(0, Ordering::Relaxed);
-            if let Err(e) = g.rx.deferred.push_within_capacity(self) {
+            if let Err(e) = g.deferred.push_within_capacity(self) {
                 // Cannot happen: one deferred entry per slot is reserved.
                 drop(g);
                 return Err(DeferError(e.0));
@@ -187,10 +187,11 @@ impl IncomingPacket {
     }
 
     /// Finishes the packet; with `response`, first sends it as a packet of
-    /// type `ty` that carries the packet's transaction id, in the packet's own
-    /// buffer (queued behind earlier sends when the ring is full).
+    /// type `ty` that carries the packet's transaction id: into the ring
+    /// straight from `response`, or, behind earlier sends or a full ring,
+    /// copied into the packet's own buffer and queued.
     fn finish_as(&mut self, ty: u16, response: Option<&[u8]>) -> Result {
-        let Some(mut buf) = self.buf.take() else {
+        let Some(buf) = self.buf.take() else {
             return Ok(());
         };
         let chan: &Channel = &self.chan;
@@ -206,36 +207,50 @@ impl IncomingPacket {
                 result = Err(EINVAL);
                 resp = &[];
             }
-            if let Some(d) = packet::encode_simple(ty, 0, self.trans_id, resp.len()) {
-                let n = d.len8 as usize * 8;
-                buf[..16].copy_from_slice(&d.encode());
-                buf[16..16 + resp.len()].copy_from_slice(resp);
-                buf[16 + resp.len()..n].fill(0);
-                to_send = Some(n);
+            let out = OutPacket::simple(ty, 0, self.trans_id, resp);
+            if out.descriptor().is_some() {
+                to_send = Some(out);
             }
         }
         let mut kick = false;
         let mut signal = false;
         {
-            let mut g = chan.inner.lock();
+            let mut g = chan.rx.lock();
             let _ =
                 chan.current
                     .compare_exchange(self.seq, 0, Ordering::Relaxed, Ordering::Relaxed);
-            g.rx.outstanding -= 1;
-            if g.rx.stalled && g.rx.outstanding < g.rx.quota {
-                g.rx.stalled = false;
+            g.outstanding -= 1;
+            if g.stalled && g.outstanding < g.quota {
+                g.stalled = false;
                 kick = true;
             }
-            match to_send {
-                Some(n) if g.att.is_some() => {
-                    match chan.submit(&mut g, Queued::Completion(buf, n)) {
-                        Ok(s) => {
-                            signal = s.signal;
-                            if let Some(Queued::Completion(b, _)) = s.written {
-                                g.rx.put_buf(b);
+            // The send lock nests inside the receive lock: the buffer goes
+            // back to the free slots at once if the send is done with it.
+            let mut back = Some(buf);
+            if let Some(out) = to_send {
+                let mut t = chan.tx.lock();
+                if t.link.is_some() {
+                    match chan.write_now(&mut t, &out) {
+                        // Into the ring straight from the driver's memory.
+                        Ok(Some(s)) => signal = s,
+                        // Behind earlier sends or a full ring: the reply
+                        // waits in the packet's own buffer.
+                        Ok(None) => {
+                            if let Some(mut b) = back.take() {
+                                b[..out.payload.len()].copy_from_slice(out.payload);
+                                let item = Queued::Completion {
+                                    buf: b,
+                                    ty,
+                                    trans_id: self.trans_id,
+                                    len: out.payload.len(),
+                                };
+                                if let Err((_, Queued::Completion { buf, .. })) =
+                                    chan.enqueue(&mut t, item)
+                                {
+                                    back = Some(buf);
+                                }
                             }
                         }
-                        Err((_, Queued::Completion(b, _))) => g.rx.put_buf(b),
                         Err(_) => {}
                     }
                     if ty == packet::TYPE_COMPLETION {
@@ -244,7 +259,9 @@ impl IncomingPacket {
                         chan.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                _ => g.rx.put_buf(buf),
+            }
+            if let Some(b) = back {
+                g.put_buf(b);
             }
         }
         if signal {

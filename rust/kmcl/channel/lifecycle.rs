@@ -3,7 +3,14 @@
 //! The lifecycle: Enable, Disable, Pause and Start, the open sequence and
 //! its state callbacks, and the teardown, driven from process context.
 
-use kernel::{prelude::*, sync::CondVarTimeoutResult, task::Task};
+use kernel::{
+    prelude::*,
+    sync::{
+        CondVarTimeoutResult,
+        SpinLockIrq, //
+    },
+    task::Task,
+};
 
 use super::{
     callbacks::StateChange,
@@ -12,7 +19,6 @@ use super::{
     transactions::TxState,
     Channel,
     Endpoint,
-    Inner,
     Sizing,
     State, //
 };
@@ -28,7 +34,7 @@ impl Channel {
     pub fn wait_for_state(&self, state: State, timeout: kernel::time::Delta) -> Result {
         // State changes wake the condition variable; the timeout only bounds
         // the wait.
-        self.wait_until_interruptible(timeout, |g| g.state == state)
+        self.wait_until_interruptible(&self.inner, timeout, |g| g.state == state)
     }
 
     // ---- Lifecycle. ----
@@ -93,8 +99,9 @@ impl Channel {
         if r.is_err() {
             let mut g = self.inner.lock();
             g.state = State::Disabled;
-            g.rx.release();
-            g.tx.release();
+            self.publish(&g);
+            self.rx.lock().release();
+            self.tx.lock().release();
         }
         r
     }
@@ -126,6 +133,7 @@ impl Channel {
         {
             let mut g = self.inner.lock();
             g.disabling = true;
+            self.publish(&g);
         }
         self.wake_waiters();
         let _c = self.control.lock();
@@ -149,6 +157,7 @@ impl Channel {
             g.events = 0;
             g.disabling = false;
             g.reconnect = false;
+            self.publish(&g);
         }
         if let Some(bus) = bus {
             bus.release(self);
@@ -204,6 +213,10 @@ impl Channel {
             s if s == to => Ok(false),
             s if s == from => {
                 g.state = to;
+                if paused {
+                    // Delivery stops with the state, under the same lock.
+                    self.rx.lock().enabled = false;
+                }
                 if !paused {
                     // Resuming this instance abandons a save.
                     g.servicing = false;
@@ -242,7 +255,9 @@ impl Channel {
                 e
             );
             self.detach();
-            self.inner.lock().state = State::Enabled;
+            let mut g = self.inner.lock();
+            g.state = State::Enabled;
+            self.publish(&g);
             return Err(e);
         }
         let paused = {
@@ -271,9 +286,14 @@ impl Channel {
         Ok(())
     }
 
-    /// Waits on the channel's condition variable until `done` holds.
-    pub(crate) fn wait_until(&self, mut done: impl FnMut(&mut Inner) -> bool) {
-        let mut g = self.inner.lock();
+    /// Waits on the channel's condition variable until `done` holds of
+    /// what `lock` guards.
+    pub(crate) fn wait_until<T: Unpin>(
+        &self,
+        lock: &SpinLockIrq<T>,
+        mut done: impl FnMut(&mut T) -> bool,
+    ) {
+        let mut g = lock.lock();
         while !done(&mut g) {
             self.counted_wait(&mut g, |c, g| c.wait(g));
         }
@@ -282,14 +302,15 @@ impl Channel {
     /// Waits in process context on the channel's condition variable until
     /// `done` holds: `ETIMEDOUT` once `timeout` has run out, `ERESTARTSYS`
     /// as soon as a signal is pending for the caller.
-    pub(crate) fn wait_until_interruptible(
+    pub(crate) fn wait_until_interruptible<T: Unpin>(
         &self,
+        lock: &SpinLockIrq<T>,
         timeout: kernel::time::Delta,
-        mut done: impl FnMut(&mut Inner) -> bool,
+        mut done: impl FnMut(&mut T) -> bool,
     ) -> Result {
         kernel::task::might_sleep();
         let deadline = deadline(timeout);
-        let mut g = self.inner.lock();
+        let mut g = lock.lock();
         while !done(&mut g) {
             let now = sys::jiffies();
             if now >= deadline {
@@ -307,24 +328,29 @@ impl Channel {
     /// Makes the preallocations of an Enable (packet pool, transaction table,
     /// send queue, incoming slots) and moves a Disabled channel to Enabled.
     /// Called with the control mutex held, which keeps the state Disabled
-    /// while the allocations, which sleep, run outside the channel lock.
+    /// while the allocations, which sleep, run outside the channel's locks.
     fn prepare_enabled(&self, sizing: &Sizing) -> Result {
         let mut rx = RxState::new();
         rx.prepare(sizing)?;
         let mut tx = TxState::new();
         tx.prepare(sizing)?;
         let mut g = self.inner.lock();
-        // The quota and the delivery context are settings, not state.
-        rx.quota = g.rx.quota;
-        rx.passive = g.rx.passive;
-        g.rx = rx;
-        g.tx = tx;
+        rx.process = g.cfg.process.clone();
+        {
+            let mut r = self.rx.lock();
+            // The quota and the delivery context are settings, not state.
+            rx.quota = r.quota;
+            rx.passive = r.passive;
+            *r = rx;
+        }
+        *self.tx.lock() = tx;
         g.state = State::Enabled;
         g.peer_gone = false;
         g.disabling = false;
         g.opened = false;
         g.lost = false;
         g.reconnect = false;
+        self.publish(&g);
         Ok(())
     }
 
@@ -334,6 +360,8 @@ impl Channel {
             let mut g = self.inner.lock();
             let s = g.state;
             g.state = State::Closing;
+            self.rx.lock().enabled = false;
+            self.publish(&g);
             (s == State::Started, g.opened)
         };
         self.stop_delivery();
@@ -346,10 +374,10 @@ impl Channel {
             self.call_state(|cb, ch| cb.closed(ch));
         }
         self.detach();
-        let mut g = self.inner.lock();
-        g.rx.drop_deferred();
-        g.opened = false;
-        g.rx.failed = false;
+        self.inner.lock().opened = false;
+        let mut r = self.rx.lock();
+        r.drop_deferred();
+        r.failed = false;
     }
 
     pub(super) fn handle_events(&self) {
@@ -393,9 +421,10 @@ impl Channel {
                     Endpoint::Client => State::Disabled,
                 };
                 let state = g.state;
+                self.publish(&g);
                 if state == State::Disabled {
-                    g.rx.release();
-                    g.tx.release();
+                    self.rx.lock().release();
+                    self.tx.lock().release();
                 }
                 let bus = g.cfg.bus.clone();
                 drop(g);
@@ -435,7 +464,9 @@ impl Channel {
         drop(c);
         let r = self.run_open_sequence();
         if r.is_err() {
-            self.inner.lock().state = State::Disabled;
+            let mut g = self.inner.lock();
+            g.state = State::Disabled;
+            self.publish(&g);
         }
         r
     }

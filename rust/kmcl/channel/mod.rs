@@ -76,7 +76,6 @@ pub(crate) use config::{
     Sizing, //
 };
 use events::event;
-use routines::Routines;
 use rx::RxState;
 use transactions::TxState;
 
@@ -147,15 +146,14 @@ pub enum State {
     Closing,
 }
 
-/// Mutable channel state, under the channel's spinlock.
+/// Lifecycle and configuration, under the channel's control lock
+/// (`Channel::inner`).
 pub(crate) struct Inner {
     pub(crate) state: State,
     pub(crate) cfg: Config,
+    /// The transport attachment, without its link: the link's halves are
+    /// in `RxState` and `TxState` while it is attached.
     pub(crate) att: Option<Attachment>,
-    pub(crate) rx: RxState,
-    pub(crate) tx: TxState,
-    /// Finished one-way sends waiting for their completion routines.
-    pub(crate) routines: Routines,
     /// Pending control events.
     pub(crate) events: u32,
     /// The task running a state callback of this channel, if any.
@@ -232,16 +230,47 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 /// Reached as `&Channel` from its [`ChannelHandle`], from callbacks, and from
 /// packets ([`outgoing::Packet::channel`]).
 ///
+/// # Locks
+///
+/// - `control` (mutex): one lifecycle step at a time (Enable, Disable,
+///   Pause, Start, a connection or teardown of the control work, save).
+/// - `inner` (the control lock, IRQ-off spinlock): lifecycle state, flags,
+///   configuration, pending control events, the attachment without its
+///   link.
+/// - `rx` (the receive lock): `RxState`: incoming slots, quota, deferred
+///   packets, the drain's flags, and the receive half of the link.
+/// - `tx` (the send lock): `TxState`: packet pool, transaction slots, send
+///   queue, finished one-way sends, the send half of the link, and the
+///   send gate, a copy of what the control lock says about sending.
+///
+/// Lock order: `control`, then `inner`, then `rx`, then `tx`; none is taken
+/// while a later one is held. Linux's own ring locks (hv) are taken inside
+/// `rx` or `tx`. `cond` is waited on with the lock that guards the
+/// condition waited for; the change is made under that lock before
+/// `Channel::wake_waiters`.
+///
 /// # Invariants
 ///
 /// `inner.state` is `Disabled` exactly when `inner.att` is `None` and no
 /// callback of this channel is scheduled to run.
+///
+/// `rx.link` and `tx.link` are `Some` only while `inner.att` is `Some`: they
+/// are the halves of its link, set by `attach` and dropped by `detach`
+/// before the attachment is closed.
+///
+/// `tx.gate` is `Gates::of` the control state: every change of what it is
+/// computed from is published under the control lock (`Channel::publish`). `rx.enabled` is set only while `inner.state` is
+/// `Started`; leaving Started clears it under the control lock.
 #[pin_data]
 pub struct Channel {
     id: u32,
     endpoint: Endpoint,
     #[pin]
     pub(crate) inner: SpinLockIrq<Inner>,
+    #[pin]
+    pub(crate) rx: SpinLockIrq<RxState>,
+    #[pin]
+    pub(crate) tx: SpinLockIrq<TxState>,
     #[pin]
     pub(crate) cond: CondVar,
     #[pin]
@@ -256,7 +285,7 @@ pub struct Channel {
     routine_work: Work<Channel, 3>,
     pub(crate) stats: Stats,
     /// Sequence number of the packet inside ProcessPacket, 0 if none: the
-    /// one packet that may be deferred. Set and tested under the channel
+    /// one packet that may be deferred. Set and tested under the receive
     /// lock; the drain clears it without the lock once ProcessPacket
     /// returned.
     pub(crate) current: AtomicU64,
@@ -344,9 +373,6 @@ impl Channel {
                     state: State::Disabled,
                     cfg: Config::new(),
                     att: None,
-                    rx: RxState::new(),
-                    tx: TxState::new(),
-                    routines: Routines::new(),
                     events: 0,
                     in_callback: 0,
                     pause_armed: false,
@@ -360,6 +386,8 @@ impl Channel {
                     restore_buf: KVec::new(),
                     pending_restore: None,
                 }, "kmcl::Channel::inner"),
+                rx <- new_spinlock_irq!(RxState::new(), "kmcl::Channel::rx"),
+                tx <- new_spinlock_irq!(TxState::new(), "kmcl::Channel::tx"),
                 cond <- new_condvar!("kmcl::Channel::cond"),
                 control <- new_mutex!((), "kmcl::Channel::control"),
                 bh_work <- new_work!("kmcl::Channel::bh_work"),
@@ -388,7 +416,9 @@ impl Channel {
             let mut g = self.inner.lock();
             core::mem::replace(&mut g.cfg, Config::new())
         };
+        let process = self.rx.lock().process.take();
         drop(cfg);
+        drop(process);
     }
 
     /// The endpoint kind.
@@ -487,28 +517,29 @@ impl ChannelHandle {
     }
 }
 
-/// The channel lock's guard.
-pub(crate) type InnerGuard<'a> = Guard<'a, Inner, SpinLockIrqBackend>;
+/// The guard of one of the channel's spinlocks.
+pub(crate) type LockGuard<'a, T> = Guard<'a, T, SpinLockIrqBackend>;
 
 impl Channel {
     /// Wakes the threads waiting on the channel's condition variable (a
     /// state change they wait for happened); does nothing when none waits.
     ///
-    /// A waiter counts itself under the channel lock before it sleeps, and
-    /// the change it waits for is made under that lock before this is
-    /// called: either the waiter saw the change, or this sees the waiter.
+    /// A waiter counts itself under the lock that guards what it waits for
+    /// (control, receive or send lock) before it sleeps, and the change it
+    /// waits for is made under that lock before this is called: either the
+    /// waiter saw the change, or this sees the waiter.
     pub(crate) fn wake_waiters(&self) {
         if self.waiters.load(Ordering::SeqCst) != 0 {
             self.cond.notify_all();
         }
     }
 
-    /// Runs `wait`, a wait on the channel's condition variable with the
-    /// channel lock `g` held, counted as a waiter.
-    pub(crate) fn counted_wait<R>(
+    /// Runs `wait`, a wait on the channel's condition variable with one of
+    /// the channel's locks, `g`, held, counted as a waiter.
+    pub(crate) fn counted_wait<T, R>(
         &self,
-        g: &mut InnerGuard<'_>,
-        wait: impl FnOnce(&CondVar, &mut InnerGuard<'_>) -> R,
+        g: &mut LockGuard<'_, T>,
+        wait: impl FnOnce(&CondVar, &mut LockGuard<'_, T>) -> R,
     ) -> R {
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let r = wait(&self.cond, g);

@@ -17,16 +17,16 @@ use kernel::{
 pub(crate) use super::external::Mdl;
 use super::{
     callbacks::CompletionRoutine,
-    send_queue::{
-        usable_for_send,
-        Queued, //
+    send_queue::Queued,
+    transactions::{
+        transaction_id,
+        TxOwner, //
     },
-    transactions::TxOwner,
-    Channel,
-    State, //
+    Channel, //
 };
 use crate::{
     sys,
+    transport::OutPacket,
     wire::packet::{
         self,
         RangeSpec, //
@@ -94,6 +94,9 @@ pub(crate) struct PacketInner {
     /// against the channel's limits when it is submitted.
     pub(super) payload_len: usize,
     pub(super) range_count: usize,
+    /// Type of the last send, and where its payload starts in `buf`.
+    pub(super) ty: u16,
+    pub(super) offset: usize,
 }
 
 impl PacketInner {
@@ -114,6 +117,8 @@ impl PacketInner {
                 trans_id: 0,
                 payload_len: 0,
                 range_count: 0,
+                ty: packet::TYPE_DATA_INBAND,
+                offset: packet::DESCRIPTOR_SIZE,
             },
             GFP_KERNEL,
         )?)
@@ -139,7 +144,7 @@ impl PacketMemory {
     /// Allocates memory for one packet of `channel`, [`Channel::sizeof_packet`]
     /// bytes in all.
     pub fn new(channel: &Channel) -> Result<PacketMemory> {
-        let cap = channel.inner.lock().tx.encoded_capacity;
+        let cap = channel.tx.lock().encoded_capacity;
         Ok(PacketMemory(PacketInner::new(cap, Origin::Caller)?))
     }
 }
@@ -373,20 +378,44 @@ impl Packet {
         inner.wait = wait;
         inner.payload_len = data.len();
         inner.range_count = ranges.len();
+        inner.offset = off;
+        inner.ty = if ranges.is_empty() {
+            packet::TYPE_DATA_INBAND
+        } else {
+            packet::TYPE_DATA_GPA_DIRECT
+        };
         Ok(())
+    }
+
+    /// The last send by its parts, in the packet's buffer, as the transport
+    /// takes it. (The descriptor in the buffer serves [`Packet::wire_bytes`]
+    /// and saved states; the transport builds its own.)
+    pub(super) fn out(&self) -> OutPacket<'_> {
+        let i = self.get();
+        let (flags, trans_id) = if i.wait {
+            (packet::FLAG_COMPLETION_REQUESTED, i.trans_id)
+        } else {
+            (0, 0)
+        };
+        OutPacket {
+            ty: i.ty,
+            flags,
+            trans_id,
+            ranges: i.buf.get(packet::DESCRIPTOR_SIZE..i.offset).unwrap_or(&[]),
+            payload: i.buf.get(i.offset..i.offset + i.payload_len).unwrap_or(&[]),
+        }
     }
 
     /// Takes a transaction slot if needed and hands the packet to the ring.
     fn submit_encoded(mut self) -> core::result::Result<(), SendError> {
         let chan = self.channel().arc();
         let wait = self.get().wait;
-        let mut g = chan.inner.lock();
+        let mut g = chan.tx.lock();
         let within = {
             let i = self.get();
-            i.payload_len <= g.tx.max_packet_size as usize
-                && i.range_count <= g.tx.max_ext_chain as usize
+            i.payload_len <= g.max_packet_size as usize && i.range_count <= g.max_ext_chain as usize
         };
-        if let Err(e) = usable_for_send(&g).and(if within { Ok(()) } else { Err(EINVAL) }) {
+        if let Err(e) = g.gate.send.and(if within { Ok(()) } else { Err(EINVAL) }) {
             drop(g);
             return Err(SendError {
                 error: e,
@@ -394,24 +423,24 @@ impl Packet {
             });
         }
         let item = if wait {
-            let Some(slot) = g.tx.free_slots.pop() else {
+            let Some(slot) = g.free_slots.pop() else {
                 drop(g);
                 return Err(SendError {
                     error: EBUSY,
                     packet: self,
                 });
             };
-            let gen = g.tx.slots[slot as usize].gen;
-            let id = (u64::from(gen) << 32) | u64::from(slot + 1);
+            let gen = g.slots[slot as usize].gen;
+            let id = transaction_id(slot, gen);
             let inner = self.get_mut();
             inner.trans_id = id;
             inner.buf[8..16].copy_from_slice(&id.to_le_bytes());
             if let Some(mdl) = inner.mdl.as_mut() {
                 // Before the packet can reach the ring: from here on the
                 // peer may read the pages (loopback).
-                mdl.lend(g.att.as_ref(), id);
+                mdl.lend(g.link.as_ref().and_then(|l| l.lending()), id);
             }
-            let s = &mut g.tx.slots[slot as usize];
+            let s = &mut g.slots[slot as usize];
             s.since = sys::jiffies();
             s.owner = Some(TxOwner::Packet(self));
             Queued::Tx { slot, gen }
@@ -421,8 +450,15 @@ impl Packet {
         match chan.submit(&mut g, item) {
             Ok(s) => {
                 chan.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
-                // The routine runs after this send returns, never inside it.
+                // The routine runs after this send returns, never inside it;
+                // a packet without one goes back to its pool now.
                 let schedule = match s.written {
+                    Some(Queued::Oneway(p)) if p.get().recyclable() => {
+                        if let Some(b) = p.into_box() {
+                            g.recycle(b);
+                        }
+                        false
+                    }
                     Some(Queued::Oneway(p)) => g.routines.push(p),
                     _ => false,
                 };
@@ -438,8 +474,8 @@ impl Packet {
             Err((e, item)) => {
                 let p = match item {
                     Queued::Oneway(p) => Some(p),
-                    Queued::Tx { slot, .. } => g.tx.free_slot(slot),
-                    Queued::Completion(..) => None,
+                    Queued::Tx { slot, .. } => g.free_slot(slot),
+                    Queued::Completion { .. } => None,
                 };
                 drop(g);
                 match p {
@@ -481,6 +517,14 @@ impl Packet {
         i.len = wire.len();
         i.trans_id = trans_id;
         i.wait = true;
+        if let Some(head) = wire.get(..packet::DESCRIPTOR_SIZE) {
+            let mut d = [0u8; packet::DESCRIPTOR_SIZE];
+            d.copy_from_slice(head);
+            let d = packet::Descriptor::decode(&d);
+            i.ty = d.ty;
+            i.offset = (d.offset8 as usize * 8).clamp(packet::DESCRIPTOR_SIZE, i.len);
+            i.payload_len = i.len - i.offset;
+        }
         Ok(())
     }
 }
@@ -493,14 +537,7 @@ impl Drop for Packet {
         inner.mdl = None;
         if inner.origin == Origin::Pool {
             if let Some(chan) = inner.chan.take() {
-                inner.routine = None;
-                inner.pointer = 0;
-                let mut g = chan.inner.lock();
-                if g.tx.pool.len() < g.tx.pool_size as usize
-                    && inner.buf.len() == g.tx.encoded_capacity
-                {
-                    let _ = g.tx.pool.push_within_capacity(inner);
-                }
+                chan.tx.lock().recycle(inner);
             }
         }
     }
@@ -518,7 +555,7 @@ impl Channel {
     /// (`VmbChannelSizeofPacket`).
     #[doc(alias = "VmbChannelSizeofPacket")]
     pub fn sizeof_packet(&self) -> usize {
-        core::mem::size_of::<PacketInner>() + self.inner.lock().tx.encoded_capacity
+        core::mem::size_of::<PacketInner>() + self.tx.lock().encoded_capacity
     }
 
     /// Takes a packet object from the channel's pool (`VmbPacketAllocate`).
@@ -526,14 +563,9 @@ impl Channel {
     /// and `EINVAL` while the channel is Disabled.
     #[doc(alias = "VmbPacketAllocate")]
     pub fn packet_allocate(&self) -> Result<Packet> {
-        let mut g = self.inner.lock();
-        if g.lost {
-            return Err(ENODEV);
-        }
-        if g.state == State::Disabled {
-            return Err(EINVAL);
-        }
-        let mut inner = g.tx.pool.pop().ok_or(ENOMEM)?;
+        let mut g = self.tx.lock();
+        g.gate.alloc?;
+        let mut inner = g.pool.pop().ok_or(ENOMEM)?;
         drop(g);
         inner.chan = Some(self.arc());
         Ok(Packet { inner: Some(inner) })
@@ -541,6 +573,6 @@ impl Channel {
 
     /// Free packet objects in the pool.
     pub fn packet_pool_available(&self) -> usize {
-        self.inner.lock().tx.pool.len()
+        self.tx.lock().pool.len()
     }
 }

@@ -7,23 +7,18 @@ use core::sync::atomic::Ordering;
 
 use kernel::{
     prelude::*,
-    sync::{
-        lock::{
-            spinlock::SpinLockIrqBackend,
-            Guard, //
-        },
-        Arc, //
-    },
+    sync::Arc, //
 };
 
 use super::{
     incoming::IncomingPacket,
+    rx::RxState,
     Channel,
-    Inner,
+    LockGuard,
     State, //
 };
 use crate::{
-    transport::Link,
+    transport::RecvLink,
     wire::packet::{
         self,
         Kind, //
@@ -40,17 +35,23 @@ enum Stop {
     Blocked,
 }
 
+/// What a drain does after a pass.
+#[derive(PartialEq, Eq)]
+enum Next {
+    /// Read on.
+    Read,
+    /// Call ProcessingComplete, then look at `drain_again`.
+    Complete,
+    /// Leave: delivering is cleared.
+    Done,
+}
+
 impl Channel {
     /// Softirq work: flush the send queue, then drain the incoming ring
     /// unless the channel delivers at passive level.
     pub(crate) fn on_interrupt(&self) {
         self.flush_send_queue();
-        let passive = self.inner.lock().rx.passive;
-        if passive {
-            let _ = crate::sys::wq().enqueue::<Arc<Channel>, 1>(self.arc());
-        } else {
-            self.drain();
-        }
+        self.drain(false);
     }
 
     /// Process-context work: deferred packets first, then, at passive level,
@@ -58,38 +59,45 @@ impl Channel {
     pub(crate) fn run_passive(&self) {
         loop {
             let (pkt, cb) = {
-                let mut g = self.inner.lock();
-                if !g.rx.enabled || g.rx.deferred.is_empty() {
+                let mut g = self.rx.lock();
+                if !g.enabled || g.deferred.is_empty() {
                     break;
                 }
-                let mut p = g.rx.deferred.remove(0).ok();
+                let mut p = g.deferred.remove(0).ok();
                 if let Some(p) = &mut p {
-                    p.seq = g.rx.next_seq;
-                    g.rx.next_seq += 1;
+                    p.seq = g.next_seq;
+                    g.next_seq += 1;
                     self.current.store(p.seq, Ordering::Relaxed);
                 }
                 // Counted under the same lock that saw delivery enabled:
                 // `stop_delivery` waits for this call to return.
-                g.rx.redelivering += 1;
-                (p, g.cfg.process.clone())
+                g.redelivering += 1;
+                (p, g.process.clone())
             };
             if let (Some(p), Some(cb)) = (pkt, cb) {
                 cb.process_packet(self, p);
             }
-            let mut g = self.inner.lock();
+            let mut g = self.rx.lock();
             self.current.store(0, Ordering::Relaxed);
-            g.rx.redelivering -= 1;
+            g.redelivering -= 1;
         }
         self.wake_waiters();
-        if self.inner.lock().rx.passive {
+        if self.rx.lock().passive {
             self.flush_send_queue();
-            self.drain();
+            self.drain(true);
         }
     }
 
     /// Delivery may proceed: called once Started.
     pub(crate) fn start_delivery(&self) {
-        self.inner.lock().rx.enabled = true;
+        {
+            // Enabled only while Started, under the control lock: a
+            // teardown that raced in keeps delivery off.
+            let g = self.inner.lock();
+            if g.state == State::Started {
+                self.rx.lock().enabled = true;
+            }
+        }
         self.kick_delivery();
         // Deferred packets from before a pause are redelivered too.
         let _ = crate::sys::wq().enqueue::<Arc<Channel>, 1>(self.arc());
@@ -99,8 +107,8 @@ impl Channel {
     /// ProcessingComplete of this channel runs: none in the drain loop and
     /// none redelivering a deferred packet.
     pub(crate) fn stop_delivery(&self) {
-        self.inner.lock().rx.enabled = false;
-        self.wait_until(|g| !g.rx.delivering && g.rx.redelivering == 0);
+        self.rx.lock().enabled = false;
+        self.wait_until(&self.rx, |g| !g.delivering && g.redelivering == 0);
     }
 
     /// Waits until the driver has finished every packet it was given.
@@ -109,140 +117,173 @@ impl Channel {
     /// stay queued across a pause and are redelivered after Start, or
     /// dropped by a teardown.
     pub(crate) fn wait_incoming_finished(&self) {
-        self.wait_until(|g| {
-            g.rx.held_by_driver() == 0 && !g.rx.delivering && g.rx.redelivering == 0
+        self.wait_until(&self.rx, |g| {
+            g.held_by_driver() == 0 && !g.delivering && g.redelivering == 0
         });
     }
 
     /// Drains the incoming ring: completions are matched to their sends,
     /// data packets go to ProcessPacket. Runs in softirq context, or in
-    /// process context at passive level.
-    fn drain(&self) {
+    /// process context at passive level; `passive` says which. In softirq
+    /// context, a channel that delivers at passive level queues its passive
+    /// work instead.
+    fn drain(&self, passive: bool) {
         let cb = {
-            let mut g = self.inner.lock();
-            if g.rx.delivering {
+            let mut g = self.rx.lock();
+            if g.passive && !passive {
+                drop(g);
+                let _ = crate::sys::wq().enqueue::<Arc<Channel>, 1>(self.arc());
+                return;
+            }
+            if g.delivering {
                 // Another context drains: it looks at the ring once more
                 // before it leaves, so this interrupt is not lost.
-                g.rx.drain_again = true;
+                g.drain_again = true;
                 return;
             }
-            if !g.rx.enabled || g.att.is_none() {
+            if !g.enabled {
                 return;
             }
-            g.rx.delivering = true;
-            g.rx.drain_again = false;
-            if let Some(att) = g.att.as_mut() {
-                att.begin_read();
-            }
-            g.cfg.process.clone()
+            let Some(link) = g.link.as_mut() else {
+                return;
+            };
+            link.begin_read();
+            g.delivering = true;
+            g.drain_again = false;
+            g.process.clone()
         };
         let Some(cb) = cb else {
-            self.inner.lock().rx.delivering = false;
+            self.rx.lock().delivering = false;
             return;
         };
-        loop {
-            self.drain_pass(&*cb);
-            let mut g = self.inner.lock();
-            // An interrupt that came while this pass ran found the ring
-            // being drained; look again before leaving.
-            if core::mem::take(&mut g.rx.drain_again) && g.rx.enabled && !g.rx.failed {
-                if let Some(att) = g.att.as_mut() {
-                    att.begin_read();
-                    continue;
-                }
-            }
-            self.current.store(0, Ordering::Relaxed);
-            g.rx.delivering = false;
-            break;
-        }
+        self.drain_passes(&*cb);
         self.wake_waiters();
     }
 
-    /// One pass of [`Channel::drain`]: reads until the ring is empty or
-    /// delivery blocks, then calls ProcessingComplete for what it delivered.
-    fn drain_pass(&self, cb: &dyn super::callbacks::ProcessPacket) {
+    /// The passes of [`Channel::drain`]: each reads until the ring is empty
+    /// or delivery blocks, publishes the read index, unmasks, then calls
+    /// ProcessingComplete for what it delivered. After the last pass the
+    /// drain leaves, unless an interrupt came meanwhile. A pass that
+    /// delivered nothing leaves in the same trip through the receive lock
+    /// that ends it.
+    fn drain_passes(&self, cb: &dyn super::callbacks::ProcessPacket) {
         let mut batch = 0u32;
         let mut since_commit = 0u32;
+        // The buffer of a completion just handled, back to the free slots
+        // under the next packet's lock.
+        let mut spare = None;
         loop {
-            let stop = self.drain_one(cb, &mut batch);
+            let stop = self.drain_one(cb, &mut batch, &mut spare);
             since_commit += 1;
-            let mut signal = false;
-            if stop.is_some() || since_commit >= COMMIT_EVERY {
-                since_commit = 0;
-                let mut g = self.inner.lock();
-                if let Some(att) = g.att.as_mut() {
-                    signal = att.commit();
+            let Some(stop) = stop else {
+                if since_commit >= COMMIT_EVERY {
+                    since_commit = 0;
+                    let signal = self.rx.lock().link.as_mut().is_some_and(|l| l.commit());
+                    if signal {
+                        self.signal_peer();
+                    }
                 }
-            }
+                continue;
+            };
+            since_commit = 0;
+            let (signal, next) = {
+                let mut g = self.rx.lock();
+                let mut signal = false;
+                let mut more = false;
+                if let Some(link) = g.link.as_mut() {
+                    signal = link.commit();
+                    // Unmask; data that raced in is drained now, as no
+                    // signal will come for it: masked again at once.
+                    more = link.end_read() && stop == Stop::Empty;
+                    if more {
+                        link.begin_read();
+                    }
+                }
+                let next = if more {
+                    Next::Read
+                } else if batch == 0 {
+                    self.leave_or_again(&mut g)
+                } else {
+                    Next::Complete
+                };
+                (signal, next)
+            };
             if signal {
                 self.signal_peer();
             }
-            match stop {
-                None => continue,
-                Some(Stop::Empty) => {
-                    // Unmask; data that raced in is drained now, as no
-                    // signal will come for it.
-                    let more = {
-                        let mut g = self.inner.lock();
-                        g.att.as_mut().map(|a| a.end_read()).unwrap_or(false)
-                    };
-                    if more {
-                        if let Some(att) = self.inner.lock().att.as_mut() {
-                            att.begin_read();
-                        }
-                        continue;
+            match next {
+                Next::Read => {}
+                Next::Complete => {
+                    cb.processing_complete(self, core::mem::take(&mut batch));
+                    if self.leave_or_again(&mut self.rx.lock()) == Next::Done {
+                        return;
                     }
-                    break;
                 }
-                Some(Stop::Blocked) => {
-                    let mut g = self.inner.lock();
-                    if let Some(att) = g.att.as_mut() {
-                        let _ = att.end_read();
-                    }
-                    break;
-                }
+                Next::Done => return,
             }
-        }
-        if batch > 0 {
-            cb.processing_complete(self, batch);
         }
     }
 
+    /// At the end of a pass, with the receive lock held: an interrupt that
+    /// came while the pass ran found the ring being drained, so look again
+    /// ([`Next::Read`]); otherwise stop delivering ([`Next::Done`]).
+    fn leave_or_again(&self, g: &mut RxState) -> Next {
+        if core::mem::take(&mut g.drain_again) && g.enabled && !g.failed {
+            if let Some(link) = g.link.as_mut() {
+                link.begin_read();
+                return Next::Read;
+            }
+        }
+        self.current.store(0, Ordering::Relaxed);
+        g.delivering = false;
+        Next::Done
+    }
+
     /// Reads and handles one packet. `None`: go on.
-    fn drain_one(&self, cb: &dyn super::callbacks::ProcessPacket, batch: &mut u32) -> Option<Stop> {
-        let mut g = self.inner.lock();
+    fn drain_one(
+        &self,
+        cb: &dyn super::callbacks::ProcessPacket,
+        batch: &mut u32,
+        spare: &mut Option<KVec<u8>>,
+    ) -> Option<Stop> {
+        let mut g = self.rx.lock();
+        if let Some(b) = spare.take() {
+            g.put_buf(b);
+        }
         // The previous packet's ProcessPacket has returned.
         self.current.store(0, Ordering::Relaxed);
-        if !g.rx.enabled || g.rx.failed || g.state != State::Started {
+        // `enabled` is cleared under the control lock when the channel
+        // leaves Started: it stands for the state check.
+        if !g.enabled || g.failed {
             return Some(Stop::Blocked);
         }
-        if g.rx.outstanding >= g.rx.quota {
-            if !g.rx.stalled {
-                g.rx.stalled = true;
+        if g.outstanding >= g.quota {
+            if !g.stalled {
+                g.stalled = true;
                 self.stats.quota_stalls.fetch_add(1, Ordering::Relaxed);
             }
             return Some(Stop::Blocked);
         }
-        let Some(mut buf) = g.rx.take_buf() else {
-            g.rx.stalled = true;
+        let Some(mut buf) = g.take_buf() else {
+            g.stalled = true;
             self.stats.quota_stalls.fetch_add(1, Ordering::Relaxed);
             return Some(Stop::Blocked);
         };
-        let ctx = g.rx.ctx_size;
-        let limits = g.rx.limits;
+        let ctx = g.ctx_size;
+        let limits = g.limits;
         let room = buf.len() - ctx;
-        let read = match g.att.as_mut() {
-            Some(att) => att.read(&mut buf[..room]),
+        let read = match g.link.as_mut() {
+            Some(link) => link.read(&mut buf[..room]),
             None => Ok(None),
         };
         let n = match read {
             Ok(Some(n)) => n,
             Ok(None) => {
-                g.rx.put_buf(buf);
+                g.put_buf(buf);
                 return Some(Stop::Empty);
             }
             Err(e) => {
-                g.rx.put_buf(buf);
+                g.put_buf(buf);
                 self.refuse_incoming(g, "incoming ring refused", &e);
                 return Some(Stop::Blocked);
             }
@@ -258,7 +299,7 @@ impl Channel {
         let (desc, is_completion, external, payload_offset) = match parsed {
             Ok(v) => v,
             Err(e) => {
-                g.rx.put_buf(buf);
+                g.put_buf(buf);
                 self.refuse_incoming(g, "malformed packet from the peer", &e);
                 return Some(Stop::Blocked);
             }
@@ -267,21 +308,21 @@ impl Channel {
             // Through the transport's own id mapping (Linux's requestor on
             // hv); an id it does not know maps to 0, which no send has.
             let id = g
-                .att
+                .link
                 .as_mut()
-                .and_then(|a| a.completion_id(desc.trans_id))
+                .and_then(|l| l.completion_id(desc.trans_id))
                 .unwrap_or(0);
             drop(g);
             self.stats
                 .completions_received
                 .fetch_add(1, Ordering::Relaxed);
             self.on_completion(id, &buf[payload_offset..n]);
-            self.inner.lock().rx.put_buf(buf);
+            *spare = Some(buf);
             return None;
         }
-        g.rx.outstanding += 1;
-        let seq = g.rx.next_seq;
-        g.rx.next_seq += 1;
+        g.outstanding += 1;
+        let seq = g.next_seq;
+        g.next_seq += 1;
         self.current.store(seq, Ordering::Relaxed);
         drop(g);
         self.stats.packets_received.fetch_add(1, Ordering::Relaxed);
@@ -312,12 +353,12 @@ impl Channel {
     /// the queue is seen stopped, logged once the lock is dropped.
     fn refuse_incoming(
         &self,
-        mut g: Guard<'_, Inner, SpinLockIrqBackend>,
+        mut g: LockGuard<'_, RxState>,
         what: &str,
         error: &dyn core::fmt::Debug,
     ) {
         self.stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
-        g.rx.failed = true;
+        g.failed = true;
         drop(g);
         pr_err!(
             "channel {}: {} ({:?}); queue stopped\n",

@@ -25,9 +25,11 @@ use kernel::{
 
 use super::{
     outgoing::{
+        Origin,
         Packet,
         PacketInner, //
     },
+    transactions::TxState,
     Channel, //
 };
 use crate::sys;
@@ -88,7 +90,7 @@ impl Channel {
     /// context picks up what was added meanwhile.
     pub(crate) fn run_routines(&self) {
         {
-            let mut g = self.inner.lock();
+            let mut g = self.tx.lock();
             if g.routines.running || g.routines.done.is_none() {
                 return;
             }
@@ -96,7 +98,7 @@ impl Channel {
         }
         loop {
             let list = {
-                let mut g = self.inner.lock();
+                let mut g = self.tx.lock();
                 match g.routines.done.take() {
                     Some(list) => list,
                     None => {
@@ -116,13 +118,24 @@ impl Channel {
                 b.next = ordered;
                 ordered = Some(b);
             }
+            // Packets with no routine only go back to their pool: all of
+            // the batch's at once, after the routines.
+            let mut spare: Option<KBox<PacketInner>> = None;
             // One bottom-half section for the batch, as a tasklet runs.
             sys::with_bh_disabled(|| {
                 while let Some(mut b) = ordered.take() {
                     ordered = b.next.take();
+                    if b.recyclable() {
+                        b.next = spare.take();
+                        spare = Some(b);
+                        continue;
+                    }
                     Packet::from_box(b).complete_routine(Ok(()), &[]);
                 }
             });
+            if spare.is_some() {
+                self.recycle(spare);
+            }
         }
     }
 
@@ -131,13 +144,49 @@ impl Channel {
     pub(crate) fn finish_routines(&self) {
         loop {
             self.run_routines();
-            let mut g = self.inner.lock();
+            let mut g = self.tx.lock();
             if g.routines.idle() {
                 return;
             }
             // Another context is working the list off; it clears `running`
             // and wakes the waiters when it is done.
             self.counted_wait(&mut g, |c, g| c.wait(g));
+        }
+    }
+}
+
+impl PacketInner {
+    /// Whether finishing the packet is no more than its return to its
+    /// pool: a pool packet with no routine and no MDL.
+    pub(super) fn recyclable(&self) -> bool {
+        self.routine.is_none() && self.origin == Origin::Pool && self.mdl.is_none()
+    }
+}
+
+impl Channel {
+    /// Returns finished packets of this channel, `list` (linked through
+    /// `next`, each [`PacketInner::recyclable`]), to its pool in one trip
+    /// through the send lock, as dropping each would.
+    pub(super) fn recycle(&self, mut list: Option<KBox<PacketInner>>) {
+        let mut g = self.tx.lock();
+        while let Some(mut b) = list.take() {
+            list = b.next.take();
+            // Not the last reference: the caller borrows the channel.
+            g.recycle(b);
+        }
+    }
+}
+
+impl TxState {
+    /// Puts a finished pool packet back into the pool, as dropping it
+    /// would; its reference to the channel must not be the last one.
+    pub(super) fn recycle(&mut self, mut b: KBox<PacketInner>) {
+        b.mdl = None;
+        b.routine = None;
+        b.pointer = 0;
+        b.chan = None;
+        if self.pool.len() < self.pool_size as usize && b.buf.len() == self.encoded_capacity {
+            let _ = self.pool.push_within_capacity(b);
         }
     }
 }

@@ -3,19 +3,31 @@
 //! Receive-side state: the preallocated incoming slots, the quota, and what
 //! the drain loop and deferral need to know.
 
-use kernel::prelude::*;
+use kernel::{
+    prelude::*,
+    sync::Arc, //
+};
 
 use super::{
+    callbacks::ProcessPacket,
     incoming::IncomingPacket,
     Sizing, //
 };
-use crate::wire::packet::{
-    self,
-    Limits, //
+use crate::{
+    transport::LinkReader,
+    wire::packet::{
+        self,
+        Limits, //
+    },
 };
 
-/// Receive-side state, under the channel lock.
+/// Receive-side state, under the channel's receive lock.
 pub(crate) struct RxState {
+    /// The receive half of the attachment's link, while attached.
+    pub(crate) link: Option<LinkReader>,
+    /// The driver's ProcessPacket callbacks, from the configuration of the
+    /// last Enable (set only while Disabled, so a copy stays current).
+    pub(crate) process: Option<Arc<dyn ProcessPacket>>,
     /// Free incoming buffers, each `slot_size` bytes long.
     pub(super) free: KVec<KVec<u8>>,
     pub(super) slot_size: usize,
@@ -47,6 +59,8 @@ pub(crate) struct RxState {
 impl RxState {
     pub(crate) fn new() -> Self {
         Self {
+            link: None,
+            process: None,
             free: KVec::new(),
             slot_size: 0,
             ctx_size: 0,
@@ -75,7 +89,7 @@ impl RxState {
     /// A slot holds the largest packet the channel accepts (descriptor, GPA
     /// ranges, payload) and, behind it, the driver's context area. The same
     /// buffer later carries the packet's completion.
-    /// Allocates: call without the channel lock.
+    /// Allocates: call without the channel's locks.
     pub(crate) fn prepare(&mut self, cfg: &Sizing) -> Result {
         let ranges = cfg.max_external_chain as usize
             * (8 + 8 * (cfg.max_external_bytes as usize / 4096 + 2));

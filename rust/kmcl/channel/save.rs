@@ -125,7 +125,7 @@ impl Channel {
                     g.cfg.target_instance.unwrap_or(Guid::NULL),
                 ),
                 token,
-                g.tx.slot_count(),
+                self.tx.lock().slot_count(),
             )
         };
         let mut state = KVec::new();
@@ -136,11 +136,11 @@ impl Channel {
             // Paused, with the control mutex held: no completion is read and
             // no teardown runs, so the packet can leave its slot while the
             // driver looks at it.
-            let Some((p, gen)) = self.inner.lock().tx.take_packet(slot) else {
+            let Some((p, gen)) = self.tx.lock().take_packet(slot) else {
                 continue;
             };
             let r = self.save_one(cb.as_deref(), &p, &mut records);
-            self.inner.lock().tx.put_packet(slot, gen, p);
+            self.tx.lock().put_packet(slot, gen, p);
             r?;
             count += 1;
         }
@@ -276,8 +276,10 @@ impl Channel {
 
     pub(crate) fn restore_packet_transaction(&self, packet: Packet) -> Result {
         let (id, _) = packet.restore_parts();
-        let mut g = self.inner.lock();
-        g.tx.restore_slot(packet, id).map_err(|(e, _)| e)
+        // A packet handed back is dropped once the send lock is released:
+        // dropping a pool packet takes that lock.
+        let r = self.tx.lock().restore_slot(packet, id);
+        r.map_err(|(e, _)| e)
     }
 }
 

@@ -3,7 +3,10 @@
 //! The send queue: writing into the ring, waiting behind a full ring with
 //! the pending send size, and finishing every send at a teardown.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{
+    AtomicU64,
+    Ordering, //
+};
 
 use kernel::prelude::*;
 
@@ -11,7 +14,9 @@ use super::{
     outgoing::Packet,
     routines::call_routine,
     transactions::{
+        transaction_id,
         TxOwner,
+        TxSlot,
         TxState, //
     },
     Channel,
@@ -19,7 +24,9 @@ use super::{
     State, //
 };
 use crate::transport::{
-    Link,
+    LinkWriter,
+    OutPacket,
+    SendLink,
     WriteError, //
 };
 
@@ -29,8 +36,15 @@ pub(crate) enum Queued {
     Tx { slot: u32, gen: u32 },
     /// A send without completion.
     Oneway(Packet),
-    /// A completion of an incoming packet: buffer and length.
-    Completion(KVec<u8>, usize),
+    /// A completion or in-band reply of an incoming packet, in the packet's
+    /// buffer: the reply's type and transaction id, its payload at the
+    /// start of `buf`, `len` bytes long.
+    Completion {
+        buf: KVec<u8>,
+        ty: u16,
+        trans_id: u64,
+        len: usize,
+    },
 }
 
 /// The result of [`Channel::submit`].
@@ -62,80 +76,189 @@ impl TxState {
         self.queued -= 1;
         item
     }
+}
 
-    pub(super) fn front(&self) -> Option<&Queued> {
-        if self.queued == 0 {
-            return None;
-        }
-        self.queue[self.head].as_ref()
+fn front(queue: &[Option<Queued>], head: usize, queued: usize) -> Option<&Queued> {
+    if queued == 0 {
+        return None;
     }
+    queue[head].as_ref()
+}
 
-    /// The bytes an entry puts in the ring; `None` for a stale entry.
-    pub(super) fn bytes_of<'a>(&'a self, item: &'a Queued) -> Option<&'a [u8]> {
-        match item {
-            Queued::Tx { slot, gen } => {
-                let s = self.slots.get(*slot as usize)?;
-                if s.gen != *gen {
-                    return None;
-                }
-                match s.owner.as_ref()? {
-                    TxOwner::Packet(p) => Some(p.wire_bytes()),
-                    TxOwner::Sync(r) => Some(&r.req),
-                }
+/// The packet an entry puts in the ring; `None` for a stale entry.
+fn packet_of<'a>(slots: &'a [TxSlot], item: &'a Queued) -> Option<OutPacket<'a>> {
+    match item {
+        Queued::Tx { slot, gen } => {
+            let s = slots.get(*slot as usize)?;
+            if s.gen != *gen {
+                return None;
             }
-            Queued::Oneway(p) => Some(p.wire_bytes()),
-            Queued::Completion(b, n) => b.get(..*n),
+            match s.owner.as_ref()? {
+                TxOwner::Packet(p) => Some(p.out()),
+                TxOwner::Sync(r) => Some(r.out(transaction_id(*slot, *gen))),
+            }
         }
+        Queued::Oneway(p) => Some(p.out()),
+        Queued::Completion {
+            buf,
+            ty,
+            trans_id,
+            len,
+        } => Some(OutPacket::simple(*ty, 0, *trans_id, buf.get(..*len)?)),
     }
 }
 
-/// Whether the channel can take a send now.
-pub(super) fn usable_for_send(g: &Inner) -> Result {
-    if g.peer_gone || g.lost || g.disabling || g.state == State::Closing {
-        return Err(ENODEV);
+/// [`Channel::write_now`] on the parts of the send state it uses.
+fn send_unless_queued(
+    link: &mut Option<LinkWriter>,
+    queued: usize,
+    pending_send: &mut bool,
+    ring_full: &AtomicU64,
+    packet: &OutPacket<'_>,
+) -> Result<Option<bool>> {
+    let link = link.as_mut().ok_or(ENODEV)?;
+    if queued != 0 {
+        return Ok(None);
     }
-    match g.state {
-        State::Opened | State::Started | State::Paused if g.att.is_some() => Ok(()),
-        _ => Err(EINVAL),
+    match write_or_wait(link, packet, pending_send, Some(ring_full)) {
+        Ok(signal) => Ok(Some(signal)),
+        Err(WriteError::Full(_)) => Ok(None),
+        Err(WriteError::Broken) => Err(EIO),
+        Err(WriteError::Gone) => Err(ENODEV),
+    }
+}
+
+/// Writes `packet`; when the ring is full, stores the pending send size
+/// and tries once more, as the reader may have freed space before it could
+/// see that size, so that no wakeup is lost. `full` counts a full ring.
+fn write_or_wait(
+    link: &mut LinkWriter,
+    packet: &OutPacket<'_>,
+    pending_send: &mut bool,
+    full: Option<&AtomicU64>,
+) -> core::result::Result<bool, WriteError> {
+    let mut r = link.send(packet);
+    if let Err(WriteError::Full(needed)) = r {
+        if let Some(c) = full {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        link.set_pending_send_size(needed);
+        r = link.send(packet);
+        *pending_send = true;
+    }
+    r
+}
+
+/// What the control state says about the send side, copied under the send
+/// lock so that a send takes no other lock: whether a send is allowed, and
+/// with which error it is refused; whether a packet may be allocated; and
+/// whether synchronous requesters must give up.
+#[derive(Clone, Copy)]
+pub(crate) struct Gates {
+    pub(crate) send: Result,
+    pub(crate) alloc: Result,
+    pub(crate) abandon: bool,
+}
+
+impl Gates {
+    /// The gates of a Disabled channel.
+    pub(crate) const DISABLED: Gates = Gates {
+        send: Err(EINVAL),
+        alloc: Err(EINVAL),
+        abandon: false,
+    };
+
+    /// The gates for the control state `g`.
+    pub(crate) fn of(g: &Inner) -> Gates {
+        let send = if g.peer_gone || g.lost || g.disabling || g.state == State::Closing {
+            Err(ENODEV)
+        } else {
+            match g.state {
+                State::Opened | State::Started | State::Paused if g.att.is_some() => Ok(()),
+                _ => Err(EINVAL),
+            }
+        };
+        let alloc = if g.lost {
+            Err(ENODEV)
+        } else if g.state == State::Disabled {
+            Err(EINVAL)
+        } else {
+            Ok(())
+        };
+        Gates {
+            send,
+            alloc,
+            abandon: g.peer_gone || g.disabling,
+        }
     }
 }
 
 impl Channel {
+    /// Copies what the control state `g` says about sends into the send
+    /// gate. Called, with the control lock held, after every change of the
+    /// state, the attachment or the flags [`Gates::of`] reads: a send that
+    /// passed the gate is in the send state before the change is seen, and
+    /// one that comes after sees the change.
+    pub(crate) fn publish(&self, g: &Inner) {
+        self.tx.lock().gate = Gates::of(g);
+    }
+
+    /// Writes `packet` into the ring now, from the caller's memory, unless
+    /// earlier sends are queued: `Ok(Some(signal))` when it went in,
+    /// `Ok(None)` when it must queue (the pending send size is set). Called
+    /// with the send lock held.
+    pub(crate) fn write_now(
+        &self,
+        tx: &mut TxState,
+        packet: &OutPacket<'_>,
+    ) -> Result<Option<bool>> {
+        let TxState {
+            link,
+            queued,
+            pending_send,
+            ..
+        } = tx;
+        send_unless_queued(link, *queued, pending_send, &self.stats.ring_full, packet)
+    }
+
     /// Puts an item in the ring, or queues it behind earlier ones. Called
-    /// with the channel lock held.
+    /// with the send lock held.
     pub(crate) fn submit(
         &self,
-        g: &mut Inner,
+        tx: &mut TxState,
         item: Queued,
     ) -> core::result::Result<Submitted, (Error, Queued)> {
-        let Inner { tx, att, .. } = g;
-        let Some(att) = att.as_mut() else {
-            return Err((ENODEV, item));
+        let TxState {
+            link,
+            slots,
+            queued,
+            pending_send,
+            ..
+        } = &mut *tx;
+        let Some(packet) = packet_of(slots, &item) else {
+            return Err((EINVAL, item));
         };
-        if tx.queued == 0 {
-            let Some(bytes) = tx.bytes_of(&item) else {
-                return Err((EINVAL, item));
-            };
-            let mut r = att.write(bytes);
-            if let Err(WriteError::Full(needed)) = r {
-                self.stats.ring_full.fetch_add(1, Ordering::Relaxed);
-                att.set_pending_send_size(needed);
-                // The reader may have freed space before it could see the
-                // pending size; try once more so that no wakeup is lost.
-                r = att.write(bytes);
-                tx.pending_send = true;
+        match send_unless_queued(link, *queued, pending_send, &self.stats.ring_full, &packet) {
+            Ok(Some(signal)) => {
+                return Ok(Submitted {
+                    signal,
+                    written: Some(item),
+                })
             }
-            match r {
-                Ok(signal) => {
-                    return Ok(Submitted {
-                        signal,
-                        written: Some(item),
-                    })
-                }
-                Err(WriteError::Full(_)) => {}
-                Err(WriteError::Broken) => return Err((EIO, item)),
-                Err(WriteError::Gone) => return Err((ENODEV, item)),
-            }
+            Ok(None) => {}
+            Err(e) => return Err((e, item)),
+        }
+        self.enqueue(tx, item)
+    }
+
+    /// Queues an item behind earlier sends. Called with the send lock held.
+    pub(crate) fn enqueue(
+        &self,
+        tx: &mut TxState,
+        item: Queued,
+    ) -> core::result::Result<Submitted, (Error, Queued)> {
+        if tx.link.is_none() {
+            return Err((ENODEV, item));
         }
         let is_tx = match &item {
             Queued::Tx { slot, .. } => Some(*slot),
@@ -153,7 +276,7 @@ impl Channel {
 
     /// Signals the peer through the attachment.
     pub(crate) fn signal_peer(&self) {
-        let target = self.inner.lock().att.as_ref().map(|a| a.signal_target());
+        let target = self.tx.lock().link.as_ref().map(|l| l.signal_target());
         if let Some(t) = target {
             self.stats.signals_sent.fetch_add(1, Ordering::Relaxed);
             t.signal();
@@ -163,30 +286,31 @@ impl Channel {
     /// Writes queued items while the ring has room, in order.
     pub(crate) fn flush_send_queue(&self) {
         loop {
-            let mut g = self.inner.lock();
-            let Inner { tx, att, .. } = &mut *g;
-            let Some(att) = att.as_mut() else {
+            let mut g = self.tx.lock();
+            let tx = &mut *g;
+            let TxState {
+                link,
+                slots,
+                queue,
+                head,
+                queued,
+                pending_send,
+                ..
+            } = &mut *tx;
+            let Some(link) = link.as_mut() else {
                 return;
             };
-            let Some(front) = tx.front() else {
-                if tx.pending_send {
-                    tx.pending_send = false;
-                    att.set_pending_send_size(0);
+            let Some(front) = front(queue, *head, *queued) else {
+                if *pending_send {
+                    *pending_send = false;
+                    link.set_pending_send_size(0);
                 }
                 return;
             };
-            let r = match tx.bytes_of(front) {
+            let r = match packet_of(slots, front) {
                 // A cancelled transaction: skip it.
                 None => Ok(false),
-                Some(bytes) => {
-                    let mut r = att.write(bytes);
-                    if let Err(WriteError::Full(needed)) = r {
-                        att.set_pending_send_size(needed);
-                        r = att.write(bytes);
-                        tx.pending_send = true;
-                    }
-                    r
-                }
+                Some(packet) => write_or_wait(link, &packet, pending_send, None),
             };
             match r {
                 Ok(signal) => {
@@ -198,15 +322,15 @@ impl Channel {
                             }
                         }
                     }
-                    let schedule = match item {
-                        Some(Queued::Completion(b, _)) => {
-                            g.rx.put_buf(b);
-                            false
-                        }
-                        Some(Queued::Oneway(p)) => g.routines.push(p),
-                        _ => false,
+                    let (schedule, buf) = match item {
+                        Some(Queued::Completion { buf, .. }) => (false, Some(buf)),
+                        Some(Queued::Oneway(p)) => (tx.routines.push(p), None),
+                        _ => (false, None),
                     };
                     drop(g);
+                    if let Some(b) = buf {
+                        self.rx.lock().put_buf(b);
+                    }
                     self.wake_waiters();
                     if signal {
                         self.signal_peer();
@@ -234,8 +358,8 @@ impl Channel {
     /// free their own slots; this waits until they have.
     pub(crate) fn cancel_all_sends(&self, status: Error) {
         {
-            let mut g = self.inner.lock();
-            for s in g.tx.slots.iter_mut() {
+            let mut g = self.tx.lock();
+            for s in g.slots.iter_mut() {
                 if let Some(TxOwner::Sync(r)) = s.owner.as_mut() {
                     if r.result.is_none() {
                         r.result = Some(Err(ENODEV));
@@ -245,34 +369,38 @@ impl Channel {
         }
         self.wake_waiters();
         loop {
-            let mut g = self.inner.lock();
-            let p = if let Some(item) = g.tx.pop() {
+            let mut g = self.tx.lock();
+            let mut buf = None;
+            let p = if let Some(item) = g.pop() {
                 match item {
                     Queued::Oneway(p) => Some(p),
-                    Queued::Completion(b, _) => {
-                        g.rx.put_buf(b);
+                    Queued::Completion { buf: b, .. } => {
+                        buf = Some(b);
                         None
                     }
                     // The slot is finished below.
                     Queued::Tx { .. } => None,
                 }
             } else {
-                let busy =
-                    g.tx.slots
-                        .iter()
-                        .position(|s| matches!(s.owner, Some(TxOwner::Packet(_))));
+                let busy = g
+                    .slots
+                    .iter()
+                    .position(|s| matches!(s.owner, Some(TxOwner::Packet(_))));
                 match busy {
-                    Some(slot) => g.tx.free_slot(slot as u32),
+                    Some(slot) => g.free_slot(slot as u32),
                     None => break,
                 }
             };
             drop(g);
+            if let Some(b) = buf {
+                self.rx.lock().put_buf(b);
+            }
             if let Some(p) = p {
                 call_routine(p, Err(status), &[]);
             }
         }
         self.wake_waiters();
-        self.wait_until(|g| !g.tx.slots.iter().any(|s| s.owner.is_some()));
+        self.wait_until(&self.tx, |g| !g.slots.iter().any(|s| s.owner.is_some()));
         // One-way sends that entered the ring finish as they would have.
         self.finish_routines();
     }

@@ -19,7 +19,10 @@ use kernel::{
 use super::Channel;
 use crate::{
     sys,
-    transport::Link, //
+    transport::{
+        RecvLink,
+        SendLink, //
+    },
 };
 
 mod ffi {
@@ -119,21 +122,22 @@ impl Channel {
     pub fn write_status(&self, w: &mut dyn core::fmt::Write) -> core::fmt::Result {
         let now = sys::jiffies();
         let (state, endpoint, fill, rx, tx, oldest, quota, ids) = {
+            // One moment for all three: the locks nest in their order.
             let g = self.inner.lock();
+            let r = self.rx.lock();
+            let t = self.tx.lock();
+            let fill = match (t.link.as_ref(), r.link.as_ref()) {
+                (Some(w), Some(rd)) => Some([w.fill(), rd.fill()]),
+                _ => None,
+            };
             (
                 g.state,
                 self.endpoint(),
-                g.att.as_ref().map(|a| a.ring_fill()),
-                (
-                    g.rx.outstanding,
-                    g.rx.in_use(),
-                    g.rx.slots(),
-                    g.rx.failed,
-                    g.rx.passive,
-                ),
-                g.tx.outstanding(),
-                g.tx.oldest(now),
-                g.rx.quota,
+                fill,
+                (r.outstanding, r.in_use(), r.slots(), r.failed, r.passive),
+                t.outstanding(),
+                t.oldest(now),
+                r.quota,
                 (g.cfg.target_type, g.cfg.target_instance),
             )
         };

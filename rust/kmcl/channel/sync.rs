@@ -12,10 +12,7 @@ use kernel::{
 
 use super::{
     outgoing::SendFlags,
-    send_queue::{
-        usable_for_send,
-        Queued, //
-    },
+    send_queue::Queued,
     transactions::{
         SyncRequest,
         TxOwner, //
@@ -25,7 +22,8 @@ use super::{
 use crate::{
     sys,
     transport::{
-        Link,
+        OutPacket,
+        SendLink,
         WriteError, //
     },
     wire::packet, //
@@ -78,34 +76,27 @@ impl Channel {
             data.len(),
         )
         .ok_or(EINVAL)?;
-        {
-            let g = self.inner.lock();
-            if data.len() > g.tx.max_packet_size as usize {
-                return Err(EINVAL);
-            }
+        if data.len() > self.tx.lock().max_packet_size as usize {
+            return Err(EINVAL);
         }
         let total = d.len8 as usize * 8;
-        let mut req = KVec::with_capacity(total, GFP_KERNEL)?;
-        req.resize(total, 0, GFP_KERNEL)?;
-        req[..16].copy_from_slice(&d.encode());
-        req[16..16 + data.len()].copy_from_slice(data);
+        let mut req = KVec::with_capacity(data.len(), GFP_KERNEL)?;
+        req.extend_from_slice(data, GFP_KERNEL)?;
         let mut resp = KVec::with_capacity(response.len(), GFP_KERNEL)?;
         resp.resize(response.len(), 0, GFP_KERNEL)?;
 
         let (slot, gen, signal) = {
-            let mut g = self.inner.lock();
-            usable_for_send(&g)?;
+            let mut g = self.tx.lock();
+            g.gate.send?;
             if zero
-                && (g.tx.queued != 0
-                    || g.att.as_ref().map(|a| a.free()).unwrap_or(0) <= total as u32 + 8)
+                && (g.queued != 0
+                    || g.link.as_ref().map(|l| l.free()).unwrap_or(0) <= total as u32 + 8)
             {
                 return Err(EAGAIN);
             }
-            let slot = g.tx.free_slots.pop().ok_or(EBUSY)?;
-            let s = &mut g.tx.slots[slot as usize];
+            let slot = g.free_slots.pop().ok_or(EBUSY)?;
+            let s = &mut g.slots[slot as usize];
             let gen = s.gen;
-            let id = (u64::from(gen) << 32) | u64::from(slot + 1);
-            req[8..16].copy_from_slice(&id.to_le_bytes());
             s.since = sys::jiffies();
             s.owner = Some(TxOwner::Sync(SyncRequest {
                 req,
@@ -119,7 +110,7 @@ impl Channel {
                     (slot, gen, s.signal)
                 }
                 Err((e, _)) => {
-                    g.tx.free_slot(slot);
+                    g.free_slot(slot);
                     return Err(e);
                 }
             }
@@ -131,9 +122,9 @@ impl Channel {
         // A zero timeout governs ring space only: the request went in, so
         // its response is awaited like that of a request without a limit.
         let deadline = timeout.filter(|_| !zero).map(super::lifecycle::deadline);
-        let mut g = self.inner.lock();
+        let mut g = self.tx.lock();
         loop {
-            let s = &mut g.tx.slots[slot as usize];
+            let s = &mut g.slots[slot as usize];
             if s.gen != gen {
                 return Err(ENODEV);
             }
@@ -149,8 +140,8 @@ impl Channel {
             if done {
                 break;
             }
-            if g.peer_gone || g.disabling {
-                g.tx.free_slot(slot);
+            if g.gate.abandon {
+                g.free_slot(slot);
                 drop(g);
                 self.wake_waiters();
                 return Err(ENODEV);
@@ -163,7 +154,7 @@ impl Channel {
                         // Freeing the slot moves its generation on: a late
                         // completion is refused. Over hv, Linux's requestor
                         // keeps its own slot until that completion comes.
-                        g.tx.free_slot(slot);
+                        g.free_slot(slot);
                         drop(g);
                         self.wake_waiters();
                         return Err(ETIMEDOUT);
@@ -174,7 +165,7 @@ impl Channel {
             match self.counted_wait(&mut g, |c, g| c.wait_interruptible_timeout(g, left)) {
                 CondVarTimeoutResult::Signal { .. } => {
                     // Cancelled exactly as a timeout cancels it.
-                    g.tx.free_slot(slot);
+                    g.free_slot(slot);
                     drop(g);
                     self.wake_waiters();
                     return Err(ERESTARTSYS);
@@ -182,9 +173,9 @@ impl Channel {
                 CondVarTimeoutResult::Timeout | CondVarTimeoutResult::Woken { .. } => {}
             }
         }
-        let owner = g.tx.slots[slot as usize].owner.take();
+        let owner = g.slots[slot as usize].owner.take();
         // The slot's owner was taken above; free the slot itself.
-        g.tx.free_slot(slot);
+        g.free_slot(slot);
         drop(g);
         self.wake_waiters();
         match owner {
@@ -213,19 +204,19 @@ impl Channel {
     }
 
     pub(crate) fn send_raw_inband(&self, data: &[u8], trans_id: u64) -> Result {
-        let d = packet::encode_simple(packet::TYPE_DATA_INBAND, 0, trans_id, data.len())
-            .ok_or(EINVAL)?;
+        let out = OutPacket::simple(packet::TYPE_DATA_INBAND, 0, trans_id, data);
+        out.descriptor().ok_or(EINVAL)?;
         let signal = {
-            let mut g = self.inner.lock();
-            usable_for_send(&g)?;
-            if data.len() > g.tx.max_packet_size as usize {
+            let mut g = self.tx.lock();
+            g.gate.send?;
+            if data.len() > g.max_packet_size as usize {
                 return Err(EINVAL);
             }
-            if g.tx.queued != 0 {
+            if g.queued != 0 {
                 return Err(EAGAIN);
             }
-            let att = g.att.as_mut().ok_or(ENODEV)?;
-            match att.write_inband(&d, data) {
+            let link = g.link.as_mut().ok_or(ENODEV)?;
+            match link.send(&out) {
                 Ok(s) => s,
                 Err(WriteError::Full(_)) => return Err(EAGAIN),
                 Err(WriteError::Broken) => return Err(EIO),
@@ -247,8 +238,8 @@ impl Channel {
     /// A driver that sent asynchronously waits here rather than polling its
     /// own counters.
     pub fn wait_sends_finished(&self, timeout: Delta) -> Result {
-        self.wait_until_interruptible(timeout, |g| {
-            let (in_flight, queued) = g.tx.outstanding();
+        self.wait_until_interruptible(&self.tx, timeout, |g| {
+            let (in_flight, queued) = g.outstanding();
             in_flight == 0 && queued == 0 && g.routines.idle()
         })
     }

@@ -18,13 +18,23 @@ use super::{
         Packet,
         PacketInner, //
     },
-    routines::call_routine,
-    send_queue::Queued,
+    routines::{
+        call_routine,
+        Routines, //
+    },
+    send_queue::{
+        Gates,
+        Queued, //
+    },
     Channel,
     Sizing, //
 };
 use crate::{
     sys,
+    transport::{
+        LinkWriter,
+        OutPacket, //
+    },
     wire::packet, //
 };
 
@@ -36,10 +46,28 @@ pub(crate) enum TxOwner {
 
 /// A synchronous request in flight.
 pub(crate) struct SyncRequest {
+    /// The request's payload.
     pub(super) req: KVec<u8>,
     pub(super) resp: KVec<u8>,
     pub(super) wait: bool,
     pub(super) result: Option<Result<usize>>,
+}
+
+impl SyncRequest {
+    /// The request as an in-band packet with transaction id `id`.
+    pub(super) fn out(&self, id: u64) -> OutPacket<'_> {
+        let flags = if self.wait {
+            packet::FLAG_COMPLETION_REQUESTED
+        } else {
+            0
+        };
+        OutPacket::simple(packet::TYPE_DATA_INBAND, flags, id, &self.req)
+    }
+}
+
+/// The transaction id of generation `gen` of slot `slot`.
+pub(super) fn transaction_id(slot: u32, gen: u32) -> u64 {
+    (u64::from(gen) << 32) | u64::from(slot + 1)
 }
 
 pub(crate) struct TxSlot {
@@ -49,8 +77,14 @@ pub(crate) struct TxSlot {
     pub(super) since: u64,
 }
 
-/// Send-side state, under the channel lock.
+/// Send-side state, under the channel's send lock.
 pub(crate) struct TxState {
+    /// The send half of the attachment's link, while attached.
+    pub(crate) link: Option<LinkWriter>,
+    /// What the control state says about sends and packet allocation.
+    pub(crate) gate: Gates,
+    /// Finished one-way sends waiting for their completion routines.
+    pub(crate) routines: Routines,
     pub(super) pool: KVec<KBox<PacketInner>>,
     pub(super) pool_size: u32,
     pub(super) slots: KVec<TxSlot>,
@@ -67,6 +101,9 @@ pub(crate) struct TxState {
 impl TxState {
     pub(crate) fn new() -> Self {
         Self {
+            link: None,
+            gate: Gates::DISABLED,
+            routines: Routines::new(),
             pool: KVec::new(),
             pool_size: 0,
             slots: KVec::new(),
@@ -82,7 +119,7 @@ impl TxState {
     }
 
     /// Preallocates packet objects, transaction slots and the send queue.
-    /// Allocates: call without the channel lock.
+    /// Allocates: call without the channel's locks.
     pub(crate) fn prepare(&mut self, cfg: &Sizing) -> Result {
         let pages = cfg.max_external_bytes as usize / 4096 + 2;
         self.encoded_capacity = packet::DESCRIPTOR_SIZE
@@ -206,8 +243,8 @@ impl Channel {
     pub(crate) fn on_completion(&self, trans_id: u64, payload: &[u8]) {
         let idx = (trans_id & 0xffff_ffff) as u32;
         let gen = (trans_id >> 32) as u32;
-        let mut g = self.inner.lock();
-        let tx = &mut g.tx;
+        let mut g = self.tx.lock();
+        let tx = &mut *g;
         let valid = idx != 0
             && (idx as usize) <= tx.slots.len()
             && tx.slots[idx as usize - 1].gen == gen
@@ -238,7 +275,7 @@ impl Channel {
             self.reject_completion(trans_id);
             return;
         }
-        let p = if accepted { g.tx.free_slot(slot) } else { None };
+        let p = if accepted { g.free_slot(slot) } else { None };
         drop(g);
         if let Some(p) = p {
             call_routine(p, Ok(()), payload);

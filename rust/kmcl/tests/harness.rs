@@ -39,7 +39,7 @@ use crate::{
     transport::{
         loopback::LoopbackBus,
         Bus,
-        Link, //
+        LinkWriter, //
     },
     wire::guid::Guid,
 };
@@ -613,9 +613,11 @@ impl Channel {
     /// peer: the hostile-peer hook of the tests.
     pub(crate) fn inject_raw(&self, bytes: &[u8]) -> Result {
         let signal = {
-            let mut g = self.inner.lock();
-            let att = g.att.as_mut().ok_or(ENODEV)?;
-            att.write(bytes).map_err(|_| EAGAIN)?
+            let mut g = self.tx.lock();
+            match g.link.as_mut().ok_or(ENODEV)? {
+                LinkWriter::Loopback(w) => w.write_raw(bytes).map_err(|_| EAGAIN)?,
+                LinkWriter::Hv(_) => return Err(EOPNOTSUPP),
+            }
         };
         if signal {
             self.signal_peer();

@@ -96,8 +96,7 @@ pub(super) fn gpa(count: u32, ranges: &[(u32, u32, usize)]) -> KVec<u8> {
 /// counted and nothing delivered.
 fn refused(p: &Pair) -> bool {
     wait_for(2000, || {
-        p.client.inner.lock().rx.failed
-            && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
+        p.client.rx.lock().failed && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
     }) && p.crec.received.load(Ordering::Relaxed) == 0
 }
 
@@ -126,8 +125,7 @@ fn expect_index_refused(value: u32) -> Result<bool> {
     mem.poke_control(WRITE_INDEX, value);
     p.client.interrupt();
     let ok = wait_for(2000, || {
-        p.client.inner.lock().rx.failed
-            && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
+        p.client.rx.lock().failed && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
     }) && p.crec.received.load(Ordering::Relaxed) == 1;
     p.client.disable();
     Ok(ok)
@@ -371,7 +369,7 @@ mod tests {
         settle(10);
         // Either the packets passed checks whole, or the queue stopped; the
         // channel still closes cleanly.
-        let failed = p.client.inner.lock().rx.failed;
+        let failed = p.client.rx.lock().failed;
         let got = p.crec.received.load(Ordering::Relaxed);
         assert!(failed || got > 0);
         p.client.disable();
@@ -390,7 +388,7 @@ mod tests {
             harness::send(&p.server, b"ping", false)?;
         }
         assert!(wait_for(2000, || p.crec.received.load(Ordering::Relaxed) == 4));
-        assert!(!p.client.inner.lock().rx.failed);
+        assert!(!p.client.rx.lock().failed);
         // The client never signalled the server for an unreachable size.
         assert!(p.client.stats.signals_sent.load(Ordering::Relaxed) <= 1);
         Ok(())
@@ -423,7 +421,7 @@ mod tests {
         }
         settle(50);
         assert_eq!(p.crec.received.load(Ordering::Relaxed), 1);
-        assert!(!p.client.inner.lock().rx.failed);
+        assert!(!p.client.rx.lock().failed);
         Ok(())
     }
 

@@ -69,14 +69,14 @@ mod tests {
     fn timeout_cancels_reclaims_and_ignores_the_late_completion() -> Result {
         let p = Pair::connected()?;
         p.srec.mode.store(mode::HOLD, Ordering::Relaxed);
-        let (busy_before, _) = p.client.inner.lock().tx.outstanding();
+        let (busy_before, _) = p.client.tx.lock().outstanding();
         let mut resp = [0u8; 8];
         let r = p
             .client
             .send_synchronous_request(b"slow", WAIT, &mut resp, ms(50));
         assert_eq!(r, Err(ETIMEDOUT));
         // slot leaked.
-        assert_eq!(p.client.inner.lock().tx.outstanding().0, busy_before);
+        assert_eq!(p.client.tx.lock().outstanding().0, busy_before);
         // The server answers late: refused, nothing breaks.
         assert!(wait_for(1000, || p.srec.held() == 1));
         p.srec.take_held().ok_or(EINVAL)?.complete(b"late")?;

@@ -183,7 +183,7 @@ mod tests {
         for _ in 0..6 {
             harness::send_recorded(&p.client, &big, WAIT, &done)?;
         }
-        let (in_flight, queued) = p.client.inner.lock().tx.outstanding();
+        let (in_flight, queued) = p.client.tx.lock().outstanding();
         assert_eq!(in_flight, 6);
         assert!(queued >= 1);
         // Guess the id of the last (queued) send: slot 6, generation 1.

@@ -17,10 +17,7 @@ use crate::{
         Channel,
         Endpoint, //
     },
-    wire::{
-        packet,
-        ring::RingError, //
-    },
+    wire::ring::RingError,
 };
 
 pub(crate) mod hv;
@@ -30,7 +27,9 @@ pub(crate) mod loopback;
 pub(crate) mod memory;
 
 pub(crate) use link::{
-    Link,
+    OutPacket,
+    RecvLink,
+    SendLink,
     SignalTarget,
     WriteError, //
 };
@@ -127,69 +126,117 @@ impl Bus {
     }
 }
 
-/// The transport side of an open channel.
+/// The transport side of an open channel: what closes it, shares memory
+/// and saves it. Its link (the two rings) is taken out once, as a
+/// [`LinkReader`] and a [`LinkWriter`], which the channel keeps under its
+/// receive and send locks.
 pub(crate) enum Attachment {
     Loopback(loopback::Endpoint),
     Hv(hv::HvEndpoint),
 }
 
-/// Calls `$call` on the endpoint an [`Attachment`] carries.
+/// The receive half of an attachment's link.
+pub(crate) enum LinkReader {
+    Loopback(loopback::Reader),
+    Hv(hv::HvLink),
+}
+
+/// The send half of an attachment's link.
+pub(crate) enum LinkWriter {
+    Loopback(loopback::Writer),
+    Hv(hv::HvLink),
+}
+
+/// Calls `$call` on the transport's value that a `$kind` carries.
 macro_rules! dispatch {
-    ($att:expr, $e:ident => $call:expr) => {
-        match $att {
-            Attachment::Loopback($e) => $call,
-            Attachment::Hv($e) => $call,
+    ($kind:ident, $v:expr, $e:ident => $call:expr) => {
+        match $v {
+            $kind::Loopback($e) => $call,
+            $kind::Hv($e) => $call,
         }
     };
 }
 
-impl Link for Attachment {
-    fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
-        dispatch!(self, e => Link::write(e, bytes))
-    }
-
-    fn write_inband(&mut self, head: &packet::Descriptor, data: &[u8]) -> Result<bool, WriteError> {
-        dispatch!(self, e => Link::write_inband(e, head, data))
+impl SendLink for LinkWriter {
+    fn send(&mut self, packet: &OutPacket<'_>) -> Result<bool, WriteError> {
+        dispatch!(LinkWriter, self, e => SendLink::send(e, packet))
     }
 
     fn free(&self) -> u32 {
-        dispatch!(self, e => Link::free(e))
+        dispatch!(LinkWriter, self, e => SendLink::free(e))
     }
 
     fn set_pending_send_size(&mut self, needed: u32) {
-        dispatch!(self, e => Link::set_pending_send_size(e, needed))
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
-        dispatch!(self, e => Link::read(e, buf))
-    }
-
-    fn begin_read(&mut self) {
-        dispatch!(self, e => Link::begin_read(e))
-    }
-
-    fn end_read(&mut self) -> bool {
-        dispatch!(self, e => Link::end_read(e))
-    }
-
-    fn commit(&mut self) -> bool {
-        dispatch!(self, e => Link::commit(e))
+        dispatch!(LinkWriter, self, e => SendLink::set_pending_send_size(e, needed))
     }
 
     fn signal_target(&self) -> SignalTarget {
-        dispatch!(self, e => Link::signal_target(e))
+        dispatch!(LinkWriter, self, e => SendLink::signal_target(e))
     }
 
-    fn ring_fill(&self) -> [(u32, u32); 2] {
-        dispatch!(self, e => Link::ring_fill(e))
+    fn fill(&self) -> (u32, u32) {
+        dispatch!(LinkWriter, self, e => SendLink::fill(e))
+    }
+}
+
+impl RecvLink for LinkReader {
+    fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
+        dispatch!(LinkReader, self, e => RecvLink::read(e, buf))
+    }
+
+    fn begin_read(&mut self) {
+        dispatch!(LinkReader, self, e => RecvLink::begin_read(e))
+    }
+
+    fn end_read(&mut self) -> bool {
+        dispatch!(LinkReader, self, e => RecvLink::end_read(e))
+    }
+
+    fn commit(&mut self) -> bool {
+        dispatch!(LinkReader, self, e => RecvLink::commit(e))
+    }
+
+    fn fill(&self) -> (u32, u32) {
+        dispatch!(LinkReader, self, e => RecvLink::fill(e))
     }
 
     fn completion_id(&mut self, wire: u64) -> Option<u64> {
-        dispatch!(self, e => Link::completion_id(e, wire))
+        dispatch!(LinkReader, self, e => RecvLink::completion_id(e, wire))
+    }
+}
+
+impl LinkWriter {
+    /// Where this end lends the pages of its GPA-direct sends to the peer,
+    /// and as whom: loopback only, since a host reads guest memory itself.
+    pub(crate) fn lending(&self) -> Option<(&Arc<lending::Lending>, Endpoint)> {
+        match self {
+            LinkWriter::Loopback(w) => Some(w.lending()),
+            LinkWriter::Hv(_) => None,
+        }
     }
 }
 
 impl Attachment {
+    /// Takes the link out of the attachment, as its receive and send
+    /// halves; `None` once they were taken.
+    ///
+    /// # Safety
+    ///
+    /// Both halves must be dropped before the attachment is closed: they
+    /// reach rings that the close may free.
+    pub(crate) unsafe fn take_link(&mut self) -> Option<(LinkReader, LinkWriter)> {
+        match self {
+            Attachment::Loopback(e) => e
+                .take_link()
+                .map(|(r, w)| (LinkReader::Loopback(r), LinkWriter::Loopback(w))),
+            Attachment::Hv(e) => {
+                // SAFETY: the caller's promise.
+                let link = unsafe { e.take_link() };
+                link.map(|(r, w)| (LinkReader::Hv(r), LinkWriter::Hv(w)))
+            }
+        }
+    }
+
     /// Closes this end and tells the peer.
     pub(crate) fn close(self, chan: &Channel) {
         match self {

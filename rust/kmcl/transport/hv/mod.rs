@@ -15,6 +15,8 @@
 //!   host as for Linux's own readers.
 //!   A GPA-direct packet from the host is refused as malformed: a guest never
 //!   reads memory that the host names.
+//! - Sends hand Linux the packet's parts (type, flags, id, payload) from the
+//!   sender's memory; nothing is encoded and decoded again.
 //! - GPA-direct sends go through `vmbus_sendpacket_mpb_desc()`, with the
 //!   range list kmcl encoded.
 //! - Devices are bound, opened and closed in [`bus`]; GPADLs and MMIO are
@@ -32,18 +34,14 @@ pub(crate) use bus::HvBus;
 
 use crate::{
     transport::{
-        Link,
+        OutPacket,
+        RecvLink,
+        SendLink,
         SignalTarget,
         WriteError, //
     },
     vmbus::ffi::VmbusChannel,
-    wire::{
-        packet::{
-            self,
-            Descriptor, //
-        },
-        ring::RingError,
-    },
+    wire::{packet, ring::RingError},
 };
 
 /// The helper's hv functions; the interop suites call some directly.
@@ -149,16 +147,41 @@ pub(crate) enum Owner {
 ///
 /// `chan` is an open `vmbus_channel` (rings, packet buffer and requestor set
 /// up) that stays valid until `owner` lets go of it in [`HvEndpoint::close`].
+/// `linked` is set once the two [`HvLink`]s of the channel were handed out.
 pub(crate) struct HvEndpoint {
     chan: NonNull<VmbusChannel>,
     owner: Owner,
+    linked: bool,
 }
 
-// SAFETY: Linux's ring functions take the channel's own locks; kmcl calls
-// them with its channel lock held, from any context.
+// SAFETY: the endpoint only hands out its channel and closes it; Linux's
+// functions for those take their own locks and may be called from any
+// thread.
 unsafe impl Send for HvEndpoint {}
 // SAFETY: as above.
 unsafe impl Sync for HvEndpoint {}
+
+/// One half of an open hv channel's link: the channel's incoming ring (as
+/// the receive half) or its outgoing ring (as the send half).
+///
+/// # Invariants
+///
+/// `chan` is an open `vmbus_channel` for as long as the link lives: the
+/// [`HvEndpoint`] it came from is closed only after both halves are dropped
+/// ([`Attachment::take_link`](crate::transport::Attachment::take_link)).
+/// The receive half is used by one context at a time (the channel's
+/// receive lock), as Linux's ring iterator requires; sends take Linux's
+/// outgoing ring lock.
+pub(crate) struct HvLink {
+    chan: NonNull<VmbusChannel>,
+}
+
+// SAFETY: Linux's ring functions take the channel's own locks where they
+// need them, and run in any context; the receive half is serialised by the
+// channel's receive lock.
+unsafe impl Send for HvLink {}
+// SAFETY: as above.
+unsafe impl Sync for HvLink {}
 
 impl HvEndpoint {
     /// Wraps an open channel.
@@ -168,8 +191,12 @@ impl HvEndpoint {
     /// `chan` must be an open `vmbus_channel` that stays valid until `owner`
     /// lets go of it (for `Owner::Raw(None)`, forever).
     pub(crate) unsafe fn new(chan: NonNull<VmbusChannel>, owner: Owner) -> Self {
-        // INVARIANT: the caller's promise.
-        Self { chan, owner }
+        // INVARIANT: the caller's promise; no link was handed out yet.
+        Self {
+            chan,
+            owner,
+            linked: false,
+        }
     }
 
     /// The bound device under this endpoint, if any, and the open it is
@@ -182,30 +209,51 @@ impl HvEndpoint {
         }
     }
 
+    /// The receive and send halves of the channel's link, once.
+    ///
+    /// # Safety
+    ///
+    /// Both must be dropped before [`HvEndpoint::close`].
+    pub(crate) unsafe fn take_link(&mut self) -> Option<(HvLink, HvLink)> {
+        if core::mem::replace(&mut self.linked, true) {
+            return None;
+        }
+        // INVARIANT: `chan` is open until `close`, which the caller runs only
+        // after both links are gone.
+        Some((HvLink { chan: self.chan }, HvLink { chan: self.chan }))
+    }
+
+    pub(crate) fn close(self) {
+        match self.owner {
+            Owner::Device(lease) => bus::HvBus::close(lease),
+            #[cfg(CONFIG_KUNIT)]
+            Owner::Raw(Some(release)) => {
+                // SAFETY: the invariant: `release` ends the channel's life, once.
+                unsafe { release(self.chan.as_ptr()) }
+            }
+            #[cfg(CONFIG_KUNIT)]
+            Owner::Raw(None) => {}
+        }
+    }
+}
+
+impl HvLink {
     fn raw(&self) -> *mut VmbusChannel {
         self.chan.as_ptr()
     }
 
-    /// Sends one packet kmcl encoded: Linux builds the descriptor again from
-    /// its type, flags and id. Returns the id on the wire.
-    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<u64, WriteError> {
-        let head: &[u8; 16] = bytes
-            .get(..16)
-            .and_then(|h| h.try_into().ok())
-            .ok_or(WriteError::Broken)?;
-        let d = Descriptor::decode(head);
-        let off = d.offset8 as usize * 8;
-        let payload = bytes
-            .get(off..d.len8 as usize * 8)
-            .ok_or(WriteError::Broken)?;
-        if d.ty != packet::TYPE_DATA_GPA_DIRECT {
-            return self.send(d.ty, d.flags, d.trans_id, payload);
+    /// Sends one packet by its parts, from the caller's memory: Linux builds
+    /// the descriptor and pads the payload. Returns the id on the wire.
+    pub(crate) fn send_packet(&mut self, p: &OutPacket<'_>) -> Result<u64, WriteError> {
+        if p.ty != packet::TYPE_DATA_GPA_DIRECT {
+            return self.send(p.ty, p.flags, p.trans_id, p.payload);
         }
-        // Linux fills in the descriptor of the header it is given, so hand
-        // it a copy: descriptor, GPA header and ranges.
+        // Linux fills in the descriptor in front of the GPA header and
+        // ranges it is given, so hand it a copy of those.
+        let off = packet::DESCRIPTOR_SIZE + p.ranges.len();
         let mut hdr = [0u8; 512];
         let h = hdr.get_mut(..off).ok_or(WriteError::Broken)?;
-        h.copy_from_slice(&bytes[..off]);
+        h[packet::DESCRIPTOR_SIZE..].copy_from_slice(p.ranges);
         // SAFETY: `chan` is open; `hdr` holds a `vmbus_packet_mpb_array` of
         // `off` bytes with its range count set; Linux only reads `payload`.
         let r = unsafe {
@@ -213,13 +261,14 @@ impl HvEndpoint {
                 self.raw(),
                 h.as_mut_ptr().cast(),
                 off as u32,
-                payload.as_ptr().cast_mut().cast(),
-                payload.len() as u32,
-                d.trans_id,
+                p.payload.as_ptr().cast_mut().cast(),
+                p.payload.len() as u32,
+                p.trans_id,
             )
         };
         // The requestor's id is not reported for GPA-direct packets.
-        self.result(r, bytes.len()).map(|()| 0)
+        let len = off + packet::align8(p.payload.len());
+        self.result(r, len).map(|()| 0)
     }
 
     /// Sends `payload` (padded by Linux) as a packet of type `ty`; returns
@@ -318,75 +367,63 @@ impl HvEndpoint {
         (id != RQST_ERROR).then_some(id)
     }
 
-    pub(crate) fn ring_fill(&self) -> [(u32, u32); 2] {
+    /// The size of each ring's data area.
+    fn ring_size(&self) -> u32 {
         // SAFETY: `chan` is open.
-        let size = unsafe { ffi::kmcl_hv_ring_datasize(self.raw()) };
-        // SAFETY: `chan` is open.
-        let inc = unsafe { ffi::kmcl_hv_bytes_to_read(self.raw()) };
-        [(size - self.free(), size), (inc, size)]
-    }
-
-    pub(crate) fn close(self) {
-        match self.owner {
-            Owner::Device(lease) => bus::HvBus::close(lease),
-            #[cfg(CONFIG_KUNIT)]
-            Owner::Raw(Some(release)) => {
-                // SAFETY: the invariant: `release` ends the channel's life, once.
-                unsafe { release(self.chan.as_ptr()) }
-            }
-            #[cfg(CONFIG_KUNIT)]
-            Owner::Raw(None) => {}
-        }
+        unsafe { ffi::kmcl_hv_ring_datasize(self.raw()) }
     }
 }
 
-impl Link for HvEndpoint {
-    fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
+impl SendLink for HvLink {
+    fn send(&mut self, p: &OutPacket<'_>) -> Result<bool, WriteError> {
         // Linux's ring code signals the host itself.
-        HvEndpoint::write(self, bytes).map(|_| false)
-    }
-
-    fn write_inband(&mut self, head: &packet::Descriptor, data: &[u8]) -> Result<bool, WriteError> {
-        // Linux builds the descriptor and the padding itself.
-        self.send(head.ty, head.flags, head.trans_id, data)
-            .map(|_| false)
+        self.send_packet(p).map(|_| false)
     }
 
     fn free(&self) -> u32 {
-        HvEndpoint::free(self)
+        HvLink::free(self)
     }
 
     fn set_pending_send_size(&mut self, needed: u32) {
-        HvEndpoint::set_pending_send_size(self, needed)
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
-        HvEndpoint::read(self, buf)
-    }
-
-    fn begin_read(&mut self) {
-        HvEndpoint::begin_read(self)
-    }
-
-    fn end_read(&mut self) -> bool {
-        HvEndpoint::end_read(self)
-    }
-
-    fn commit(&mut self) -> bool {
-        // hv_pkt_iter_close() signals the host itself when needed.
-        HvEndpoint::commit(self);
-        false
+        HvLink::set_pending_send_size(self, needed)
     }
 
     fn signal_target(&self) -> SignalTarget {
         SignalTarget::None
     }
 
-    fn ring_fill(&self) -> [(u32, u32); 2] {
-        HvEndpoint::ring_fill(self)
+    fn fill(&self) -> (u32, u32) {
+        let size = self.ring_size();
+        (size - self.free(), size)
+    }
+}
+
+impl RecvLink for HvLink {
+    fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
+        HvLink::read(self, buf)
+    }
+
+    fn begin_read(&mut self) {
+        HvLink::begin_read(self)
+    }
+
+    fn end_read(&mut self) -> bool {
+        HvLink::end_read(self)
+    }
+
+    fn commit(&mut self) -> bool {
+        // hv_pkt_iter_close() signals the host itself when needed.
+        HvLink::commit(self);
+        false
+    }
+
+    fn fill(&self) -> (u32, u32) {
+        // SAFETY: `chan` is open.
+        let inc = unsafe { ffi::kmcl_hv_bytes_to_read(self.raw()) };
+        (inc, self.ring_size())
     }
 
     fn completion_id(&mut self, wire: u64) -> Option<u64> {
-        HvEndpoint::completion_id(self, wire)
+        HvLink::completion_id(self, wire)
     }
 }

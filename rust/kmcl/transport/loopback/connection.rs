@@ -32,19 +32,18 @@ use crate::{
     transport::{
         lending::Lending,
         link::ring_result,
-        Link,
+        OutPacket,
+        RecvLink,
+        SendLink,
         SignalTarget as LinkSignal,
         WriteError, //
     },
-    wire::{
-        packet,
-        ring::{
-            RingError,
-            RingMemory,
-            RingReader,
-            RingWriter,
-            CONTROL_SIZE, //
-        },
+    wire::ring::{
+        RingError,
+        RingMemory,
+        RingReader,
+        RingWriter,
+        CONTROL_SIZE, //
     },
 };
 
@@ -152,8 +151,22 @@ impl Connection {
 pub(crate) struct Endpoint {
     pub(crate) conn: Arc<Connection>,
     role: Role,
-    pub(crate) writer: RingWriter,
-    pub(crate) reader: RingReader,
+    /// The two rings of this end, until the channel takes them.
+    link: Option<(Reader, Writer)>,
+}
+
+/// The ring one end of a connection reads.
+pub(crate) struct Reader {
+    reader: RingReader,
+    /// Keeps the ring memory that `reader` reaches alive.
+    _conn: Arc<Connection>,
+}
+
+/// The ring one end of a connection writes.
+pub(crate) struct Writer {
+    writer: RingWriter,
+    conn: Arc<Connection>,
+    role: Role,
 }
 
 impl Endpoint {
@@ -165,12 +178,28 @@ impl Endpoint {
             RingReader::new(conn.ring_memory(other(role)).ok_or(EINVAL)?).map_err(|_| EIO)?;
         let slots = chan.transaction_slots();
         conn.lending.reset(role, slots)?;
+        let link = (
+            Reader {
+                reader,
+                _conn: conn.clone(),
+            },
+            Writer {
+                writer,
+                conn: conn.clone(),
+                role,
+            },
+        );
         Ok(Endpoint {
             conn,
             role,
-            writer,
-            reader,
+            link: Some(link),
         })
+    }
+
+    /// The two rings, once. Each holds the connection, so they stay valid
+    /// after a close too.
+    pub(crate) fn take_link(&mut self) -> Option<(Reader, Writer)> {
+        self.link.take()
     }
 
     pub(crate) fn close(self, _chan: &Channel) {
@@ -188,6 +217,19 @@ impl Endpoint {
     /// Where this end lends the pages of its GPA-direct sends, and as whom.
     pub(crate) fn lending(&self) -> (&Arc<Lending>, Role) {
         (&self.conn.lending, self.role)
+    }
+}
+
+impl Writer {
+    /// Where this end lends the pages of its GPA-direct sends, and as whom.
+    pub(crate) fn lending(&self) -> (&Arc<Lending>, Role) {
+        (&self.conn.lending, self.role)
+    }
+
+    /// Writes raw bytes into the ring: the suites' hostile-peer hook.
+    #[cfg(CONFIG_KUNIT)]
+    pub(crate) fn write_raw(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
+        ring_result(self.writer.write(&[bytes]))
     }
 }
 
@@ -222,22 +264,22 @@ impl Channel {
     }
 }
 
-impl Link for Endpoint {
-    fn write(&mut self, bytes: &[u8]) -> Result<bool, WriteError> {
-        ring_result(self.writer.write(&[bytes]))
-    }
-
-    fn write_inband(&mut self, head: &packet::Descriptor, data: &[u8]) -> Result<bool, WriteError> {
-        // Ring writes take whole 8-byte words: the aligned body, then the
-        // tail padded with zeroes.
+impl SendLink for Writer {
+    fn send(&mut self, p: &OutPacket<'_>) -> Result<bool, WriteError> {
+        let desc = p.descriptor().ok_or(WriteError::Broken)?;
+        // Ring writes take whole 8-byte words: descriptor and ranges, the
+        // aligned body of the payload, then its tail padded with zeroes.
+        let data = p.payload;
         let body = data.len() & !7;
         let mut tail = [0u8; 8];
         tail[..data.len() - body].copy_from_slice(&data[body..]);
         let tail_len = if data.len() == body { 0 } else { 8 };
-        ring_result(
-            self.writer
-                .write(&[&head.encode(), &data[..body], &tail[..tail_len]]),
-        )
+        ring_result(self.writer.write(&[
+            &desc.encode(),
+            p.ranges,
+            &data[..body],
+            &tail[..tail_len],
+        ]))
     }
 
     fn free(&self) -> u32 {
@@ -248,6 +290,20 @@ impl Link for Endpoint {
         self.writer.set_pending_send_size(needed)
     }
 
+    fn signal_target(&self) -> LinkSignal {
+        LinkSignal::Loopback(SignalTarget {
+            conn: self.conn.clone(),
+            to: other(self.role),
+        })
+    }
+
+    fn fill(&self) -> (u32, u32) {
+        let size = self.writer.memory().size();
+        (size - self.writer.free().unwrap_or(size), size)
+    }
+}
+
+impl RecvLink for Reader {
     fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
         self.reader.read(buf)
     }
@@ -264,18 +320,9 @@ impl Link for Endpoint {
         self.reader.commit()
     }
 
-    fn signal_target(&self) -> LinkSignal {
-        LinkSignal::Loopback(SignalTarget {
-            conn: self.conn.clone(),
-            to: other(self.role),
-        })
-    }
-
-    fn ring_fill(&self) -> [(u32, u32); 2] {
-        let size = self.writer.memory().size();
-        let out = size - self.writer.free().unwrap_or(size);
-        let inc = self.reader.available().unwrap_or(0);
-        [(out, size), (inc, size)]
+    fn fill(&self) -> (u32, u32) {
+        let size = self.reader.memory().size();
+        (self.reader.available().unwrap_or(0), size)
     }
 
     fn completion_id(&mut self, wire: u64) -> Option<u64> {

@@ -44,7 +44,9 @@ mod gpadl;
 pub(crate) use connection::Connection;
 pub(crate) use connection::{
     Endpoint,
-    SignalTarget, //
+    Reader,
+    SignalTarget,
+    Writer, //
 };
 pub(crate) use gpadl::{
     GpadlMapping,
