@@ -14,19 +14,12 @@ use core::sync::atomic::{
     Ordering, //
 };
 
-use kernel::{
-    page::{
-        Page,
-        PAGE_SIZE, //
-    },
-    prelude::*,
-    sync::Arc,
-    time::Delta,
-};
+use kernel::{prelude::*, sync::Arc, time::Delta};
 
 use kmcl::{
     channel::{
         callbacks::{
+            PacketCompletion,
             ProcessPacket,
             StateChange, //
         },
@@ -61,7 +54,7 @@ static THIS_MODULE: ThisModule = <EchoVsc as kernel::ModuleMetadata>::THIS_MODUL
 
 const ECHO_TYPE: Guid = Guid::from_str_const("2b1c9f3e-4d5a-4e6b-8c7d-9e0f1a2b3c4d");
 
-/// What the asynchronous sends saw; a packet's pointer names one of these.
+/// What the asynchronous sends saw: the typed completion of their packets.
 #[derive(Default)]
 struct Counters {
     completed: AtomicU32,
@@ -69,23 +62,21 @@ struct Counters {
     checksum: AtomicU64,
 }
 
-/// The completion routine of the asynchronous sends.
-fn on_complete(packet: Packet, status: Result, response: &[u8]) {
-    // SAFETY: every packet sent with this routine points to `Counters` that
-    // outlive it: the channel is disabled, which finishes every send, before
-    // the counters are dropped.
-    let c = unsafe { &*(packet.pointer() as *const Counters) };
-    if status.is_ok() {
-        if packet.payload() == response {
-            c.echoed.fetch_add(1, Ordering::Relaxed);
+impl PacketCompletion for Counters {
+    fn completed(&self, packet: Packet, status: Result, response: &[u8]) {
+        if status.is_ok() {
+            if packet.payload() == response {
+                self.echoed.fetch_add(1, Ordering::Relaxed);
+            }
+            if response.len() == 16 {
+                let mut s = [0u8; 8];
+                s.copy_from_slice(&response[..8]);
+                self.checksum
+                    .store(u64::from_le_bytes(s), Ordering::Relaxed);
+            }
         }
-        if response.len() == 16 {
-            let mut s = [0u8; 8];
-            s.copy_from_slice(&response[..8]);
-            c.checksum.store(u64::from_le_bytes(s), Ordering::Relaxed);
-        }
+        self.completed.fetch_add(1, Ordering::Relaxed);
     }
-    c.completed.fetch_add(1, Ordering::Relaxed);
 }
 
 struct Client;
@@ -135,12 +126,11 @@ fn sync_requests(ch: &Channel, n: u64) -> Result<u64> {
 }
 
 /// `n` asynchronous sends at once; returns once all completed.
-fn async_sends(ch: &Channel, c: &Counters, n: u32) -> Result {
+fn async_sends(ch: &Channel, c: &Arc<Counters>, n: u32) -> Result {
     let before = c.completed.load(Ordering::Relaxed);
     for i in 0..n {
         let mut p = ch.packet_allocate()?;
-        p.set_pointer(core::ptr::from_ref(c) as usize);
-        p.set_completion_routine(on_complete);
+        p.set_completion(c.clone());
         p.send(&u64::from(i).to_le_bytes(), SendFlags::WAIT_FOR_COMPLETION)
             .map_err(|e| e.error)?;
     }
@@ -152,34 +142,21 @@ fn async_sends(ch: &Channel, c: &Counters, n: u32) -> Result {
 }
 
 /// A GPA-direct send over two pages; returns the VSP's checksum and ours.
-fn external_send(ch: &Channel, c: &Counters) -> Result<(u64, u64)> {
-    let mut pages = KVec::new();
-    let mut expect = 0u64;
-    // Byte `j` of page `i` holds `7 * j + i` (mod 256).
-    let pattern = |i: usize, j: usize| (j as u8).wrapping_mul(7).wrapping_add(i as u8);
-    for i in 0..2 {
-        let pg = Page::alloc_page(GFP_KERNEL)?;
-        let mut fill = [0u8; 256];
-        for at in (0..PAGE_SIZE).step_by(fill.len()) {
-            for (k, b) in fill.iter_mut().enumerate() {
-                *b = pattern(i, at + k);
-            }
-            // SAFETY: 256 bytes inside the page, which nothing else uses yet.
-            unsafe { pg.write_raw(fill.as_ptr(), at, fill.len())? };
-        }
-        pages.push(pg, GFP_KERNEL)?;
-    }
+fn external_send(ch: &Channel, c: &Arc<Counters>) -> Result<(u64, u64)> {
     // 6000 bytes from offset 100 of the first page, into the second one
-    // where pages are 4 KiB.
-    let (off, len) = (100usize, 6000usize);
-    for i in off..off + len {
-        expect = expect.wrapping_add(u64::from(pattern(i / PAGE_SIZE, i % PAGE_SIZE)));
+    // where pages are 4 KiB; byte `i` holds `7 * i` (mod 256).
+    let (off, len) = (100u32, 6000usize);
+    let mut bytes = KVec::with_capacity(len, GFP_KERNEL)?;
+    let mut expect = 0u64;
+    for i in 0..len {
+        let b = (i as u8).wrapping_mul(7);
+        bytes.push(b, GFP_KERNEL)?;
+        expect = expect.wrapping_add(u64::from(b));
     }
-    let mdl = Mdl::from_pages(pages, off as u32, len as u32)?;
+    let mdl = Mdl::from_bytes_at(off, &bytes)?;
     let before = c.completed.load(Ordering::Relaxed);
     let mut p = ch.packet_allocate()?;
-    p.set_pointer(core::ptr::from_ref(c) as usize);
-    p.set_completion_routine(on_complete);
+    p.set_completion(c.clone());
     p.send_with_external_mdl(b"checksum", mdl, SendFlags::WAIT_FOR_COMPLETION)
         .map_err(|e| e.error)?;
     ch.wait_sends_finished(Delta::from_millis(5000))?;
@@ -191,15 +168,13 @@ fn external_send(ch: &Channel, c: &Counters) -> Result<(u64, u64)> {
 
 struct EchoVsc {
     chan: ChannelHandle,
-    _counters: KBox<Counters>,
 }
 
 impl kernel::Module for EchoVsc {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        // The counters first: on an early return the channel, declared
-        // after them, is dropped (disabled) first, so no completion routine
-        // can reach freed counters.
-        let counters = KBox::new(Counters::default(), GFP_KERNEL)?;
+        // Each packet holds a reference to the counters while it is in
+        // flight: their order against the channel does not matter.
+        let counters = Arc::new(Counters::default(), GFP_KERNEL)?;
         let chan = open(1)?;
         let sync_ok = sync_requests(&chan, 16)?;
         async_sends(&chan, &counters, 64)?;
@@ -211,16 +186,13 @@ impl kernel::Module for EchoVsc {
             counters.echoed.load(Ordering::Relaxed),
             checksum
         );
-        Ok(EchoVsc {
-            chan,
-            _counters: counters,
-        })
+        Ok(EchoVsc { chan })
     }
 }
 
 impl Drop for EchoVsc {
     fn drop(&mut self) {
-        // Finishes every send before the counters go.
+        // Finishes every send before the module's code goes.
         self.chan.disable();
     }
 }
@@ -240,7 +212,7 @@ mod tests {
 
     #[test]
     fn asynchronous_sends_beyond_the_quota_all_complete() -> Result {
-        let c = KBox::new(Counters::default(), GFP_KERNEL)?;
+        let c = Arc::new(Counters::default(), GFP_KERNEL)?;
         let ch = open(2)?;
         // The VSP's quota is 4; 32 at once must all come back, echoed.
         async_sends(&ch, &c, 32)?;
@@ -251,7 +223,7 @@ mod tests {
 
     #[test]
     fn gpa_direct_pages_reach_the_vsp() -> Result {
-        let c = KBox::new(Counters::default(), GFP_KERNEL)?;
+        let c = Arc::new(Counters::default(), GFP_KERNEL)?;
         let ch = open(2)?;
         let (theirs, ours) = external_send(&ch, &c)?;
         assert_eq!(theirs, ours);

@@ -22,6 +22,7 @@ use crate::{
     channel::{
         callbacks::PacketCompletion,
         outgoing::{
+            Mdl,
             Packet,
             PacketMemory,
             SendFlags, //
@@ -256,6 +257,38 @@ mod tests {
         assert!(!pkt.has_completion());
         drop(pkt);
         assert_eq!(drops.get(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn mdl_from_bytes_carries_exactly_those_bytes() -> Result {
+        let drops = Drops::new()?;
+        let p = Pair::connected()?;
+        let mut data = KVec::new();
+        for i in 0..6000u32 {
+            data.push((i * 7) as u8, GFP_KERNEL)?;
+        }
+        let mdl = Mdl::from_bytes_at(100, &data)?;
+        let r = mdl.external_range();
+        assert_eq!((r.byte_offset, r.byte_count), (100, 6000));
+        assert_eq!(r.pfns.len(), 2);
+        let mut pkt = p.client.packet_allocate()?;
+        pkt.set_completion(Ctx::new(5, &drops, 0)?);
+        pkt.send_with_external_mdl(&[5], mdl, WAIT)
+            .map_err(|e| e.error)?;
+        finished(&p)?;
+        {
+            let g = p.srec.st.lock();
+            assert_eq!(g.external_bytes.len(), 6000);
+            assert!(g.external_bytes[..] == data[..]);
+        }
+        assert_eq!(drops.get(), 1);
+        // Nothing to describe, or an offset outside the first page.
+        assert!(matches!(Mdl::from_bytes(&[]), Err(e) if e == EINVAL));
+        let page = kernel::page::PAGE_SIZE as u32;
+        assert!(matches!(Mdl::from_bytes_at(page, &[1]), Err(e) if e == EINVAL));
+        let m = Mdl::from_bytes_at(page - 1, &[1, 2])?;
+        assert_eq!(m.pages().len(), 2);
         Ok(())
     }
 }
