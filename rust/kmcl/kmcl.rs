@@ -17,7 +17,6 @@ use kernel::prelude::*;
 pub mod channel;
 pub mod sys;
 #[cfg(CONFIG_KUNIT)]
-#[doc(hidden)]
 pub mod testing;
 pub mod transport;
 pub mod vmbus;

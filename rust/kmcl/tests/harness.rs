@@ -38,8 +38,7 @@ use crate::{
     sys,
     transport::{
         loopback::LoopbackBus,
-        Bus,
-        Link, //
+        Bus, //
     },
     wire::guid::Guid,
 };
@@ -612,15 +611,7 @@ impl Channel {
     /// Writes raw bytes into this channel's outgoing ring and signals the
     /// peer: the hostile-peer hook of the tests.
     pub(crate) fn inject_raw(&self, bytes: &[u8]) -> Result {
-        let signal = {
-            let mut g = self.inner.lock();
-            let att = g.att.as_mut().ok_or(ENODEV)?;
-            att.write(bytes).map_err(|_| EAGAIN)?
-        };
-        if signal {
-            self.signal_peer();
-        }
-        Ok(())
+        crate::testing::write_raw(self, bytes)
     }
 }
 
