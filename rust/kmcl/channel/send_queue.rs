@@ -9,7 +9,6 @@ use kernel::prelude::*;
 
 use super::{
     outgoing::Packet,
-    routines::call_routine,
     transactions::{
         TxOwner,
         TxState, //
@@ -266,9 +265,12 @@ impl Channel {
                     None => break,
                 }
             };
+            if p.is_some() {
+                g.routines.begin_call();
+            }
             drop(g);
             if let Some(p) = p {
-                call_routine(p, Err(status), &[]);
+                self.call_counted_routine(p, Err(status), &[]);
             }
         }
         self.wake_waiters();

@@ -18,7 +18,6 @@ use super::{
         Packet,
         PacketInner, //
     },
-    routines::call_routine,
     send_queue::Queued,
     Channel,
     Sizing, //
@@ -239,9 +238,12 @@ impl Channel {
             return;
         }
         let p = if accepted { g.tx.free_slot(slot) } else { None };
+        if p.is_some() {
+            g.routines.begin_call();
+        }
         drop(g);
         if let Some(p) = p {
-            call_routine(p, Ok(()), payload);
+            self.call_counted_routine(p, Ok(()), payload);
         }
         self.wake_waiters();
     }
