@@ -36,6 +36,7 @@ pub mod testing;
 pub use channel::{
     callbacks::{
         CompletionRoutine,
+        PacketCompletion,
         ProcessPacket,
         SaveRestorePacket,
         StateChange, //

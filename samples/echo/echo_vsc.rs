@@ -14,15 +14,7 @@ use core::sync::atomic::{
     Ordering, //
 };
 
-use kernel::{
-    page::{
-        Page,
-        PAGE_SIZE, //
-    },
-    prelude::*,
-    sync::Arc,
-    time::Delta,
-};
+use kernel::{prelude::*, sync::Arc, time::Delta};
 
 use kmcl::{
     loopback,
@@ -34,6 +26,7 @@ use kmcl::{
     IncomingPacket,
     Mdl,
     Packet,
+    PacketCompletion,
     ProcessPacket,
     SendFlags,
     State,
@@ -53,31 +46,32 @@ static THIS_MODULE: ThisModule = <EchoVsc as kernel::ModuleMetadata>::THIS_MODUL
 
 const ECHO_TYPE: Guid = Guid::from_str_const("2b1c9f3e-4d5a-4e6b-8c7d-9e0f1a2b3c4d");
 
-/// What the asynchronous sends saw; a packet's pointer names one of these.
+/// What the asynchronous sends saw: the typed completion of their packets.
 #[derive(Default)]
 struct Counters {
     completed: AtomicU32,
     echoed: AtomicU32,
+    failed: AtomicU32,
     checksum: AtomicU64,
 }
 
-/// The completion routine of the asynchronous sends.
-fn on_complete(packet: Packet, status: Result, response: &[u8]) {
-    // SAFETY: every packet sent with this routine points to `Counters` that
-    // outlive it: the channel is disabled, which finishes every send, before
-    // the counters are dropped.
-    let c = unsafe { &*(packet.pointer() as *const Counters) };
-    if status.is_ok() {
-        if packet.payload() == response {
-            c.echoed.fetch_add(1, Ordering::Relaxed);
+impl PacketCompletion for Counters {
+    fn completed(&self, packet: Packet, status: Result, response: &[u8]) {
+        if status.is_ok() {
+            if packet.payload() == response {
+                self.echoed.fetch_add(1, Ordering::Relaxed);
+            }
+            if response.len() == 16 {
+                let mut s = [0u8; 8];
+                s.copy_from_slice(&response[..8]);
+                self.checksum
+                    .store(u64::from_le_bytes(s), Ordering::Relaxed);
+            }
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
         }
-        if response.len() == 16 {
-            let mut s = [0u8; 8];
-            s.copy_from_slice(&response[..8]);
-            c.checksum.store(u64::from_le_bytes(s), Ordering::Relaxed);
-        }
+        self.completed.fetch_add(1, Ordering::Relaxed);
     }
-    c.completed.fetch_add(1, Ordering::Relaxed);
 }
 
 struct Client;
@@ -93,6 +87,11 @@ impl StateChange for Client {}
 
 /// Opens instance `instance` of the echo interface.
 fn open(instance: u8) -> Result<ChannelHandle> {
+    open_on(Bus::Loopback(loopback::default_bus()?), instance)
+}
+
+/// Opens instance `instance` of the echo interface on `bus`.
+fn open_on(bus: Bus, instance: u8) -> Result<ChannelHandle> {
     let mut inst = [0u8; 16];
     inst[15] = instance;
     let cb = Arc::new(Client, GFP_KERNEL)?;
@@ -100,7 +99,7 @@ fn open(instance: u8) -> Result<ChannelHandle> {
     h.init_set_friendly_name(c"echo-vsc")?;
     h.init_set_process_packet_callbacks(cb.clone())?;
     h.init_set_state_change_callbacks(cb)?;
-    h.init_set_vmbus_handle(Bus::Loopback(loopback::default_bus()?))?;
+    h.init_set_vmbus_handle(bus)?;
     h.init_set_target_pnp(ECHO_TYPE, Some(Guid(inst)))?;
     h.enable()?;
     h.wait_for_state(State::Started, Delta::from_millis(5000))?;
@@ -127,12 +126,11 @@ fn sync_requests(ch: &Channel, n: u64) -> Result<u64> {
 }
 
 /// `n` asynchronous sends at once; returns once all completed.
-fn async_sends(ch: &Channel, c: &Counters, n: u32) -> Result {
+fn async_sends(ch: &Channel, c: &Arc<Counters>, n: u32) -> Result {
     let before = c.completed.load(Ordering::Relaxed);
     for i in 0..n {
         let mut p = ch.packet_allocate()?;
-        p.set_pointer(core::ptr::from_ref(c) as usize);
-        p.set_completion_routine(on_complete);
+        p.set_completion(c.clone());
         p.send(&u64::from(i).to_le_bytes(), SendFlags::WAIT_FOR_COMPLETION)
             .map_err(|e| e.error)?;
     }
@@ -144,34 +142,21 @@ fn async_sends(ch: &Channel, c: &Counters, n: u32) -> Result {
 }
 
 /// A GPA-direct send over two pages; returns the VSP's checksum and ours.
-fn external_send(ch: &Channel, c: &Counters) -> Result<(u64, u64)> {
-    let mut pages = KVec::new();
-    let mut expect = 0u64;
-    // Byte `j` of page `i` holds `7 * j + i` (mod 256).
-    let pattern = |i: usize, j: usize| (j as u8).wrapping_mul(7).wrapping_add(i as u8);
-    for i in 0..2 {
-        let pg = Page::alloc_page(GFP_KERNEL)?;
-        let mut fill = [0u8; 256];
-        for at in (0..PAGE_SIZE).step_by(fill.len()) {
-            for (k, b) in fill.iter_mut().enumerate() {
-                *b = pattern(i, at + k);
-            }
-            // SAFETY: 256 bytes inside the page, which nothing else uses yet.
-            unsafe { pg.write_raw(fill.as_ptr(), at, fill.len())? };
-        }
-        pages.push(pg, GFP_KERNEL)?;
-    }
+fn external_send(ch: &Channel, c: &Arc<Counters>) -> Result<(u64, u64)> {
     // 6000 bytes from offset 100 of the first page, into the second one
-    // where pages are 4 KiB.
-    let (off, len) = (100usize, 6000usize);
-    for i in off..off + len {
-        expect = expect.wrapping_add(u64::from(pattern(i / PAGE_SIZE, i % PAGE_SIZE)));
+    // where pages are 4 KiB; byte `i` holds `7 * i` (mod 256).
+    let (off, len) = (100u32, 6000usize);
+    let mut bytes = KVec::with_capacity(len, GFP_KERNEL)?;
+    let mut expect = 0u64;
+    for i in 0..len {
+        let b = (i as u8).wrapping_mul(7);
+        bytes.push(b, GFP_KERNEL)?;
+        expect = expect.wrapping_add(u64::from(b));
     }
-    let mdl = Mdl::from_pages(pages, off as u32, len as u32)?;
+    let mdl = Mdl::from_bytes_at(off, &bytes)?;
     let before = c.completed.load(Ordering::Relaxed);
     let mut p = ch.packet_allocate()?;
-    p.set_pointer(core::ptr::from_ref(c) as usize);
-    p.set_completion_routine(on_complete);
+    p.set_completion(c.clone());
     p.send_with_external_mdl(b"checksum", mdl, SendFlags::WAIT_FOR_COMPLETION)
         .map_err(|e| e.error)?;
     ch.wait_sends_finished(Delta::from_millis(5000))?;
@@ -183,15 +168,13 @@ fn external_send(ch: &Channel, c: &Counters) -> Result<(u64, u64)> {
 
 struct EchoVsc {
     chan: ChannelHandle,
-    _counters: KBox<Counters>,
 }
 
 impl kernel::Module for EchoVsc {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        // The counters first: on an early return the channel, declared
-        // after them, is dropped (disabled) first, so no completion routine
-        // can reach freed counters.
-        let counters = KBox::new(Counters::default(), GFP_KERNEL)?;
+        // Each packet holds a reference to the counters while it is in
+        // flight: their order against the channel does not matter.
+        let counters = Arc::new(Counters::default(), GFP_KERNEL)?;
         let chan = open(1)?;
         let sync_ok = sync_requests(&chan, 16)?;
         async_sends(&chan, &counters, 64)?;
@@ -203,16 +186,13 @@ impl kernel::Module for EchoVsc {
             counters.echoed.load(Ordering::Relaxed),
             checksum
         );
-        Ok(EchoVsc {
-            chan,
-            _counters: counters,
-        })
+        Ok(EchoVsc { chan })
     }
 }
 
 impl Drop for EchoVsc {
     fn drop(&mut self) {
-        // Finishes every send before the counters go.
+        // Finishes every send before the module's code goes.
         self.chan.disable();
     }
 }
@@ -232,7 +212,7 @@ mod tests {
 
     #[test]
     fn asynchronous_sends_beyond_the_quota_all_complete() -> Result {
-        let c = KBox::new(Counters::default(), GFP_KERNEL)?;
+        let c = Arc::new(Counters::default(), GFP_KERNEL)?;
         let ch = open(2)?;
         // The VSP's quota is 4; 32 at once must all come back, echoed.
         async_sends(&ch, &c, 32)?;
@@ -243,11 +223,272 @@ mod tests {
 
     #[test]
     fn gpa_direct_pages_reach_the_vsp() -> Result {
-        let c = KBox::new(Counters::default(), GFP_KERNEL)?;
+        let c = Arc::new(Counters::default(), GFP_KERNEL)?;
         let ch = open(2)?;
         let (theirs, ours) = external_send(&ch, &c)?;
         assert_eq!(theirs, ours);
         ch.disable();
+        Ok(())
+    }
+}
+
+/// The echo VSC against a test host that misbehaves, through
+/// `kmcl::testing`: what a VSC author's suite looks like.
+#[cfg(CONFIG_KUNIT)]
+#[kunit_tests(kmcl_sample_echo_faults)]
+mod faults {
+    use super::*;
+    use core::sync::atomic::AtomicBool;
+    use kernel::{
+        new_condvar, new_spinlock_irq,
+        sync::{
+            CondVar,
+            CondVarTimeoutResult,
+            SpinLockIrq, //
+        },
+        time::msecs_to_jiffies,
+    };
+    use kmcl::{
+        loopback::LoopbackBus,
+        testing::{
+            self,
+            packet::{
+                Descriptor,
+                TYPE_DATA_INBAND, //
+            },
+            RingField,
+            Rings,
+            Signals, //
+        },
+    };
+
+    /// The instance the test host offers on its private bus.
+    const INSTANCE: u8 = 9;
+
+    /// A test host: echoes each request, or holds it until released.
+    #[pin_data]
+    struct Host {
+        #[pin]
+        held: SpinLockIrq<KVec<IncomingPacket>>,
+        #[pin]
+        arrived: CondVar,
+        hold: AtomicBool,
+    }
+
+    impl Host {
+        fn new() -> Result<Arc<Host>> {
+            Arc::pin_init(
+                try_pin_init!(Host {
+                    held <- new_spinlock_irq!(KVec::with_capacity(8, GFP_KERNEL)?,
+                        "echo_vsc::faults::Host::held"),
+                    arrived <- new_condvar!("echo_vsc::faults::Host::arrived"),
+                    hold: AtomicBool::new(false),
+                }),
+                GFP_KERNEL,
+            )
+        }
+
+        /// Waits until `n` requests are held, for at most five seconds.
+        fn wait_held(&self, n: usize) -> Result {
+            let mut left = msecs_to_jiffies(5000);
+            let mut g = self.held.lock();
+            while g.len() < n {
+                match self.arrived.wait_interruptible_timeout(&mut g, left) {
+                    CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+                    CondVarTimeoutResult::Timeout => return Err(ETIMEDOUT),
+                    CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
+                }
+            }
+            Ok(())
+        }
+
+        /// Fails every held request.
+        fn release(&self) {
+            self.hold.store(false, Ordering::Relaxed);
+            let held = core::mem::take(&mut *self.held.lock());
+            for p in held {
+                p.fail();
+            }
+        }
+    }
+
+    impl ProcessPacket for Host {
+        fn process_packet(&self, _channel: &Channel, packet: IncomingPacket) {
+            if self.hold.load(Ordering::Relaxed) {
+                let mut g = self.held.lock();
+                if let Err(e) = g.push_within_capacity(packet) {
+                    drop(g);
+                    e.0.fail();
+                    return;
+                }
+                drop(g);
+                self.arrived.notify_all();
+                return;
+            }
+            let mut buf = [0u8; 64];
+            let d = packet.data();
+            let n = d.len().min(buf.len());
+            buf[..n].copy_from_slice(&d[..n]);
+            let _ = packet.complete(&buf[..n]);
+        }
+    }
+
+    /// The echo VSC connected to a test host on a private bus.
+    struct Fixture {
+        vsc: ChannelHandle,
+        host_chan: ChannelHandle,
+        host: Arc<Host>,
+    }
+
+    impl Fixture {
+        fn new() -> Result<Fixture> {
+            let bus = LoopbackBus::new()?;
+            let host = Host::new()?;
+            let mut inst = [0u8; 16];
+            inst[15] = INSTANCE;
+            let mut s = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
+            s.init_set_process_packet_callbacks(host.clone())?;
+            s.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
+            s.init_set_target_interface_id(ECHO_TYPE, Guid(inst))?;
+            s.enable()?;
+            let vsc = open_on(Bus::Loopback(bus), INSTANCE)?;
+            // What the opening queued (the first look at the ring) runs
+            // now, not in the middle of a test.
+            testing::flush();
+            Ok(Fixture {
+                vsc,
+                host_chan: s,
+                host,
+            })
+        }
+
+        /// One asynchronous send of the VSC, completed into `c`.
+        fn send(&self, c: &Arc<Counters>) -> Result {
+            let mut p = self.vsc.packet_allocate()?;
+            p.set_completion(c.clone());
+            p.send(b"request", SendFlags::WAIT_FOR_COMPLETION)
+                .map_err(|e| e.error)
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            self.host.release();
+            self.vsc.disable();
+            self.host_chan.disable();
+        }
+    }
+
+    /// A packet whose payload offset points into its own descriptor.
+    fn malformed() -> [u8; 24] {
+        let d = Descriptor {
+            ty: TYPE_DATA_INBAND,
+            offset8: 1,
+            len8: 3,
+            flags: 0,
+            trans_id: 1,
+        };
+        let mut b = [0u8; 24];
+        b[..16].copy_from_slice(&d.encode());
+        b
+    }
+
+    #[test]
+    fn a_malformed_packet_from_the_host_is_refused_and_counted() -> Result {
+        let f = Fixture::new()?;
+        testing::write_raw(&f.host_chan, &malformed())?;
+        testing::flush();
+        let c: testing::Counters = f.vsc.counters();
+        assert_eq!(c.malformed_packets, 1);
+        assert_eq!(c.packets_received, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_write_index_outside_the_ring_stops_the_queue() -> Result {
+        let f = Fixture::new()?;
+        let rings = Rings::of(&f.vsc)?;
+        // The ring the host writes is the VSC's incoming ring.
+        rings.set(
+            Endpoint::Server,
+            RingField::WriteIndex,
+            rings.data_size() + 8,
+        );
+        rings.signal(Endpoint::Client)?;
+        testing::flush();
+        assert_eq!(f.vsc.counters().malformed_packets, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_reply_whose_signal_was_lost_is_read_at_the_next_signal() -> Result {
+        let f = Fixture::new()?;
+        let c = Arc::new(Counters::default(), GFP_KERNEL)?;
+        let rings = Rings::of(&f.vsc)?;
+        // Dropped: the reply sits in the ring until a signal comes.
+        rings.set_signals(Endpoint::Client, Signals::Drop);
+        f.send(&c)?;
+        testing::flush();
+        assert_eq!(c.completed.load(Ordering::Relaxed), 0);
+        rings.set_signals(Endpoint::Client, Signals::Deliver);
+        rings.signal(Endpoint::Client)?;
+        f.vsc.wait_sends_finished(Delta::from_millis(5000))?;
+        assert_eq!(c.echoed.load(Ordering::Relaxed), 1);
+        // Held: delivered late, once.
+        rings.set_signals(Endpoint::Client, Signals::Hold);
+        f.send(&c)?;
+        testing::flush();
+        assert_eq!(c.completed.load(Ordering::Relaxed), 1);
+        rings.set_signals(Endpoint::Client, Signals::Deliver);
+        f.vsc.wait_sends_finished(Delta::from_millis(5000))?;
+        assert_eq!(c.echoed.load(Ordering::Relaxed), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_host_that_goes_away_mid_request_fails_it() -> Result {
+        let f = Fixture::new()?;
+        let c = Arc::new(Counters::default(), GFP_KERNEL)?;
+        f.host.hold.store(true, Ordering::Relaxed);
+        f.send(&c)?;
+        f.host.wait_held(1)?;
+        testing::close_peer(&f.vsc)?;
+        f.vsc.wait_sends_finished(Delta::from_millis(5000))?;
+        assert_eq!(c.completed.load(Ordering::Relaxed), 1);
+        assert_eq!(c.failed.load(Ordering::Relaxed), 1);
+        f.vsc
+            .wait_for_state(State::Disabled, Delta::from_millis(5000))?;
+        Ok(())
+    }
+
+    #[test]
+    fn after_a_rescind_calls_fail_with_enodev() -> Result {
+        let f = Fixture::new()?;
+        testing::rescind(&f.vsc)?;
+        assert!(matches!(f.vsc.packet_allocate(), Err(e) if e == ENODEV));
+        f.vsc
+            .wait_for_state(State::Disabled, Delta::from_millis(5000))?;
+        assert!(matches!(testing::rescind(&f.vsc), Err(e) if e == ENODEV));
+        Ok(())
+    }
+
+    #[test]
+    fn a_ring_handle_kept_after_disable_reaches_only_live_memory() -> Result {
+        let f = Fixture::new()?;
+        let rings = Rings::of(&f.vsc)?;
+        f.vsc.disable();
+        assert!(matches!(testing::write_raw(&f.vsc, &malformed()), Err(e) if e == ENODEV));
+        assert!(matches!(Rings::of(&f.vsc), Err(e) if e == ENODEV));
+        // Both channels and the bus go; the handle keeps the rings.
+        drop(f);
+        rings.write_data(Endpoint::Client, 0, &[0xa5; 16])?;
+        rings.set(Endpoint::Client, RingField::WriteIndex, 16);
+        assert_eq!(rings.get(Endpoint::Client, RingField::WriteIndex), 16);
+        // Nobody is left to signal, and the data area has bounds.
+        assert!(matches!(rings.signal(Endpoint::Server), Err(e) if e == ENODEV));
+        let size = rings.data_size();
+        assert!(matches!(rings.write_data(Endpoint::Client, size, &[0; 8]), Err(e) if e == EINVAL));
+        assert!(matches!(rings.write_data(Endpoint::Client, 4, &[0; 8]), Err(e) if e == EINVAL));
         Ok(())
     }
 }

@@ -3,7 +3,8 @@
 //! The host side of the heartbeat integration component, for tests.
 //!
 //! A kmcl server that plays Hyper-V for `hv_heartbeat.ko` on kmcl's loopback
-//! bus: it offers the heartbeat interface type, negotiates versions when a
+//! bus: it offers the heartbeat interface type twice (the guest module's
+//! channel and its KUnit suite each take one), negotiates versions when a
 //! guest opens it, then sends 20 heartbeats, each only after the guest's
 //! answer to the previous one checked out (right transaction id, response
 //! flags, status, sequence number plus one).
@@ -48,7 +49,12 @@ module! {
 static THIS_MODULE: ThisModule = <HeartbeatHost as kernel::ModuleMetadata>::THIS_MODULE;
 
 const HEARTBEAT: Guid = Guid::from_str_const("57164f39-9115-4e78-ab55-382f3bd5422d");
-const INSTANCE: Guid = Guid::from_str_const("2dd1ce17-079e-403c-b352-a1921ee207ee");
+/// The instances offered: one for the guest module's channel, one for its
+/// KUnit suite.
+const INSTANCES: [Guid; 2] = [
+    Guid::from_str_const("2dd1ce17-079e-403c-b352-a1921ee207ee"),
+    Guid::from_str_const("2dd1ce17-079e-403c-b352-a1921ee207ef"),
+];
 /// Heartbeats per session.
 const BEATS: u64 = 20;
 /// Transaction id of the negotiation; heartbeat `n` uses `0x100 + n`.
@@ -141,13 +147,14 @@ impl StateChange for Host {
     }
 }
 
-struct HeartbeatHost {
+/// One offer of the heartbeat interface and its state.
+struct Offer {
     host: Arc<Host>,
     chan: ChannelHandle,
 }
 
-impl kernel::Module for HeartbeatHost {
-    fn init(_module: &'static ThisModule) -> Result<Self> {
+impl Offer {
+    fn new(instance: Guid) -> Result<Offer> {
         let host = Arc::new(
             Host {
                 versions: AtomicU32::new(0),
@@ -163,20 +170,34 @@ impl kernel::Module for HeartbeatHost {
         chan.init_set_process_packet_callbacks(host.clone())?;
         chan.init_set_state_change_callbacks(host.clone())?;
         chan.init_set_vmbus_handle(Bus::Loopback(loopback::default_bus()?))?;
-        chan.init_set_target_interface_id(HEARTBEAT, INSTANCE)?;
+        chan.init_set_target_interface_id(HEARTBEAT, instance)?;
         chan.enable()?;
-        Ok(HeartbeatHost { host, chan })
+        Ok(Offer { host, chan })
+    }
+}
+
+struct HeartbeatHost {
+    offers: [Offer; 2],
+}
+
+impl kernel::Module for HeartbeatHost {
+    fn init(_module: &'static ThisModule) -> Result<Self> {
+        Ok(HeartbeatHost {
+            offers: [Offer::new(INSTANCES[0])?, Offer::new(INSTANCES[1])?],
+        })
     }
 }
 
 impl Drop for HeartbeatHost {
     fn drop(&mut self) {
-        self.chan.disable();
-        pr_info!(
-            "negotiated: {}; heartbeats answered correctly: {}; bad answers: {}\n",
-            self.host.negotiated.load(Ordering::Relaxed),
-            self.host.answered.load(Ordering::Relaxed),
-            self.host.bad.load(Ordering::Relaxed)
-        );
+        for o in &self.offers {
+            o.chan.disable();
+            pr_info!(
+                "negotiated: {}; heartbeats answered correctly: {}; bad answers: {}\n",
+                o.host.negotiated.load(Ordering::Relaxed),
+                o.host.answered.load(Ordering::Relaxed),
+                o.host.bad.load(Ordering::Relaxed)
+            );
+        }
     }
 }

@@ -13,15 +13,19 @@
 //! guest, once `hv_utils` has let go of the heartbeat device, the same code
 //! answers the real host (`Documentation/samples.rst`).
 
-use core::sync::atomic::{
-    AtomicU32,
-    AtomicU64,
-    Ordering, //
-};
-
 use kernel::{
+    new_condvar, new_spinlock_irq,
     prelude::*,
-    sync::Arc, //
+    sync::{
+        Arc,
+        CondVar,
+        CondVarTimeoutResult,
+        SpinLockIrq, //
+    },
+    time::{
+        msecs_to_jiffies,
+        Delta, //
+    },
 };
 
 use kmcl::{
@@ -57,19 +61,30 @@ static THIS_MODULE: ThisModule = <HvHeartbeat as kernel::ModuleMetadata>::THIS_M
 /// The heartbeat interface type, as Hyper-V offers it.
 const HEARTBEAT: Guid = Guid::from_str_const("57164f39-9115-4e78-ab55-382f3bd5422d");
 
-/// Heartbeats answered since load.
-static BEATS: AtomicU64 = AtomicU64::new(0);
-/// The negotiated versions: framework major << 24 | minor << 16 | message
-/// major << 8 | minor; 0 before negotiation.
-static NEGOTIATED: AtomicU32 = AtomicU32::new(0);
-/// Messages refused.
-static REFUSED: AtomicU32 = AtomicU32::new(0);
+/// What one channel of the heartbeat IC saw.
+#[derive(Clone, Copy, Default)]
+struct Stats {
+    /// Heartbeats answered.
+    beats: u64,
+    /// The negotiated versions: framework major << 24 | minor << 16 |
+    /// message major << 8 | minor; 0 before negotiation.
+    negotiated: u32,
+    /// Messages refused.
+    refused: u32,
+}
 
-/// Answers one IC message in place; returns its length, or `None` for a
-/// message that must be refused.
-fn answer(msg: &mut [u8]) -> Option<usize> {
+/// What answering one IC message did.
+enum Answered {
+    Negotiated(u32),
+    Beat,
+    Failed,
+}
+
+/// Answers one IC message in place; returns its length and what it was, or
+/// `None` for a message that must be refused.
+fn answer_message(msg: &mut [u8]) -> Option<(usize, Answered)> {
     let h = ic::Header::parse(msg).ok()?;
-    let status = match h.msgtype {
+    let (status, what) = match h.msgtype {
         ic::MSGTYPE_NEGOTIATE => {
             match ic::answer_negotiate(msg, &ic::FRAMEWORK_VERSIONS, &ic::HEARTBEAT_VERSIONS)
                 .ok()?
@@ -79,41 +94,89 @@ fn answer(msg: &mut [u8]) -> Option<usize> {
                         | u32::from(f.minor as u8) << 16
                         | u32::from(m.major as u8) << 8
                         | u32::from(m.minor as u8);
-                    NEGOTIATED.store(v, Ordering::Relaxed);
-                    ic::S_OK
+                    (ic::S_OK, Answered::Negotiated(v))
                 }
-                None => ic::E_FAIL,
+                None => (ic::E_FAIL, Answered::Failed),
             }
         }
         ic::MSGTYPE_HEARTBEAT => {
             ic::answer_heartbeat(msg).ok()?;
-            BEATS.fetch_add(1, Ordering::Relaxed);
-            ic::S_OK
+            (ic::S_OK, Answered::Beat)
         }
-        _ => ic::E_FAIL,
+        _ => (ic::E_FAIL, Answered::Failed),
     };
     ic::set_response(msg, status).ok()?;
-    Some(msg.len())
+    Some((msg.len(), what))
 }
 
-struct Heartbeat;
+/// The driver of one heartbeat channel: its state, and a condition
+/// variable woken at every change of it.
+#[pin_data]
+struct Heartbeat {
+    #[pin]
+    stats: SpinLockIrq<Stats>,
+    #[pin]
+    changed: CondVar,
+}
+
+impl Heartbeat {
+    fn new() -> Result<Arc<Heartbeat>> {
+        Arc::pin_init(
+            pin_init!(Heartbeat {
+                stats <- new_spinlock_irq!(Stats::default(), "hv_heartbeat::Heartbeat::stats"),
+                changed <- new_condvar!("hv_heartbeat::Heartbeat::changed"),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Stats)) {
+        f(&mut self.stats.lock());
+        self.changed.notify_all();
+    }
+
+    fn stats(&self) -> Stats {
+        *self.stats.lock()
+    }
+
+    /// Waits in process context until `beats` heartbeats were answered, at
+    /// most `timeout`.
+    #[cfg_attr(not(CONFIG_KUNIT), expect(dead_code))]
+    fn wait_beats(&self, beats: u64, timeout: Delta) -> Result<Stats> {
+        let mut left = msecs_to_jiffies(timeout.as_millis().try_into().unwrap_or(u32::MAX));
+        let mut g = self.stats.lock();
+        while g.beats < beats {
+            match self.changed.wait_interruptible_timeout(&mut g, left) {
+                CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+                CondVarTimeoutResult::Timeout => return Err(ETIMEDOUT),
+                CondVarTimeoutResult::Signal { .. } => return Err(ERESTARTSYS),
+            }
+        }
+        Ok(*g)
+    }
+}
 
 impl ProcessPacket for Heartbeat {
     fn process_packet(&self, _channel: &Channel, packet: IncomingPacket) {
         let mut buf = [0u8; 256];
         let d = packet.data();
         if d.len() > buf.len() {
-            REFUSED.fetch_add(1, Ordering::Relaxed);
+            self.update(|s| s.refused += 1);
             packet.fail();
             return;
         }
         buf[..d.len()].copy_from_slice(d);
-        match answer(&mut buf[..d.len()]) {
-            Some(n) => {
+        match answer_message(&mut buf[..d.len()]) {
+            Some((n, what)) => {
                 let _ = packet.reply_inband(&buf[..n]);
+                match what {
+                    Answered::Negotiated(v) => self.update(|s| s.negotiated = v),
+                    Answered::Beat => self.update(|s| s.beats += 1),
+                    Answered::Failed => {}
+                }
             }
             None => {
-                REFUSED.fetch_add(1, Ordering::Relaxed);
+                self.update(|s| s.refused += 1);
                 packet.fail();
             }
         }
@@ -122,39 +185,47 @@ impl ProcessPacket for Heartbeat {
 
 impl StateChange for Heartbeat {}
 
+/// Opens the heartbeat channel with `hb` as its driver.
+fn open(hb: &Arc<Heartbeat>, vmbus: bool) -> Result<ChannelHandle> {
+    let mut chan = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
+    chan.init_set_friendly_name(c"hv-heartbeat")?;
+    chan.init_set_process_packet_callbacks(hb.clone())?;
+    chan.init_set_state_change_callbacks(hb.clone())?;
+    chan.init_set_ring_buffer_page_count(4)?;
+    if !vmbus {
+        chan.init_set_vmbus_handle(Bus::Loopback(loopback::default_bus()?))?;
+    }
+    chan.init_set_target_pnp(HEARTBEAT, None)?;
+    chan.enable()?;
+    Ok(chan)
+}
+
 struct HvHeartbeat {
     chan: ChannelHandle,
+    hb: Arc<Heartbeat>,
 }
 
 impl kernel::Module for HvHeartbeat {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let cb = Arc::new(Heartbeat, GFP_KERNEL)?;
-        let mut chan = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
-        chan.init_set_friendly_name(c"hv-heartbeat")?;
-        chan.init_set_process_packet_callbacks(cb.clone())?;
-        chan.init_set_state_change_callbacks(cb)?;
-        chan.init_set_ring_buffer_page_count(4)?;
-        if !module_parameters::vmbus.value() {
-            chan.init_set_vmbus_handle(Bus::Loopback(loopback::default_bus()?))?;
-        }
-        chan.init_set_target_pnp(HEARTBEAT, None)?;
-        chan.enable()?;
-        Ok(HvHeartbeat { chan })
+        let hb = Heartbeat::new()?;
+        let chan = open(&hb, module_parameters::vmbus.value())?;
+        Ok(HvHeartbeat { chan, hb })
     }
 }
 
 impl Drop for HvHeartbeat {
     fn drop(&mut self) {
         self.chan.disable();
-        let v = NEGOTIATED.load(Ordering::Relaxed);
+        let s = self.hb.stats();
+        let v = s.negotiated;
         pr_info!(
             "negotiated framework {}.{} heartbeat {}.{}; answered {} heartbeats, refused {} messages\n",
             v >> 24,
             (v >> 16) & 0xff,
             (v >> 8) & 0xff,
             v & 0xff,
-            BEATS.load(Ordering::Relaxed),
-            REFUSED.load(Ordering::Relaxed)
+            s.beats,
+            s.refused
         );
     }
 }
@@ -163,10 +234,11 @@ impl Drop for HvHeartbeat {
 #[kunit_tests(kmcl_sample_heartbeat)]
 mod tests {
     use super::*;
-    use kernel::time::{
-        delay::fsleep,
-        Delta, //
-    };
+
+    /// Answers one IC message in place; returns its length.
+    fn answer(msg: &mut [u8]) -> Option<usize> {
+        answer_message(msg).map(|(n, _)| n)
+    }
 
     #[test]
     fn negotiate_answer_picks_version_3() {
@@ -215,17 +287,21 @@ mod tests {
     }
 
     #[test]
-    fn the_test_host_negotiates_and_gets_heartbeats() {
-        // heartbeat_host.ko is loaded before this module and starts as soon
-        // as the channel opens; it sends 20 heartbeats, each after the
-        // previous answer checked out.
-        let mut waited = 0;
-        while BEATS.load(Ordering::Relaxed) < 20 && waited < 10_000 {
-            fsleep(Delta::from_millis(1));
-            waited += 1;
-        }
-        assert_eq!(BEATS.load(Ordering::Relaxed), 20);
-        assert_eq!(NEGOTIATED.load(Ordering::Relaxed), 0x0300_0300);
-        assert_eq!(REFUSED.load(Ordering::Relaxed), 0);
+    fn the_test_host_negotiates_and_gets_heartbeats() -> Result {
+        // heartbeat_host.ko is loaded before this module and offers a
+        // second instance for this suite; it starts as soon as the channel
+        // opens and sends 20 heartbeats, each after the previous answer
+        // checked out.
+        let hb = Heartbeat::new()?;
+        let ch = open(&hb, false)?;
+        let s = hb.wait_beats(20, Delta::from_millis(10_000));
+        let beats = s.map(|s| s.beats).unwrap_or(0);
+        assert_eq!(beats, 20);
+        let s = hb.stats();
+        assert_eq!(s.beats, 20);
+        assert_eq!(s.negotiated, 0x0300_0300);
+        assert_eq!(s.refused, 0);
+        ch.disable();
+        Ok(())
     }
 }

@@ -1,18 +1,21 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0
 #
-# exports.sh NM OBJECT LIST
+# exports.sh NM OBJECT LIST [KUNIT]
 #
 # Prints the export lines of kmcl.ko for kmcl_exports.c: one for each
 # global symbol of OBJECT (kmcl's Rust object) whose demangled name, with
 # the crate hashes taken out, is a line of LIST. LIST is the committed export list, rust/kmcl/exports.txt:
 # nothing else of kmcl is exported, so a module built on kmcl can use exactly
-# the API that list names.
+# the API that list names. Lines that start with "kunit: " name the test
+# surface (kmcl::testing and what it re-exports): they count only when KUNIT
+# is "y", the value of CONFIG_KUNIT.
 
 set -eu
 nm=$1
 obj=$2
 list=$3
+kunit=${4:-}
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -24,7 +27,11 @@ trap 'rm -rf "$tmp"' EXIT
 	sed 's/\[[0-9a-f]*\]//g' >"$tmp/demangled"
 [ "$(wc -l <"$tmp/mangled")" = "$(wc -l <"$tmp/demangled")" ]
 
-grep -v -e '^#' -e '^$' "$list" >"$tmp/list"
+if [ "$kunit" = y ]; then
+	grep -v -e '^#' -e '^$' "$list" | sed 's/^kunit: //' >"$tmp/list"
+else
+	grep -v -e '^#' -e '^$' -e '^kunit: ' "$list" >"$tmp/list"
+fi
 
 paste -d '\t' "$tmp/mangled" "$tmp/demangled" |
 	awk -F'\t' -v list="$tmp/list" '

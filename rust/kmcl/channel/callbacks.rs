@@ -113,7 +113,64 @@ pub trait SaveRestorePacket: Send + Sync {
     fn restore_packet(&self, channel: &Channel, packet: Packet, state: &[u8]) -> Result;
 }
 
-/// A completion routine (`EvtVmbPacketCompletionRoutine`).
+/// The typed completion of a packet: the context a packet owns and calls
+/// when its transaction ends (`EvtVmbPacketCompletionRoutine` with its
+/// `VmbPacketSetPointer` context, in one).
+///
+/// A driver implements it on its own type and hands the packet an
+/// `Arc<Self>` with [`Packet::set_completion`]; the packet keeps that
+/// reference until the packet object is freed (a pool packet going back to
+/// its pool included) or gets another completion, and drops it exactly once
+/// then. Setting it takes a reference count, never an allocation, and it
+/// stays set across sends: a packet object that is reused needs it once.
+///
+/// [`PacketCompletion::completed`] runs in the context of a
+/// [`CompletionRoutine`]: bottom halves disabled, never inside the `send()`
+/// that started the transaction. kmcl holds its own reference to the context
+/// during the call, so the packet may be freed, reused or resent from it.
+/// The last reference to a context may be dropped there too, so its `Drop`
+/// must not sleep while a packet can still hold it.
+///
+/// # Examples
+///
+/// ```
+/// use core::sync::atomic::{AtomicU32, Ordering};
+/// use kernel::{prelude::*, sync::Arc};
+/// use kmcl::{Channel, Packet, PacketCompletion, SendFlags};
+///
+/// struct Sent {
+///     ok: AtomicU32,
+/// }
+///
+/// impl PacketCompletion for Sent {
+///     fn completed(&self, packet: Packet, status: Result, _response: &[u8]) {
+///         if status.is_ok() {
+///             self.ok.fetch_add(1, Ordering::Relaxed);
+///         }
+///         // Dropping `packet` frees it; the context goes with it.
+///         drop(packet);
+///     }
+/// }
+///
+/// fn send_one(channel: &Channel, sent: &Arc<Sent>) -> Result {
+///     let mut p = channel.packet_allocate()?;
+///     p.set_completion(sent.clone());
+///     p.send(b"hello", SendFlags::WAIT_FOR_COMPLETION)
+///         .map_err(|e| e.error)
+/// }
+/// ```
+#[doc(alias = "EvtVmbPacketCompletionRoutine")]
+#[doc(alias = "VmbPacketSetCompletionRoutine")]
+pub trait PacketCompletion: Send + Sync {
+    /// The transaction of `packet` ended with `status`; `response` is the
+    /// peer's completion payload (empty unless the send waited for a
+    /// completion). `packet` still owns this context.
+    fn completed(&self, packet: Packet, status: Result, response: &[u8]);
+}
+
+/// A completion routine (`EvtVmbPacketCompletionRoutine`), the untyped form:
+/// its only context is the packet's [`Packet::pointer`]. Drivers use
+/// [`PacketCompletion`], which needs neither `unsafe` nor statics.
 ///
 /// Called once per send, with the packet back, the transaction's status and
 /// the peer's completion payload (empty unless the send waited for a

@@ -25,6 +25,7 @@
 //! [`Packet::take_mdl`]: super::outgoing::Packet::take_mdl
 
 use kernel::{
+    alloc::flags::__GFP_ZERO,
     page::{
         Page,
         PAGE_SIZE, //
@@ -129,6 +130,67 @@ impl Mdl {
             len,
             lease: None,
         })
+    }
+
+    /// Describes a copy of `data` in freshly allocated pages, from offset 0
+    /// of the first: the safe way to build external data from bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kernel::prelude::*;
+    /// use kmcl::{Mdl, Packet, SendFlags};
+    ///
+    /// fn send_block(packet: Packet, block: &[u8]) -> Result {
+    ///     let mdl = Mdl::from_bytes(block)?;
+    ///     packet
+    ///         .send_with_external_mdl(b"write", mdl, SendFlags::WAIT_FOR_COMPLETION)
+    ///         .map_err(|e| e.error)
+    /// }
+    /// ```
+    pub fn from_bytes(data: &[u8]) -> Result<Mdl> {
+        Self::from_bytes_at(0, data)
+    }
+
+    /// Describes a copy of `data` placed at `offset` (below the kernel's
+    /// page size) in freshly allocated pages. The rest of the pages is
+    /// zeroed, so nothing but `data` reaches the peer.
+    pub fn from_bytes_at(offset: u32, data: &[u8]) -> Result<Mdl> {
+        if data.is_empty() || offset as usize >= PAGE_SIZE || data.len() > u32::MAX as usize {
+            return Err(EINVAL);
+        }
+        let end = (offset as usize).checked_add(data.len()).ok_or(EINVAL)?;
+        let count = end.div_ceil(PAGE_SIZE);
+        let mut pages = KVec::with_capacity(count, GFP_KERNEL)?;
+        let mut at = offset as usize;
+        let mut rest = data;
+        for _ in 0..count {
+            let page = Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?;
+            let n = (PAGE_SIZE - at).min(rest.len());
+            if n > 0 {
+                // SAFETY: `rest` is valid for reading `n` bytes; the page was
+                // just allocated and nothing else can reach it, so the write
+                // races with nothing; `write_raw` checks the bounds.
+                unsafe { page.write_raw(rest.as_ptr(), at, n)? };
+            }
+            rest = &rest[n..];
+            at = 0;
+            pages.push(page, GFP_KERNEL)?;
+        }
+        Self::from_pages(pages, offset, data.len() as u32)
+    }
+
+    /// The range the MDL describes, as page frame numbers of 4 KiB VMBus
+    /// pages, for [`Packet::send_with_external_pfns`]. Numbers only: the
+    /// pages stay this MDL's, and a send of them keeps nothing alive, so the
+    /// caller keeps the MDL until the transaction ends.
+    /// [`Packet::send_with_external_mdl`], which hands the packet the pages,
+    /// is what drivers usually want.
+    ///
+    /// [`Packet::send_with_external_pfns`]: super::outgoing::Packet::send_with_external_pfns
+    /// [`Packet::send_with_external_mdl`]: super::outgoing::Packet::send_with_external_mdl
+    pub fn external_range(&self) -> RangeSpec<'_> {
+        self.range()
     }
 
     /// The pages, to fill before sending or to read after the completion.

@@ -16,7 +16,10 @@ use kernel::{
 
 pub(crate) use super::external::Mdl;
 use super::{
-    callbacks::CompletionRoutine,
+    callbacks::{
+        CompletionRoutine,
+        PacketCompletion, //
+    },
     send_queue::Queued,
     transactions::{
         transaction_id,
@@ -86,6 +89,8 @@ pub(crate) struct PacketInner {
     pub(super) len: usize,
     pub(super) pointer: usize,
     pub(super) routine: Option<CompletionRoutine>,
+    /// The typed completion; set, it is called instead of `routine`.
+    pub(super) context: Option<Arc<dyn PacketCompletion>>,
     pub(super) origin: Origin,
     pub(super) mdl: Option<Mdl>,
     pub(super) wait: bool,
@@ -111,6 +116,7 @@ impl PacketInner {
                 len: 0,
                 pointer: 0,
                 routine: None,
+                context: None,
                 origin,
                 mdl: None,
                 wait: false,
@@ -192,6 +198,7 @@ impl Packet {
     pub fn initialize(channel: &Channel, mut memory: PacketMemory) -> Packet {
         memory.0.chan = Some(channel.arc());
         memory.0.routine = None;
+        memory.0.context = None;
         memory.0.pointer = 0;
         Packet {
             inner: Some(memory.0),
@@ -205,6 +212,7 @@ impl Packet {
             let mut inner = self.inner.take()?;
             inner.chan = None;
             inner.mdl = None;
+            inner.context = None;
             return Some(PacketMemory(inner));
         }
         None
@@ -220,7 +228,9 @@ impl Packet {
             .expect("packet without a channel")
     }
 
-    /// Stores a driver value in the packet (`VmbPacketSetPointer`).
+    /// Stores a driver value in the packet (`VmbPacketSetPointer`), the
+    /// untyped context of a [`CompletionRoutine`]. Drivers give the packet a
+    /// typed context with [`Packet::set_completion`] instead.
     #[doc(alias = "VmbPacketSetPointer")]
     pub fn set_pointer(&mut self, value: usize) {
         self.get_mut().pointer = value;
@@ -232,11 +242,49 @@ impl Packet {
         self.get().pointer
     }
 
-    /// Sets the routine called when the transaction ends
-    /// (`VmbPacketSetCompletionRoutine`). Without one, the packet is freed.
+    /// Sets the untyped routine called when the transaction ends
+    /// (`VmbPacketSetCompletionRoutine`), replacing (and dropping) a typed
+    /// completion. Without either, the packet is freed. Drivers use
+    /// [`Packet::set_completion`].
     #[doc(alias = "VmbPacketSetCompletionRoutine")]
     pub fn set_completion_routine(&mut self, routine: CompletionRoutine) {
-        self.get_mut().routine = Some(routine);
+        let old = {
+            let i = self.get_mut();
+            i.routine = Some(routine);
+            i.context.take()
+        };
+        drop(old);
+    }
+
+    /// Gives the packet its typed completion: `context` is called when each
+    /// transaction of the packet ends (`VmbPacketSetCompletionRoutine` with
+    /// a typed context). It replaces a routine or an earlier context, whose
+    /// reference is dropped here, and stays set across sends until the
+    /// packet object is freed, when the packet drops it. Takes a reference
+    /// count and allocates nothing; callable from any context.
+    ///
+    /// `context` is usually an `Arc` of the driver's own type, which
+    /// converts to `Arc<dyn PacketCompletion>` at the call.
+    #[doc(alias = "VmbPacketSetCompletionRoutine")]
+    #[doc(alias = "VmbPacketSetPointer")]
+    pub fn set_completion(&mut self, context: Arc<dyn PacketCompletion>) {
+        let old = {
+            let i = self.get_mut();
+            i.routine = None;
+            i.context.replace(context)
+        };
+        drop(old);
+    }
+
+    /// Takes the typed completion out of the packet: a later end of
+    /// transaction frees the packet (or calls a routine set afterwards).
+    pub fn take_completion(&mut self) -> Option<Arc<dyn PacketCompletion>> {
+        self.get_mut().context.take()
+    }
+
+    /// Whether the packet has a typed completion.
+    pub fn has_completion(&self) -> bool {
+        self.get().context.is_some()
     }
 
     /// The transaction id of the last send that waited for a completion.
@@ -486,8 +534,15 @@ impl Packet {
         }
     }
 
-    /// Ends the transaction: calls the completion routine, or frees.
+    /// Ends the transaction: calls the typed completion or the completion
+    /// routine, or frees.
     pub(crate) fn complete_routine(self, status: Result, response: &[u8]) {
+        // A reference of its own: the packet, and with it the packet's
+        // reference, may be freed inside the call.
+        if let Some(context) = self.get().context.clone() {
+            context.completed(self, status, response);
+            return;
+        }
         match self.get().routine {
             Some(r) => r(self, status, response),
             None => drop(self),
@@ -535,11 +590,15 @@ impl Drop for Packet {
             return;
         };
         inner.mdl = None;
+        // Dropped after the channel lock below is released: its `Drop` is
+        // driver code.
+        let context = inner.context.take();
         if inner.origin == Origin::Pool {
             if let Some(chan) = inner.chan.take() {
                 chan.tx.lock().recycle(inner);
             }
         }
+        drop(context);
     }
 }
 

@@ -44,6 +44,9 @@ pub(crate) struct Routines {
     done: Option<KBox<PacketInner>>,
     /// A context is calling routines from `done`.
     running: bool,
+    /// Routines of finished transactions being called outside the channel
+    /// lock: a transaction's slot is free before its routine returns.
+    calling: u32,
 }
 
 impl Routines {
@@ -51,6 +54,7 @@ impl Routines {
         Self {
             done: None,
             running: false,
+            calling: 0,
         }
     }
 
@@ -69,7 +73,19 @@ impl Routines {
 
     /// Whether nothing is waiting and nobody is calling routines.
     pub(crate) fn idle(&self) -> bool {
-        self.done.is_none() && !self.running
+        self.done.is_none() && !self.running && self.calling == 0
+    }
+
+    /// A routine of a finished transaction is about to be called: counted
+    /// under the same lock hold that frees its slot, so no waiter sees the
+    /// transaction gone before its routine returned.
+    pub(crate) fn begin_call(&mut self) {
+        self.calling += 1;
+    }
+
+    /// The routine counted by [`Routines::begin_call`] returned.
+    pub(crate) fn end_call(&mut self) {
+        self.calling = self.calling.saturating_sub(1);
     }
 }
 
@@ -79,6 +95,14 @@ pub(crate) fn call_routine(p: Packet, status: Result, response: &[u8]) {
 }
 
 impl Channel {
+    /// Calls the routine of a transaction that [`Routines::begin_call`]
+    /// counted, then ends the count and wakes the waiters.
+    pub(crate) fn call_counted_routine(&self, p: Packet, status: Result, response: &[u8]) {
+        call_routine(p, status, response);
+        self.tx.lock().routines.end_call();
+        self.wake_waiters();
+    }
+
     /// Queues the routine work, which runs [`Channel::run_routines`] in
     /// softirq context.
     pub(crate) fn schedule_routines(&self) {
@@ -157,9 +181,12 @@ impl Channel {
 
 impl PacketInner {
     /// Whether finishing the packet is no more than its return to its
-    /// pool: a pool packet with no routine and no MDL.
+    /// pool: a pool packet with no routine, no typed completion and no MDL.
     pub(super) fn recyclable(&self) -> bool {
-        self.routine.is_none() && self.origin == Origin::Pool && self.mdl.is_none()
+        self.routine.is_none()
+            && self.context.is_none()
+            && self.origin == Origin::Pool
+            && self.mdl.is_none()
     }
 }
 

@@ -12,7 +12,6 @@ use kernel::prelude::*;
 
 use super::{
     outgoing::Packet,
-    routines::call_routine,
     transactions::{
         transaction_id,
         TxOwner,
@@ -391,12 +390,15 @@ impl Channel {
                     None => break,
                 }
             };
+            if p.is_some() {
+                g.routines.begin_call();
+            }
             drop(g);
             if let Some(b) = buf {
                 self.rx.lock().put_buf(b);
             }
             if let Some(p) = p {
-                call_routine(p, Err(status), &[]);
+                self.call_counted_routine(p, Err(status), &[]);
             }
         }
         self.wake_waiters();

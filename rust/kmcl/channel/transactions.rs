@@ -18,10 +18,7 @@ use super::{
         Packet,
         PacketInner, //
     },
-    routines::{
-        call_routine,
-        Routines, //
-    },
+    routines::Routines,
     send_queue::{
         Gates,
         Queued, //
@@ -276,9 +273,12 @@ impl Channel {
             return;
         }
         let p = if accepted { g.free_slot(slot) } else { None };
+        if p.is_some() {
+            g.routines.begin_call();
+        }
         drop(g);
         if let Some(p) = p {
-            call_routine(p, Ok(()), payload);
+            self.call_counted_routine(p, Ok(()), payload);
         }
         self.wake_waiters();
     }

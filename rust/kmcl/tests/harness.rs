@@ -38,8 +38,7 @@ use crate::{
     sys,
     transport::{
         loopback::LoopbackBus,
-        Bus,
-        LinkWriter, //
+        Bus, //
     },
     wire::guid::Guid,
 };
@@ -612,17 +611,7 @@ impl Channel {
     /// Writes raw bytes into this channel's outgoing ring and signals the
     /// peer: the hostile-peer hook of the tests.
     pub(crate) fn inject_raw(&self, bytes: &[u8]) -> Result {
-        let signal = {
-            let mut g = self.tx.lock();
-            match g.link.as_mut().ok_or(ENODEV)? {
-                LinkWriter::Loopback(w) => w.write_raw(bytes).map_err(|_| EAGAIN)?,
-                LinkWriter::Hv(_) => return Err(EOPNOTSUPP),
-            }
-        };
-        if signal {
-            self.signal_peer();
-        }
-        Ok(())
+        crate::testing::write_raw(self, bytes)
     }
 }
 

@@ -18,4 +18,5 @@ mod send;
 mod server;
 mod sync;
 mod transactions;
+mod typed;
 mod vmbus;

@@ -8,6 +8,7 @@ use core::{
     sync::atomic::{
         AtomicBool,
         AtomicU64,
+        AtomicU8,
         Ordering, //
     },
 };
@@ -63,6 +64,21 @@ pub(crate) struct Connection {
     #[pin]
     pub(super) gpadl_cond: CondVar,
     lending: Arc<Lending>,
+    /// What becomes of signals to each end (client, server): one of
+    /// [`signals`]; set only by `kmcl::testing`.
+    signal_mode: [AtomicU8; 2],
+    /// A signal to each end was held by [`signals::HOLD`].
+    signal_held: [AtomicBool; 2],
+}
+
+/// What becomes of the signals to one end of a connection.
+pub(crate) mod signals {
+    /// Delivered at once.
+    pub(crate) const DELIVER: u8 = 0;
+    /// Lost.
+    pub(crate) const DROP: u8 = 1;
+    /// Kept until the mode changes back, then delivered once.
+    pub(crate) const HOLD: u8 = 2;
 }
 
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
@@ -99,6 +115,8 @@ impl Connection {
                     "kmcl::loopback::Connection::gpadls"),
                 gpadl_cond <- new_condvar!("kmcl::loopback::Connection::gpadl_cond"),
                 lending: Lending::new()?,
+                signal_mode: [AtomicU8::new(signals::DELIVER), AtomicU8::new(signals::DELIVER)],
+                signal_held: [AtomicBool::new(false), AtomicBool::new(false)],
             }),
             GFP_KERNEL,
         )?;
@@ -108,7 +126,8 @@ impl Connection {
         Ok(conn)
     }
 
-    /// The ring that `writer` writes to.
+    /// The ring that `writer` writes to. The value points into this
+    /// connection: it is used only while an `Arc<Connection>` is held.
     pub(crate) fn ring_memory(&self, writer: Role) -> Option<RingMemory> {
         let v = match writer {
             Role::Client => &self.c2s,
@@ -134,6 +153,45 @@ impl Connection {
 
     pub(super) fn peer(&self, r: Role) -> Option<Arc<Channel>> {
         self.peers.lock()[role_index(r)].clone()
+    }
+
+    /// Whether a signal to `to` goes through now; one that does not is
+    /// dropped or held as [`Connection::set_signal_mode`] said.
+    fn signal_passes(&self, to: Role) -> bool {
+        let i = role_index(to);
+        match self.signal_mode[i].load(Ordering::Acquire) {
+            signals::DROP => false,
+            signals::HOLD => {
+                self.signal_held[i].store(true, Ordering::Release);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Sets what becomes of the signals to `to` (one of [`signals`]).
+    /// Leaving [`signals::HOLD`] delivers a signal held meanwhile, once.
+    #[cfg(CONFIG_KUNIT)]
+    pub(crate) fn set_signal_mode(&self, to: Role, mode: u8) {
+        let i = role_index(to);
+        self.signal_mode[i].store(mode, Ordering::Release);
+        if mode != signals::HOLD && self.signal_held[i].swap(false, Ordering::AcqRel) {
+            if let Some(peer) = self.peer(to) {
+                peer.interrupt();
+            }
+        }
+    }
+
+    /// Interrupts the `to` end out of turn; `false` when it has left.
+    #[cfg(CONFIG_KUNIT)]
+    pub(crate) fn interrupt_end(&self, to: Role) -> bool {
+        match self.peer(to) {
+            Some(peer) => {
+                peer.interrupt();
+                true
+            }
+            None => false,
+        }
     }
 
     /// The MMIO space.
@@ -241,6 +299,9 @@ pub(crate) struct SignalTarget {
 
 impl SignalTarget {
     pub(crate) fn signal(self) {
+        if !self.conn.signal_passes(self.to) {
+            return;
+        }
         if let Some(peer) = self.conn.peer(self.to) {
             peer.interrupt();
         }

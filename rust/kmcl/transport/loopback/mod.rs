@@ -9,8 +9,9 @@
 //! the MMIO space the server asked for. Signalling the peer queues its
 //! softirq work, as an interrupt from the host would run hv's tasklet.
 //!
-//! Fault injection for tests goes through [`Connection::ring_memory`], which
-//! gives raw access to a ring's control page and data.
+//! Fault injection for tests goes through `kmcl::testing`, whose handles
+//! keep the connection, and so its rings, alive; signals to either end can
+//! be dropped or held there.
 //!
 //! The pages of a GPA-direct send with an [`Mdl`] are lent to the peer through
 //! the connection's `Lending` for as long as the packet owns the MDL; a
@@ -41,6 +42,8 @@ use crate::{
 mod connection;
 mod gpadl;
 
+#[cfg(CONFIG_KUNIT)]
+pub(crate) use connection::signals;
 pub(crate) use connection::Connection;
 pub(crate) use connection::{
     Endpoint,
