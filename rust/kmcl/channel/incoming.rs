@@ -47,6 +47,9 @@ pub struct IncomingPacket {
     /// needs no extra trip through the channel lock.
     pub(super) limits: Limits,
     pub(super) ctx_size: usize,
+    /// The receive buffer a transfer-page packet points into, held until
+    /// the packet is finished.
+    pub(super) xfer: Option<super::xfer::XferHold>,
 }
 
 /// [`IncomingPacket::defer_to_passive`] was called outside ProcessPacket; the
@@ -222,6 +225,8 @@ impl IncomingPacket {
                 chan.current
                     .compare_exchange(self.seq, 0, Ordering::Relaxed, Ordering::Relaxed);
             g.rx.outstanding -= 1;
+            // Under the lock, which an unregister waiting for it holds.
+            drop(self.xfer.take());
             if g.rx.stalled && g.rx.outstanding < g.rx.quota {
                 g.rx.stalled = false;
                 kick = true;

@@ -241,6 +241,7 @@ impl Channel {
                 self.id,
                 e
             );
+            self.xfer_teardown();
             self.detach();
             self.inner.lock().state = State::Enabled;
             return Err(e);
@@ -341,10 +342,12 @@ impl Channel {
             self.call_state(|cb, ch| cb.suspend(ch));
         }
         self.wait_incoming_finished();
+        self.xfer_release_deferred();
         self.cancel_all_sends(if peer { ENODEV } else { ECANCELED });
         if was_opened {
             self.call_state(|cb, ch| cb.closed(ch));
         }
+        self.xfer_teardown();
         self.detach();
         let mut g = self.inner.lock();
         g.rx.drop_deferred();

@@ -66,6 +66,7 @@ mod send_queue;
 mod status;
 mod sync;
 mod transactions;
+pub mod xfer;
 
 pub use config::FriendlyName;
 pub(crate) use config::{
@@ -179,6 +180,8 @@ pub(crate) struct Inner {
     pub(crate) restore_buf: KVec<u8>,
     /// A complete restored state, applied by the next Enable.
     pub(crate) pending_restore: Option<save::PendingRestore>,
+    /// Receive buffers of transfer-page packets, by page-set id.
+    pub(crate) xfer: xfer::Registry,
 }
 
 /// Counters shown in debugfs.
@@ -347,6 +350,7 @@ impl Channel {
                     servicing: false,
                     restore_buf: KVec::new(),
                     pending_restore: None,
+                    xfer: xfer::Registry::new(),
                 }, "kmcl::Channel::inner"),
                 cond <- new_condvar!("kmcl::Channel::cond"),
                 control <- new_mutex!((), "kmcl::Channel::control"),

@@ -19,3 +19,4 @@ mod server;
 mod sync;
 mod transactions;
 mod vmbus;
+mod xfer;
