@@ -241,8 +241,9 @@ impl Channel {
                 self.id,
                 e
             );
-            self.xfer_teardown();
+            let left = self.xfer_take_left();
             self.detach();
+            drop(left);
             self.inner.lock().state = State::Enabled;
             return Err(e);
         }
@@ -347,8 +348,9 @@ impl Channel {
         if was_opened {
             self.call_state(|cb, ch| cb.closed(ch));
         }
-        self.xfer_teardown();
+        let left = self.xfer_take_left();
         self.detach();
+        drop(left);
         let mut g = self.inner.lock();
         g.rx.drop_deferred();
         g.opened = false;

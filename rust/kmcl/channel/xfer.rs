@@ -359,18 +359,36 @@ impl Channel {
         self.wake_waiters();
     }
 
-    /// Teardown, after Closed: buffers still registered are unregistered and
-    /// their GPADLs deleted, here in process context.
-    pub(super) fn xfer_teardown(&self) {
-        let entries = core::mem::take(&mut self.inner.lock().xfer.entries);
-        for e in entries.into_iter() {
+    /// Teardown, after Closed: takes the buffers still registered, to be
+    /// dropped once the connection is closed (see [`LeftBuffers`]).
+    pub(super) fn xfer_take_left(&self) -> LeftBuffers {
+        LeftBuffers {
+            chan: self.id(),
+            entries: core::mem::take(&mut self.inner.lock().xfer.entries),
+        }
+    }
+}
+
+/// Receive buffers still registered when their channel closed. Dropping
+/// this, in process context and after the connection closed, unregisters
+/// them and deletes their GPADLs: after the close, so that a server that
+/// unmaps the GPADL in its own Closed, which the close triggers, does not
+/// hold the deletion forever.
+pub(super) struct LeftBuffers {
+    chan: u32,
+    entries: KVec<Entry>,
+}
+
+impl Drop for LeftBuffers {
+    fn drop(&mut self) {
+        for e in core::mem::take(&mut self.entries).into_iter() {
             if e.view.holders.load(Ordering::Relaxed) != 0 {
                 // Cannot happen: every packet was finished or let go before
                 // Closed. Were one still to read the buffer, its memory is
                 // leaked rather than freed under it.
                 pr_err!(
                     "channel {}: receive buffer {:#x} still held at close; leaked\n",
-                    self.id(),
+                    self.chan,
                     e.id
                 );
                 core::mem::forget(e);
@@ -378,7 +396,7 @@ impl Channel {
             }
             pr_warn!(
                 "channel {}: receive buffer {:#x} still registered at close; unregistered, its GPADL deleted\n",
-                self.id(),
+                self.chan,
                 e.id
             );
             drop(e);

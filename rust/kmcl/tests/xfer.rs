@@ -207,6 +207,22 @@ impl crate::channel::callbacks::StateChange for RegisterInOpened {
     }
 }
 
+/// A server driver that keeps its mapping of the client's receive buffer
+/// until its own Closed, as a VSP that sends into it for the channel's
+/// life does.
+#[pin_data]
+struct MapUntilClosed {
+    #[pin]
+    mapping: kernel::sync::SpinLockIrq<Option<crate::channel::gpadl::GpadlMapping>>,
+}
+
+impl crate::channel::callbacks::StateChange for MapUntilClosed {
+    fn closed(&self, _channel: &Channel) {
+        let m = self.mapping.lock().take();
+        drop(m);
+    }
+}
+
 #[kunit_tests(kmcl_xfer)]
 mod tests {
     use super::*;
@@ -576,6 +592,48 @@ mod tests {
         client.disable();
         server.disable();
         assert_eq!(client.counters().malformed_packets, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn client_close_with_a_registered_buffer_the_server_maps_does_not_hang() -> Result {
+        let bus = crate::transport::loopback::LoopbackBus::new()?;
+        let (srec, crec) = (Recorder::new()?, Recorder::new()?);
+        let drv = kernel::sync::Arc::pin_init(
+            pin_init!(MapUntilClosed {
+                mapping <- kernel::new_spinlock_irq!(None, "kmcl::tests::xfer::mapping"),
+            }),
+            GFP_KERNEL,
+        )?;
+        let mut server = harness::channel(&bus, crate::channel::Endpoint::Server, &srec)?;
+        let mut client = harness::channel(&bus, crate::channel::Endpoint::Client, &crec)?;
+        server.init_set_state_change_callbacks(drv.clone())?;
+        server.enable()?;
+        client.enable()?;
+        client.wait_for_state(crate::channel::State::Started, Delta::from_millis(2000))?;
+        let g = client.create_gpadl_from_buffer(pattern(4096, 1)?, 0)?;
+        let id = g.id();
+        client
+            .register_receive_buffer(PAGESET, g)
+            .map_err(|(e, _)| e)?;
+        assert!(wait_for(2000, || server.state() == crate::channel::State::Started));
+        *drv.mapping.lock() = Some(server.map_gpadl(id)?);
+        // The close deletes the buffer only after the connection closed, so
+        // the server's Closed can unmap it; Disable returns.
+        let chan = client.arc();
+        let done = kernel::sync::Arc::new(core::sync::atomic::AtomicBool::new(false), GFP_KERNEL)?;
+        let done2 = done.clone();
+        crate::sys::wq().try_spawn(GFP_KERNEL, move || {
+            chan.disable();
+            done2.store(true, Ordering::Relaxed);
+        })?;
+        let ok = wait_for(3000, || done.load(Ordering::Relaxed));
+        // Unstick it, should it hang, before reporting.
+        drop(drv.mapping.lock().take());
+        assert!(wait_for(3000, || done.load(Ordering::Relaxed)));
+        assert!(ok);
+        assert_eq!(client.inner.lock().xfer.len(), 0);
+        server.disable();
         Ok(())
     }
 
