@@ -70,6 +70,7 @@ pub use channel::{
         SaveStatus, //
     },
     server_flags,
+    xfer::TransferPages,
     Channel,
     ChannelHandle,
     Counters,
@@ -88,6 +89,7 @@ pub use wire::guid::{
     Guid,
     ParseGuidError, //
 };
+pub use wire::xfer::XferRange as TransferRange;
 
 /// The in-kernel loopback transport: a bus on which a client and a server
 /// endpoint of the same machine connect, for tests and samples.

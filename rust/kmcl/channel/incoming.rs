@@ -3,7 +3,10 @@
 //! The incoming packet handed to ProcessPacket: the completion token that
 //! the driver must finish exactly once.
 
-use core::sync::atomic::Ordering;
+use core::{
+    mem::ManuallyDrop,
+    sync::atomic::Ordering, //
+};
 
 use kernel::{
     prelude::*,
@@ -50,6 +53,11 @@ pub struct IncomingPacket {
     /// needs no extra trip through the channel lock.
     pub(super) limits: Limits,
     pub(super) ctx_size: usize,
+    /// The receive buffer a transfer-page packet points into, held until
+    /// the packet is finished. Dropped by hand, under the receive lock
+    /// (`finish_as`, `Drop`), so the drop glue that a driver's module
+    /// instantiates for a packet reaches no internal of kmcl.
+    pub(super) xfer: ManuallyDrop<Option<super::xfer::XferHold>>,
 }
 
 /// [`IncomingPacket::defer_to_passive`] was called outside ProcessPacket; the
@@ -220,6 +228,8 @@ impl IncomingPacket {
                 chan.current
                     .compare_exchange(self.seq, 0, Ordering::Relaxed, Ordering::Relaxed);
             g.outstanding -= 1;
+            // Under the lock, which an unregister waiting for it holds.
+            drop(self.xfer.take());
             if g.stalled && g.outstanding < g.quota {
                 g.stalled = false;
                 kick = true;
@@ -283,6 +293,14 @@ impl Drop for IncomingPacket {
                 self.chan.id()
             );
             let _ = self.finish_with(Some(&[]));
+        }
+        if self.xfer.is_some() {
+            // Not reached in practice (the finish let go of the buffer);
+            // under the receive lock as every release, for the waiters.
+            let g = self.chan.rx.lock();
+            drop(self.xfer.take());
+            drop(g);
+            self.chan.wake_waiters();
         }
     }
 }

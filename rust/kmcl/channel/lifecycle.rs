@@ -254,7 +254,9 @@ impl Channel {
                 self.id,
                 e
             );
+            let left = self.xfer_take_left();
             self.detach();
+            drop(left);
             let mut g = self.inner.lock();
             g.state = State::Enabled;
             self.publish(&g);
@@ -369,11 +371,14 @@ impl Channel {
             self.call_state(|cb, ch| cb.suspend(ch));
         }
         self.wait_incoming_finished();
+        self.xfer_release_deferred();
         self.cancel_all_sends(if peer { ENODEV } else { ECANCELED });
         if was_opened {
             self.call_state(|cb, ch| cb.closed(ch));
         }
+        let left = self.xfer_take_left();
         self.detach();
+        drop(left);
         self.inner.lock().opened = false;
         let mut r = self.rx.lock();
         r.drop_deferred();

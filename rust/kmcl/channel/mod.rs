@@ -69,6 +69,7 @@ mod send_queue;
 mod status;
 mod sync;
 mod transactions;
+pub(crate) mod xfer;
 
 pub use config::FriendlyName;
 pub(crate) use config::{

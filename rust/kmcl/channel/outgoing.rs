@@ -177,7 +177,7 @@ impl Packet {
             .expect("packet used after it was taken apart")
     }
 
-    fn get_mut(&mut self) -> &mut PacketInner {
+    pub(super) fn get_mut(&mut self) -> &mut PacketInner {
         self.inner
             .as_deref_mut()
             .expect("packet used after it was taken apart")
@@ -455,7 +455,7 @@ impl Packet {
     }
 
     /// Takes a transaction slot if needed and hands the packet to the ring.
-    fn submit_encoded(mut self) -> core::result::Result<(), SendError> {
+    pub(super) fn submit_encoded(mut self) -> core::result::Result<(), SendError> {
         let chan = self.channel().arc();
         let wait = self.get().wait;
         let mut g = chan.tx.lock();

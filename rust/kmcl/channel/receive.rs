@@ -288,15 +288,22 @@ impl Channel {
                 return Some(Stop::Blocked);
             }
         };
-        let parsed = packet::parse(&buf[..n], &limits).map(|p| {
-            (
+        let parsed = packet::parse(&buf[..n], &limits).and_then(|p| {
+            // A transfer-page packet must name a registered receive buffer
+            // and stay inside it (channel/xfer.rs).
+            let xfer = match &p.kind {
+                Kind::XferPages(x) => Some(g.xfer.admit(x).map_err(packet::PacketError::Xfer)?),
+                _ => None,
+            };
+            Ok((
                 p.desc,
                 matches!(p.kind, Kind::Completion),
                 matches!(p.kind, Kind::GpaDirect(_)),
                 p.payload_offset,
-            )
+                xfer,
+            ))
         });
-        let (desc, is_completion, external, payload_offset) = match parsed {
+        let (desc, is_completion, external, payload_offset, xfer) = match parsed {
             Ok(v) => v,
             Err(e) => {
                 g.put_buf(buf);
@@ -340,6 +347,7 @@ impl Channel {
             seq,
             limits,
             ctx_size: ctx,
+            xfer: core::mem::ManuallyDrop::new(xfer),
         };
         cb.process_packet(self, pkt);
         // From here on the packet can no longer be deferred.

@@ -28,6 +28,9 @@ pub(crate) struct RxState {
     /// The driver's ProcessPacket callbacks, from the configuration of the
     /// last Enable (set only while Disabled, so a copy stays current).
     pub(crate) process: Option<Arc<dyn ProcessPacket>>,
+    /// Receive buffers of transfer-page packets, by page-set id: admitted
+    /// and released by the drain and the finish, under this lock.
+    pub(crate) xfer: super::xfer::Registry,
     /// Free incoming buffers, each `slot_size` bytes long.
     pub(super) free: KVec<KVec<u8>>,
     pub(super) slot_size: usize,
@@ -61,6 +64,7 @@ impl RxState {
         Self {
             link: None,
             process: None,
+            xfer: super::xfer::Registry::new(),
             free: KVec::new(),
             slot_size: 0,
             ctx_size: 0,

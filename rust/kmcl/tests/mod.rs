@@ -20,3 +20,4 @@ mod sync;
 mod transactions;
 mod typed;
 mod vmbus;
+mod xfer;

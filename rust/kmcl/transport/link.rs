@@ -38,9 +38,9 @@ pub(crate) struct OutPacket<'a> {
     pub(crate) flags: u16,
     /// The transaction id on the wire.
     pub(crate) trans_id: u64,
-    /// For a GPA-direct packet, the GPA header and the ranges, as they
-    /// follow the descriptor on the wire (a multiple of 8 bytes); empty
-    /// otherwise.
+    /// For a GPA-direct or a transfer-page packet, its header and ranges,
+    /// as they follow the descriptor on the wire (a multiple of 8 bytes);
+    /// empty otherwise.
     pub(crate) ranges: &'a [u8],
     /// The payload, unpadded.
     pub(crate) payload: &'a [u8],

@@ -12,3 +12,4 @@ pub mod ic;
 pub mod packet;
 pub mod ring;
 pub mod save;
+pub mod xfer;

@@ -8,9 +8,16 @@
 //! anything looks at the payload. The `encode_*` functions build the headers
 //! that a writer puts in front of a payload.
 
+use super::xfer::{
+    self,
+    TransferPages,
+    XferError, //
+};
+
 /// Descriptor type of in-band data.
 pub const TYPE_DATA_INBAND: u16 = 6;
-/// Descriptor type of data that uses transfer pages (not produced by kmcl).
+/// Descriptor type of data in transfer pages: ranges of a receive buffer
+/// the receiver shared (see [`super::xfer`]).
 pub const TYPE_DATA_XFER_PAGES: u16 = 7;
 /// Descriptor type of data that describes external memory as GPA ranges.
 pub const TYPE_DATA_GPA_DIRECT: u16 = 9;
@@ -86,6 +93,8 @@ pub enum PacketError {
     BadRanges,
     /// More ranges or external bytes than the channel allows.
     TooMuchExternalData,
+    /// A transfer-page header, range count or range that is inconsistent.
+    Xfer(XferError),
 }
 
 /// What a channel accepts from its peer.
@@ -207,6 +216,9 @@ pub enum Kind<'a> {
     Completion,
     /// Data with external memory described by GPA ranges.
     GpaDirect(GpaRanges<'a>),
+    /// Data in ranges of a receive buffer named by a page-set id; the
+    /// ranges are not yet checked against the buffer.
+    XferPages(TransferPages<'a>),
 }
 
 /// A checked packet.
@@ -257,6 +269,9 @@ pub fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Packet<'a>, PacketE
         TYPE_DATA_GPA_DIRECT => {
             Kind::GpaDirect(check_ranges(&bytes[DESCRIPTOR_SIZE..off], limits)?)
         }
+        TYPE_DATA_XFER_PAGES => Kind::XferPages(
+            xfer::parse_header(&bytes[DESCRIPTOR_SIZE..off]).map_err(PacketError::Xfer)?,
+        ),
         t => return Err(PacketError::UnknownType(t)),
     };
     Ok(Packet {

@@ -37,5 +37,15 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(n, ranges.len());
             assert!(total <= u64::from(LIMITS.max_external_bytes));
         }
+        if let Kind::XferPages(x) = p.kind {
+            // Every counted range is there, inside the area before the payload.
+            assert!(16 + 8 + 8 * x.len() <= p.payload_offset);
+            assert_eq!(x.iter().count(), x.len());
+            let widest = x.iter().map(|r| r.end()).max().unwrap_or(0);
+            assert!(x.check_within(widest).is_ok());
+            if widest > 0 {
+                assert!(x.check_within(widest - 1).is_err());
+            }
+        }
     }
 });
