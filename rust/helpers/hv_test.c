@@ -18,15 +18,10 @@
 #include <linux/vmalloc.h>
 
 #include "hv_test.h"
-
-struct kmcl_hv_test_ring {
-	struct page *pages;
-	u32 page_cnt;
-};
+#include "vmbus.h"
 
 struct kmcl_hv_test_channel {
 	struct vmbus_channel chan;
-	struct kmcl_hv_test_ring rings[2];
 	/* The host's interrupt runs the channel callback here, as hv_vmbus's tasklet does. */
 	struct tasklet_struct tasklet;
 };
@@ -40,22 +35,30 @@ static void kmcl_hv_test_tasklet(struct tasklet_struct *tl)
 		cb(t->chan.channel_callback_context);
 }
 
-static int ring_init(struct hv_ring_buffer_info *rbi,
-		     struct kmcl_hv_test_ring *r, u32 page_cnt, u32 max_pkt)
+/* As hv_vmbus prepares a channel's rings when it creates the channel. */
+static void ring_pre_init(struct hv_ring_buffer_info *rbi)
+{
+	mutex_init(&rbi->ring_buffer_mutex);
+	spin_lock_init(&rbi->ring_lock);
+}
+
+/*
+ * One ring over page_cnt pages of the block vmbus_alloc_ring() allocated,
+ * as hv_ringbuffer_init() maps it: the control page, then the data pages
+ * twice in a row. vmbus_free_ring() undoes it.
+ */
+static int ring_init(struct hv_ring_buffer_info *rbi, struct page *pages,
+		     u32 page_cnt, u32 max_pkt)
 {
 	struct page **map;
 	u32 i;
 
-	r->pages = alloc_pages(GFP_KERNEL | __GFP_ZERO, get_order(page_cnt * PAGE_SIZE));
-	if (!r->pages)
-		return -ENOMEM;
-	r->page_cnt = page_cnt;
 	map = kcalloc(page_cnt * 2 - 1, sizeof(*map), GFP_KERNEL);
 	if (!map)
 		return -ENOMEM;
-	map[0] = r->pages;
+	map[0] = pages;
 	for (i = 0; i < 2 * (page_cnt - 1); i++)
-		map[i + 1] = &r->pages[i % (page_cnt - 1) + 1];
+		map[i + 1] = &pages[i % (page_cnt - 1) + 1];
 	rbi->ring_buffer = vmap(map, page_cnt * 2 - 1, VM_MAP, PAGE_KERNEL);
 	kfree(map);
 	if (!rbi->ring_buffer)
@@ -65,8 +68,6 @@ static int ring_init(struct hv_ring_buffer_info *rbi,
 	rbi->ring_size_div10_reciprocal = reciprocal_value(rbi->ring_size / 10);
 	rbi->ring_datasize = rbi->ring_size - sizeof(struct hv_ring_buffer);
 	rbi->priv_read_index = 0;
-	spin_lock_init(&rbi->ring_lock);
-	mutex_init(&rbi->ring_buffer_mutex);
 	if (max_pkt) {
 		rbi->pkt_buffer = kzalloc(max_pkt, GFP_KERNEL);
 		if (!rbi->pkt_buffer)
@@ -74,15 +75,6 @@ static int ring_init(struct hv_ring_buffer_info *rbi,
 		rbi->pkt_buffer_size = max_pkt;
 	}
 	return 0;
-}
-
-static void ring_free(struct hv_ring_buffer_info *rbi, struct kmcl_hv_test_ring *r)
-{
-	if (rbi->ring_buffer)
-		vunmap(rbi->ring_buffer);
-	kfree(rbi->pkt_buffer);
-	if (r->pages)
-		__free_pages(r->pages, get_order(r->page_cnt * PAGE_SIZE));
 }
 
 void kmcl_hv_test_channel_free(struct vmbus_channel *c)
@@ -156,7 +148,10 @@ static int kmcl_hv_test_open_error;
 static unsigned int kmcl_hv_test_open_delay_ms;
 static int kmcl_hv_test_gpadl_error;
 static bool kmcl_hv_test_reencrypt_fails;
+static int kmcl_hv_test_teardown_error;
 static u32 kmcl_hv_test_next_gpadl;
+static u32 kmcl_hv_test_decrypted_gpadls;
+static u32 kmcl_hv_test_decrypted_size;
 
 struct kmcl_hv_test_device {
 	struct hv_device dev;
@@ -176,6 +171,8 @@ struct vmbus_channel *kmcl_hv_test_channel_alloc(const guid_t *type,
 	if (!t)
 		return NULL;
 	tasklet_setup(&t->tasklet, kmcl_hv_test_tasklet);
+	ring_pre_init(&t->chan.outbound);
+	ring_pre_init(&t->chan.inbound);
 	t->chan.is_dedicated_interrupt = true;
 	t->chan.offermsg.offer.if_type = *type;
 	t->chan.offermsg.offer.if_instance = *instance;
@@ -223,9 +220,8 @@ int kmcl_hv_test_open(struct vmbus_channel *c, u32 pages,
 		      void (*cb)(void *), void *ctx)
 {
 	u32 max_pkt = c->max_pkt_size, rqstor = c->rqstor_size;
-	struct kmcl_hv_test_channel *t =
-		container_of(c, struct kmcl_hv_test_channel, chan);
-	u32 i;
+	u32 send, i;
+	int ret;
 
 	/* As vmbus_open(): the callback is set before anything can fail. */
 	c->channel_callback_context = ctx;
@@ -234,11 +230,20 @@ int kmcl_hv_test_open(struct vmbus_channel *c, u32 pages,
 		msleep(kmcl_hv_test_open_delay_ms);
 	if (kmcl_hv_test_open_error)
 		return kmcl_hv_test_open_error;
-	if (pages < 2 || c->outbound.ring_buffer)
+	if (c->outbound.ring_buffer || c->ringbuffer_page)
 		return -EINVAL;
+	/*
+	 * kmcl's own sizing and Linux's vmbus_alloc_ring(), as kmcl_hv_open()
+	 * calls them; only the host's part (vmbus_connect_ring()) is replaced.
+	 */
+	ret = kmcl_hv_alloc_ring(c, pages);
+	if (ret)
+		return ret;
+	send = c->ringbuffer_send_offset;
 	/* As vmbus_open(): sizes and requestor from what the driver set. */
-	if (ring_init(&c->outbound, &t->rings[0], pages, 0) ||
-	    ring_init(&c->inbound, &t->rings[1], pages, max_pkt))
+	if (ring_init(&c->outbound, c->ringbuffer_page, send, 0) ||
+	    ring_init(&c->inbound, &c->ringbuffer_page[send],
+		      c->ringbuffer_pagecount - send, max_pkt))
 		goto fail;
 	if (rqstor) {
 		c->requestor.req_arr = kcalloc(rqstor, sizeof(u64), GFP_KERNEL);
@@ -265,15 +270,26 @@ void kmcl_hv_test_close(struct vmbus_channel *c)
 	/* As vmbus_close(): no callback runs once this returns. */
 	WRITE_ONCE(c->onchannel_callback, NULL);
 	tasklet_kill(&t->tasklet);
-	ring_free(&c->outbound, &t->rings[0]);
-	ring_free(&c->inbound, &t->rings[1]);
+	/* Linux's own: unmaps both rings and frees the block. */
+	if (c->ringbuffer_page)
+		vmbus_free_ring(c);
 	kfree(c->requestor.req_arr);
 	bitmap_free(c->requestor.req_bitmap);
 	memset(&c->outbound, 0, sizeof(c->outbound));
 	memset(&c->inbound, 0, sizeof(c->inbound));
+	ring_pre_init(&c->outbound);
+	ring_pre_init(&c->inbound);
 	memset(&c->requestor, 0, sizeof(c->requestor));
-	memset(t->rings, 0, sizeof(t->rings));
+	c->ringbuffer_pagecount = 0;
+	c->ringbuffer_send_offset = 0;
 	c->channel_callback_context = NULL;
+}
+
+/* The block vmbus_alloc_ring() recorded: its pages, and where receive starts. */
+void kmcl_hv_test_ring_block(struct vmbus_channel *c, u32 *pages, u32 *send)
+{
+	*pages = c->ringbuffer_page ? c->ringbuffer_pagecount : 0;
+	*send = c->ringbuffer_send_offset;
 }
 
 /* The host's interrupt: the channel callback runs in a tasklet. */
@@ -317,10 +333,45 @@ int kmcl_hv_test_gpadl_establish(struct vmbus_channel *c, void *buf, u32 size,
 	return 0;
 }
 
+/*
+ * vmbus_establish_gpadl_caller_decrypted(): the caller made the buffer
+ * host-visible; Linux records nothing to re-encrypt (decrypted stays false).
+ */
+int kmcl_hv_test_gpadl_establish_decrypted(struct vmbus_channel *c, void *buf,
+					   u32 size, struct vmbus_gpadl *g)
+{
+	if (kmcl_hv_test_gpadl_error)
+		return kmcl_hv_test_gpadl_error;
+	if (!PAGE_ALIGNED(buf) || !PAGE_ALIGNED(size) || !size)
+		return -EINVAL;
+	g->gpadl_handle = ++kmcl_hv_test_next_gpadl;
+	g->buffer = buf;
+	g->size = size;
+	g->decrypted = false;
+	kmcl_hv_test_decrypted_gpadls++;
+	kmcl_hv_test_decrypted_size = size;
+	return 0;
+}
+
+/* How many caller-decrypted GPADLs were established, and the last one's size. */
+u32 kmcl_hv_test_decrypted_gpadl_stats(u32 *last_size)
+{
+	*last_size = kmcl_hv_test_decrypted_size;
+	return kmcl_hv_test_decrypted_gpadls;
+}
+
+void kmcl_hv_test_set_teardown_error(int err)
+{
+	kmcl_hv_test_teardown_error = err;
+}
+
 int kmcl_hv_test_gpadl_teardown(struct vmbus_channel *c, struct vmbus_gpadl *g)
 {
+	if (kmcl_hv_test_teardown_error)
+		return kmcl_hv_test_teardown_error;
 	g->gpadl_handle = 0;
-	g->decrypted = kmcl_hv_test_reencrypt_fails;
+	/* As Linux: only pages it decrypted itself are encrypted again. */
+	g->decrypted = g->decrypted && kmcl_hv_test_reencrypt_fails;
 	return 0;
 }
 

@@ -41,6 +41,18 @@ bool kmcl_hv_test_has_callback(struct vmbus_channel *c);
 int kmcl_hv_test_gpadl_establish(struct vmbus_channel *c, void *buf, u32 size,
 				 struct vmbus_gpadl *g);
 int kmcl_hv_test_gpadl_teardown(struct vmbus_channel *c, struct vmbus_gpadl *g);
+int kmcl_hv_test_gpadl_establish_decrypted(struct vmbus_channel *c, void *buf,
+					   u32 size, struct vmbus_gpadl *g);
+u32 kmcl_hv_test_decrypted_gpadl_stats(u32 *last_size);
+void kmcl_hv_test_set_teardown_error(int err);
+void kmcl_hv_test_ring_block(struct vmbus_channel *c, u32 *pages, u32 *send);
+
+/*
+ * Fault injection in vmbus.c (CONFIG_KUNIT only): the next n ring or shared
+ * buffer allocations fail with -ENOMEM; the shared buffers alive.
+ */
+void kmcl_hv_test_fail_allocs(int rings, int buffers);
+int kmcl_hv_test_buffers_alive(void);
 
 /* The name and id table of kmcl's last driver registration. */
 void kmcl_hv_test_note_registration(const char *name,

@@ -16,7 +16,9 @@
 
 #include <linux/export.h>
 #include <linux/hyperv.h>
+#include <linux/atomic.h>
 #include <linux/kmemleak.h>
+#include <linux/log2.h>
 #include <linux/mod_devicetable.h>
 #include <linux/module.h>
 #include <linux/slab.h>
@@ -236,17 +238,103 @@ void kmcl_hv_prepare_open(struct vmbus_channel *c, u32 max_pkt, u32 rqstor)
 	set_channel_read_mode(c, HV_CALL_DIRECT);
 }
 
+/*
+ * Fault injection for the KUnit suites only: the next n ring (or shared
+ * buffer) allocations fail as if the page allocator had no memory, and the
+ * shared buffers alive are counted. A kernel without KUnit has none of it.
+ */
+#if IS_ENABLED(CONFIG_KUNIT)
+static atomic_t kmcl_hv_ring_alloc_failures = ATOMIC_INIT(0);
+static atomic_t kmcl_hv_buffer_alloc_failures = ATOMIC_INIT(0);
+static atomic_t kmcl_hv_buffers_alive = ATOMIC_INIT(0);
+
+void kmcl_hv_test_fail_allocs(int rings, int buffers)
+{
+	atomic_set(&kmcl_hv_ring_alloc_failures, rings);
+	atomic_set(&kmcl_hv_buffer_alloc_failures, buffers);
+}
+
+int kmcl_hv_test_buffers_alive(void)
+{
+	return atomic_read(&kmcl_hv_buffers_alive);
+}
+
+static bool kmcl_hv_inject(atomic_t *failures)
+{
+	return atomic_add_unless(failures, -1, 0);
+}
+
+static void kmcl_hv_count_buffer(int n)
+{
+	atomic_add(n, &kmcl_hv_buffers_alive);
+}
+#else
+#define kmcl_hv_inject(failures) false
+#define kmcl_hv_count_buffer(n) do { } while (0)
+#endif
+
+/*
+ * The bytes of each ring for RingBufferPageCount 4 KiB pages per direction,
+ * control page included, as Hyper-V counts them (kernel pages may be
+ * larger: VMBUS_RING_SIZE() rounds up to whole ones).
+ *
+ * vmbus_alloc_ring() takes send and receive ring as one block of physically
+ * contiguous pages, a power of two of them (get_order()). kmcl makes each
+ * ring half such a block, so that nothing of it lies unused: a count that
+ * is not a power of two is rounded up to the next one. A block beyond the
+ * page allocator's largest (MAX_PAGE_ORDER) can never be had, and asking for
+ * one warns: such a count is refused with -EINVAL.
+ */
+int kmcl_hv_ring_bytes(u32 ring_pages, u32 *bytes)
+{
+	unsigned long b;
+
+	if (ring_pages < 2 || ring_pages > KMCL_HV_RING_PAGES_MAX)
+		return -EINVAL;
+	b = VMBUS_RING_SIZE((unsigned long)(ring_pages - 1) * HV_HYP_PAGE_SIZE);
+	b = roundup_pow_of_two(b);
+	if (get_order(2 * b) > MAX_PAGE_ORDER)
+		return -EINVAL;
+	*bytes = b;
+	return 0;
+}
+
+/*
+ * vmbus_alloc_ring() for RingBufferPageCount: both rings in one block,
+ * recorded in the channel (ringbuffer_page and its counts) for
+ * vmbus_connect_ring() and vmbus_free_ring().
+ */
+int kmcl_hv_alloc_ring(struct vmbus_channel *c, u32 ring_pages)
+{
+	u32 bytes;
+	int ret;
+
+	ret = kmcl_hv_ring_bytes(ring_pages, &bytes);
+	if (ret)
+		return ret;
+	if (kmcl_hv_inject(&kmcl_hv_ring_alloc_failures))
+		return -ENOMEM;
+	return vmbus_alloc_ring(c, bytes, bytes);
+}
+
+/*
+ * vmbus_open(), in its two steps: the rings' allocation (where an order-7
+ * or order-8 block is often not to be had, and where the KUnit suites
+ * inject that failure), then vmbus_connect_ring(), which shares them with
+ * the host and opens the channel. On failure nothing is left allocated.
+ */
 int kmcl_hv_open(struct vmbus_channel *c, u32 ring_pages, void (*cb)(void *),
 		 void *ctx)
 {
-	/*
-	 * RingBufferPageCount counts 4 KiB pages, control page included, as
-	 * Hyper-V does; vmbus_open() wants whole kernel pages, which are
-	 * larger on some architectures.
-	 */
-	u32 bytes = VMBUS_RING_SIZE((ring_pages - 1) * HV_HYP_PAGE_SIZE);
+	int ret;
 
-	return vmbus_open(c, bytes, bytes, NULL, 0, cb, ctx);
+	ret = kmcl_hv_alloc_ring(c, ring_pages);
+	if (ret)
+		return ret;
+	ret = vmbus_connect_ring(c, cb, ctx);
+	if (ret)
+		vmbus_free_ring(c);
+	return ret;
 }
 
 void kmcl_hv_close(struct vmbus_channel *c)
@@ -310,9 +398,70 @@ int kmcl_hv_gpadl_establish(struct vmbus_channel *c, void *buf, u32 size,
 	return vmbus_establish_gpadl(c, buf, size, g);
 }
 
+/*
+ * For a buffer from kmcl_hv_alloc_buffer(): it is host-visible already (in
+ * a confidential VM, decrypted by the allocation); Linux leaves its
+ * re-encryption to vmbus_free_buffer().
+ */
+int kmcl_hv_gpadl_establish_decrypted(struct vmbus_channel *c, void *buf,
+				      u32 size, struct vmbus_gpadl *g)
+{
+	return vmbus_establish_gpadl_caller_decrypted(c, buf, size, g);
+}
+
 int kmcl_hv_gpadl_teardown(struct vmbus_channel *c, struct vmbus_gpadl *g)
 {
 	return vmbus_teardown_gpadl(c, g);
+}
+
+/*
+ * A teardown failed: the host may still map the GPADL's pages. kmcl then
+ * treats them as still shared, as Linux treats pages whose re-encryption
+ * failed: never freed.
+ */
+void kmcl_hv_gpadl_mark_shared(struct vmbus_gpadl *g)
+{
+	g->decrypted = true;
+}
+
+/*
+ * A buffer to share with the host: vmbus_alloc_buffer() allocates it in
+ * physically contiguous chunks, as large as the allocator gives, and in a
+ * confidential VM decrypts each chunk; outside one it is plain vzalloc()
+ * memory (chunks NULL).
+ */
+void *kmcl_hv_alloc_buffer(struct vmbus_channel *c, u32 size,
+			   struct page ***chunks, u32 *chunk_cnt)
+{
+	void *addr;
+
+	*chunks = NULL;
+	*chunk_cnt = 0;
+	if (kmcl_hv_inject(&kmcl_hv_buffer_alloc_failures))
+		return NULL;
+	addr = vmbus_alloc_buffer(c, size, chunks, chunk_cnt);
+	if (addr)
+		kmcl_hv_count_buffer(1);
+	return addr;
+}
+
+/*
+ * vmbus_free_buffer(): re-encrypts each chunk and frees it, and leaks a
+ * chunk whose re-encryption failed.
+ */
+void kmcl_hv_free_buffer(void *addr, struct page **chunks, u32 chunk_cnt)
+{
+	vmbus_free_buffer(addr, chunks, chunk_cnt);
+	kmcl_hv_count_buffer(-1);
+}
+
+/*
+ * A buffer the host may still see is never freed. What kmemleak tracks of
+ * it (the vzalloc() area, or the chunk array) is kept for good.
+ */
+void kmcl_hv_leak_buffer(void *addr, struct page **chunks)
+{
+	kmemleak_not_leak(chunks ? (const void *)chunks : addr);
 }
 
 u32 kmcl_hv_gpadl_handle(const struct vmbus_gpadl *g)

@@ -70,7 +70,16 @@ u32 kmcl_hv_ring_datasize(struct vmbus_channel *c);
 void kmcl_hv_set_pending_send_size(struct vmbus_channel *c, u32 size);
 u64 kmcl_hv_request_addr(struct vmbus_channel *c, u64 trans_id, u64 rqst_addr);
 
+/*
+ * The largest RingBufferPageCount (4 KiB pages per direction) that
+ * kmcl_hv_ring_bytes() considers; init_set_ring_buffer_page_count() allows
+ * no more.
+ */
+#define KMCL_HV_RING_PAGES_MAX 1024
+
 /* Bound devices: open and close, MMIO, GPADLs. */
+int kmcl_hv_ring_bytes(u32 ring_pages, u32 *bytes);
+int kmcl_hv_alloc_ring(struct vmbus_channel *c, u32 ring_pages);
 void kmcl_hv_prepare_open(struct vmbus_channel *c, u32 max_pkt, u32 rqstor);
 int kmcl_hv_open(struct vmbus_channel *c, u32 ring_pages, void (*cb)(void *),
 		 void *ctx);
@@ -83,7 +92,14 @@ struct vmbus_gpadl *kmcl_hv_gpadl_alloc(void);
 void kmcl_hv_gpadl_free(struct vmbus_gpadl *g);
 int kmcl_hv_gpadl_establish(struct vmbus_channel *c, void *buf, u32 size,
 			    struct vmbus_gpadl *g);
+int kmcl_hv_gpadl_establish_decrypted(struct vmbus_channel *c, void *buf,
+				      u32 size, struct vmbus_gpadl *g);
 int kmcl_hv_gpadl_teardown(struct vmbus_channel *c, struct vmbus_gpadl *g);
+void kmcl_hv_gpadl_mark_shared(struct vmbus_gpadl *g);
+void *kmcl_hv_alloc_buffer(struct vmbus_channel *c, u32 size,
+			   struct page ***chunks, u32 *chunk_cnt);
+void kmcl_hv_free_buffer(void *addr, struct page **chunks, u32 chunk_cnt);
+void kmcl_hv_leak_buffer(void *addr, struct page **chunks);
 u32 kmcl_hv_gpadl_handle(const struct vmbus_gpadl *g);
 bool kmcl_hv_gpadl_decrypted(const struct vmbus_gpadl *g);
 void *kmcl_hv_vmap_pages(struct page **pages, u32 count);

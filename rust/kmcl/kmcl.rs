@@ -84,7 +84,10 @@ pub use channel::{
     DEFAULT_RING_PAGES,
     FRIENDLY_NAME_MAX, //
 };
-pub use transport::Bus;
+pub use transport::{
+    hv::memory::SharedBuffer,
+    Bus, //
+};
 pub use wire::guid::{
     Guid,
     ParseGuidError, //

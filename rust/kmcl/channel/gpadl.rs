@@ -116,11 +116,39 @@ impl Channel {
         self.create_gpadl(GpadlMemory::Pages(pages), flags)
     }
 
-    fn create_gpadl(&self, mem: GpadlMemory, flags: u32) -> Result<Gpadl> {
+    /// Allocates `len` bytes, rounded up to whole pages and zeroed, and
+    /// shares them as a GPADL; returns once the server side has it.
+    /// `flags`: [`GPADL_READ_ONLY`].
+    ///
+    /// Over the hv transport the memory comes from `vmbus_alloc_buffer()`
+    /// and is shared with `vmbus_establish_gpadl_caller_decrypted()`: in a
+    /// confidential VM it is decrypted once, in large physically contiguous
+    /// chunks, rather than page by page as the other creators' memory is.
+    /// The GPADL's memory is then a [`GpadlMemory::Shared`], which stays
+    /// host-visible until it is dropped. On loopback it is a
+    /// [`GpadlMemory::Buffer`]. `EINVAL` for `len` 0, `ENOMEM` when the
+    /// memory cannot be had.
+    pub fn create_gpadl_shared(&self, len: usize, flags: u32) -> Result<Gpadl> {
         kernel::task::might_sleep();
+        self.check_gpadl_creation(flags)?;
+        let (backing, id, mem) = self.peer()?.allocate_gpadl(len).map_err(|(e, _)| e)?;
+        Ok(Gpadl {
+            id,
+            backing: Some(backing),
+            mem: Some(mem),
+        })
+    }
+
+    fn check_gpadl_creation(&self, flags: u32) -> Result {
         if flags & !GPADL_READ_ONLY != 0 || self.endpoint() != super::Endpoint::Client {
             return Err(EINVAL);
         }
+        Ok(())
+    }
+
+    fn create_gpadl(&self, mem: GpadlMemory, flags: u32) -> Result<Gpadl> {
+        kernel::task::might_sleep();
+        self.check_gpadl_creation(flags)?;
         let (backing, id, mem) = self.peer()?.create_gpadl(mem).map_err(|(e, _)| e)?;
         Ok(Gpadl {
             id,

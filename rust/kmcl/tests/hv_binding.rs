@@ -125,6 +125,12 @@ mod ffi {
             size: u32,
             g: *mut VmbusGpadl,
         ) -> c_int;
+        pub(super) fn kmcl_hv_test_gpadl_establish_decrypted(
+            c: *mut VmbusChannel,
+            buf: *mut c_void,
+            size: u32,
+            g: *mut VmbusGpadl,
+        ) -> c_int;
         pub(super) fn kmcl_hv_test_gpadl_teardown(
             c: *mut VmbusChannel,
             g: *mut VmbusGpadl,
@@ -138,6 +144,7 @@ static TEST_OPS: Ops = Ops {
     open: ffi::kmcl_hv_test_open,
     close: ffi::kmcl_hv_test_close,
     gpadl_establish: ffi::kmcl_hv_test_gpadl_establish,
+    gpadl_establish_decrypted: ffi::kmcl_hv_test_gpadl_establish_decrypted,
     gpadl_teardown: ffi::kmcl_hv_test_gpadl_teardown,
 };
 

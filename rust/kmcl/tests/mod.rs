@@ -13,6 +13,7 @@ mod hostile;
 mod hv_binding;
 mod hv_hostile;
 mod hv_interop;
+mod hv_memory;
 mod receive;
 mod send;
 mod server;

@@ -20,7 +20,8 @@ use super::{
         bus::HvDevice,
         memory::{
             self as hv_memory,
-            HvGpadl, //
+            HvGpadl,
+            SharedBuffer, //
         },
     },
     loopback::{
@@ -38,6 +39,9 @@ pub enum GpadlMemory {
     Buffer(KVVec<u8>),
     /// Pages.
     Pages(KVec<Page>),
+    /// A buffer that kmcl allocated for sharing with the host
+    /// (`Channel::create_gpadl_shared` over the hv transport).
+    Shared(SharedBuffer),
 }
 
 impl GpadlMemory {
@@ -70,6 +74,8 @@ impl GpadlMemory {
                 }
                 Ok((pfns, pages.len() * 4096))
             }
+            // Made by the hv transport only, which shares it its own way.
+            GpadlMemory::Shared(_) => Err(EINVAL),
         }
     }
 
@@ -77,7 +83,7 @@ impl GpadlMemory {
     pub(crate) fn offset(&self) -> usize {
         match self {
             GpadlMemory::Buffer(b) => b.as_ptr() as usize & 4095,
-            GpadlMemory::Pages(_) => 0,
+            GpadlMemory::Pages(_) | GpadlMemory::Shared(_) => 0,
         }
     }
 }
@@ -205,6 +211,33 @@ impl MemoryPeer {
                 }
             }
             MemoryPeer::Hv(dev, epoch) => HvGpadl::establish(dev, *epoch, mem)
+                .map(|(g, id, mem)| (GpadlBacking::Hv(g), id, mem)),
+        }
+    }
+
+    /// Allocates `len` bytes, rounded up to whole pages and zeroed, for
+    /// sharing with the peer, and shares them as [`MemoryPeer::create_gpadl`]
+    /// does: over hv from `vmbus_alloc_buffer()`, a [`GpadlMemory::Shared`];
+    /// on loopback a [`GpadlMemory::Buffer`].
+    pub(crate) fn allocate_gpadl(
+        &self,
+        len: usize,
+    ) -> core::result::Result<(GpadlBacking, u32, GpadlMemory), (Error, Option<GpadlMemory>)> {
+        match self {
+            MemoryPeer::Loopback(_) => {
+                let buf = (|| {
+                    let len = len
+                        .checked_next_multiple_of(4096)
+                        .filter(|&l| l != 0)
+                        .ok_or(EINVAL)?;
+                    let mut b = KVVec::with_capacity(len, GFP_KERNEL)?;
+                    b.resize(len, 0, GFP_KERNEL)?;
+                    Ok(b)
+                })()
+                .map_err(|e| (e, None))?;
+                self.create_gpadl(GpadlMemory::Buffer(buf))
+            }
+            MemoryPeer::Hv(dev, epoch) => HvGpadl::allocate(dev, *epoch, len)
                 .map(|(g, id, mem)| (GpadlBacking::Hv(g), id, mem)),
         }
     }

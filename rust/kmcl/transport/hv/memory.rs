@@ -1,17 +1,34 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Memory shared with the host over the hv transport: GPADLs through
-//! `vmbus_establish_gpadl()` / `vmbus_teardown_gpadl()`, and MMIO space
-//! through `vmbus_allocate_mmio()`.
+//! `vmbus_establish_gpadl()` / `vmbus_teardown_gpadl()`, buffers that kmcl
+//! allocates for sharing through `vmbus_alloc_buffer()` /
+//! `vmbus_establish_gpadl_caller_decrypted()` / `vmbus_free_buffer()`, and
+//! MMIO space through `vmbus_allocate_mmio()`.
 //!
-//! In a confidential VM, establishing a GPADL makes its pages visible to
-//! the host (decrypts them), and tearing it down encrypts them again.
-//! `struct vmbus_gpadl` records whether the pages are still decrypted. If
-//! they are after a teardown (or after a failed establish), the host may
-//! still read and write them: kmcl then never hands them back to the
-//! allocator, nor to the driver, and leaks them on purpose.
+//! In a confidential VM, establishing a GPADL over the driver's own memory
+//! makes its pages visible to the host (decrypts them), and tearing it down
+//! encrypts them again. `struct vmbus_gpadl` records whether the pages are
+//! still decrypted. If they are after a teardown (or after a failed
+//! establish), or the teardown failed, the host may still read and write
+//! them: kmcl then never hands them back to the allocator, nor to the
+//! driver, and leaks them on purpose.
+//!
+//! A [`SharedBuffer`] is host-visible from its allocation to its release:
+//! `vmbus_alloc_buffer()` decrypts it in physically contiguous chunks, and
+//! `vmbus_free_buffer()` encrypts each chunk again before freeing it, and
+//! leaks a chunk whose re-encryption failed. kmcl frees it only through
+//! `vmbus_free_buffer()`, and not at all once a teardown of its GPADL
+//! failed.
 
-use core::ptr::NonNull;
+use core::{
+    ops::{
+        Deref,
+        DerefMut, //
+    },
+    ptr::NonNull,
+    slice, //
+};
 
 use kernel::{
     page::PAGE_SIZE,
@@ -20,7 +37,10 @@ use kernel::{
 };
 
 use super::bus::HvDevice;
-use crate::transport::memory::GpadlMemory;
+use crate::{
+    transport::memory::GpadlMemory,
+    vmbus::ffi::VmbusChannel, //
+};
 
 /// The helper's functions for devices and shared memory.
 pub(crate) mod ffi {
@@ -59,12 +79,123 @@ pub(crate) mod ffi {
             size: u32,
             g: *mut VmbusGpadl,
         ) -> c_int;
+        pub(crate) fn kmcl_hv_gpadl_establish_decrypted(
+            c: *mut VmbusChannel,
+            buf: *mut c_void,
+            size: u32,
+            g: *mut VmbusGpadl,
+        ) -> c_int;
         pub(crate) fn kmcl_hv_gpadl_teardown(c: *mut VmbusChannel, g: *mut VmbusGpadl) -> c_int;
+        pub(crate) fn kmcl_hv_gpadl_mark_shared(g: *mut VmbusGpadl);
+        pub(crate) fn kmcl_hv_alloc_buffer(
+            c: *mut VmbusChannel,
+            size: u32,
+            chunks: *mut *mut c_void,
+            chunk_cnt: *mut u32,
+        ) -> *mut c_void;
+        pub(crate) fn kmcl_hv_free_buffer(addr: *mut c_void, chunks: *mut c_void, chunk_cnt: u32);
+        pub(crate) fn kmcl_hv_leak_buffer(addr: *mut c_void, chunks: *mut c_void);
         pub(crate) fn kmcl_hv_gpadl_handle(g: *const VmbusGpadl) -> u32;
         pub(crate) fn kmcl_hv_gpadl_decrypted(g: *const VmbusGpadl) -> bool;
         pub(crate) fn kmcl_hv_vmap_pages(pages: *mut *mut c_void, count: u32) -> *mut c_void;
         pub(crate) fn kmcl_hv_vunmap(addr: *mut c_void);
         pub(crate) fn kmcl_mark_not_leak(ptr: *const c_void);
+    }
+}
+
+/// Memory that kmcl allocated for sharing with the host, behind a GPADL
+/// made with [`Channel::create_gpadl_shared`] over the hv transport.
+///
+/// In a confidential VM the memory is visible to the host (decrypted) for
+/// as long as the buffer lives, even after its GPADL was deleted: keep in
+/// it only what the host may see. Dropping the buffer encrypts it again and
+/// frees it; memory whose encryption fails is never freed.
+///
+/// [`Channel::create_gpadl_shared`]: crate::Channel::create_gpadl_shared
+///
+/// # Invariants
+///
+/// `addr` maps `len` bytes, whole kernel pages, that `kmcl_hv_alloc_buffer`
+/// allocated together with `chunks` (`chunk_cnt` entries, or null). The
+/// buffer owns them: they are released once, by `kmcl_hv_free_buffer` in
+/// `drop`, or kept forever by `SharedBuffer::leak`.
+pub struct SharedBuffer {
+    addr: NonNull<u8>,
+    len: usize,
+    chunks: *mut c_void,
+    chunk_cnt: u32,
+}
+
+// SAFETY: the buffer is plain memory owned by the value; nothing in it is
+// tied to a thread.
+unsafe impl Send for SharedBuffer {}
+// SAFETY: `&SharedBuffer` only reads the memory.
+unsafe impl Sync for SharedBuffer {}
+
+impl SharedBuffer {
+    /// `len` bytes, rounded up to whole pages, allocated for `chan`'s host
+    /// by `vmbus_alloc_buffer()`, zeroed.
+    ///
+    /// # Safety
+    ///
+    /// `chan` is an open channel (`vmbus_alloc_buffer()` reads its target
+    /// CPU and whether its host may see all guest memory).
+    unsafe fn alloc(chan: *mut VmbusChannel, len: usize) -> Result<Self> {
+        let len = len
+            .checked_next_multiple_of(PAGE_SIZE)
+            .filter(|&l| l != 0)
+            .ok_or(EINVAL)?;
+        let size = u32::try_from(len).map_err(|_| EINVAL)?;
+        let mut chunks = core::ptr::null_mut();
+        let mut chunk_cnt = 0;
+        // SAFETY: `chan` is open (the caller's contract); the out-pointers
+        // are valid.
+        let addr = unsafe { ffi::kmcl_hv_alloc_buffer(chan, size, &mut chunks, &mut chunk_cnt) };
+        let addr = NonNull::new(addr.cast::<u8>()).ok_or(ENOMEM)?;
+        // INVARIANT: `addr` maps `size` bytes allocated with `chunks`.
+        Ok(Self {
+            addr,
+            len,
+            chunks,
+            chunk_cnt,
+        })
+    }
+
+    fn ptr(&self) -> *mut c_void {
+        self.addr.as_ptr().cast()
+    }
+
+    /// Keeps memory the host may still see out of the allocator for good.
+    fn leak(self) {
+        let this = core::mem::ManuallyDrop::new(self);
+        // SAFETY: by the type invariant; the buffer is never freed now.
+        unsafe { ffi::kmcl_hv_leak_buffer(this.ptr(), this.chunks) };
+    }
+}
+
+/// The memory: whole pages, zeroed at allocation.
+impl Deref for SharedBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: by the type invariant `addr` maps `len` bytes owned by
+        // `self`, initialised (zeroed) at allocation.
+        unsafe { slice::from_raw_parts(self.addr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for SharedBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes the borrow unique.
+        unsafe { slice::from_raw_parts_mut(self.addr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SharedBuffer {
+    #[inline(never)]
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant, the buffer's one release.
+        unsafe { ffi::kmcl_hv_free_buffer(self.ptr(), self.chunks, self.chunk_cnt) };
     }
 }
 
@@ -109,6 +240,10 @@ fn quarantine(mem: GpadlMemory) {
             let (ptr, _, cap) = p.into_raw_parts();
             (ptr.cast::<c_void>().cast_const(), cap)
         }
+        GpadlMemory::Shared(b) => {
+            b.leak();
+            return;
+        }
     };
     if cap != 0 {
         // SAFETY: `ptr` is the start of a live allocation, never freed now.
@@ -143,6 +278,10 @@ fn map(mem: &GpadlMemory) -> Result<(*mut c_void, u32, Option<NonNull<c_void>>)>
             let va = unsafe { ffi::kmcl_hv_vmap_pages(raw.as_mut_ptr(), count) };
             let va = NonNull::new(va).ok_or(ENOMEM)?;
             Ok((va.as_ptr(), size, Some(va)))
+        }
+        GpadlMemory::Shared(b) => {
+            let size = u32::try_from(b.len()).map_err(|_| EINVAL)?;
+            Ok((b.ptr(), size, None))
         }
     }
 }
@@ -194,9 +333,15 @@ impl HvGpadl {
             drop(m);
             return fail(e.into(), mem);
         }
+        // A buffer of `vmbus_alloc_buffer()` is host-visible already: Linux
+        // must not decrypt it again, nor encrypt it at the teardown.
+        let establish = match mem {
+            GpadlMemory::Shared(_) => dev.ops.gpadl_establish_decrypted,
+            _ => dev.ops.gpadl_establish,
+        };
         // SAFETY: the channel is open while `open` is set under this lock;
         // `va` maps `size` bytes of `mem`, which outlives the GPADL.
-        let r = unsafe { (dev.ops.gpadl_establish)(dev.channel(), va, size, g.as_ptr()) };
+        let r = unsafe { establish(dev.channel(), va, size, g.as_ptr()) };
         if let Err(e) = kernel::error::to_result(r) {
             drop(m);
             return fail(e, mem);
@@ -216,6 +361,27 @@ impl HvGpadl {
             handle,
             mem,
         ))
+    }
+
+    /// Allocates `len` bytes (whole pages) with `vmbus_alloc_buffer()` and
+    /// establishes a GPADL over them on `dev`'s channel, if it is still
+    /// open `epoch`. On failure the buffer is freed, unless the host may
+    /// still see it.
+    pub(crate) fn allocate(
+        dev: &Arc<HvDevice>,
+        epoch: u64,
+        len: usize,
+    ) -> core::result::Result<(Self, u32, GpadlMemory), (Error, Option<GpadlMemory>)> {
+        let buf = {
+            let m = dev.memory.lock();
+            if !m.open || m.epoch != epoch {
+                return Err((ENODEV, None));
+            }
+            // SAFETY: the channel is open while `open` is set under this
+            // lock.
+            unsafe { SharedBuffer::alloc(dev.channel(), len) }.map_err(|e| (e, None))?
+        };
+        Self::establish(dev, epoch, GpadlMemory::Shared(buf))
     }
 
     /// Tears the GPADL down (unless the channel's close did already) and
@@ -244,13 +410,16 @@ impl HvGpadl {
 }
 
 /// `vmbus_teardown_gpadl()` on `dev`'s channel, which is open: called with
-/// the device's memory lock held.
+/// the device's memory lock held. After a failure the host may still map
+/// the pages: they are marked as still shared, and never freed.
 pub(crate) fn teardown_gpadl(dev: &HvDevice, g: *mut VmbusGpadl) {
     // SAFETY: the caller holds the memory lock with the channel open, and
     // `g` is a GPADL established on it.
     let r = unsafe { (dev.ops.gpadl_teardown)(dev.channel(), g) };
     if r != 0 {
         pr_warn!("GPADL teardown failed ({})\n", r);
+        // SAFETY: `g` is a live `vmbus_gpadl`.
+        unsafe { ffi::kmcl_hv_gpadl_mark_shared(g) };
     }
 }
 

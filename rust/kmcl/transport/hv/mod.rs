@@ -92,15 +92,20 @@ pub(crate) type ChannelCallback = unsafe extern "C" fn(*mut c_void);
 /// rings in memory and play the host's part of each message exchange.
 pub(crate) struct Ops {
     /// `vmbus_open()` with RingBufferPageCount (4 KiB pages per direction,
-    /// control page included), callback and context; it reads the sizes
-    /// kmcl set with `kmcl_hv_prepare_open()`. On failure the callback may
-    /// still be set: `close` resets it.
+    /// control page included, rounded up to a power of two so that both
+    /// rings fill `vmbus_alloc_ring()`'s block), callback and context; it
+    /// reads the sizes kmcl set with `kmcl_hv_prepare_open()`. On failure
+    /// the callback may still be set: `close` resets it.
     pub(crate) open:
         unsafe extern "C" fn(*mut VmbusChannel, u32, Option<ChannelCallback>, *mut c_void) -> c_int,
     /// `vmbus_close()`; also after a failed `open`.
     pub(crate) close: unsafe extern "C" fn(*mut VmbusChannel),
     /// `vmbus_establish_gpadl()`.
     pub(crate) gpadl_establish:
+        unsafe extern "C" fn(*mut VmbusChannel, *mut c_void, u32, *mut memory::VmbusGpadl) -> c_int,
+    /// `vmbus_establish_gpadl_caller_decrypted()`, for a buffer from
+    /// `vmbus_alloc_buffer()`.
+    pub(crate) gpadl_establish_decrypted:
         unsafe extern "C" fn(*mut VmbusChannel, *mut c_void, u32, *mut memory::VmbusGpadl) -> c_int,
     /// `vmbus_teardown_gpadl()`.
     pub(crate) gpadl_teardown:
@@ -112,6 +117,7 @@ pub(crate) static LINUX_OPS: Ops = Ops {
     open: memory::ffi::kmcl_hv_open,
     close: memory::ffi::kmcl_hv_close,
     gpadl_establish: memory::ffi::kmcl_hv_gpadl_establish,
+    gpadl_establish_decrypted: memory::ffi::kmcl_hv_gpadl_establish_decrypted,
     gpadl_teardown: memory::ffi::kmcl_hv_gpadl_teardown,
 };
 
