@@ -15,6 +15,7 @@
 #include <linux/interrupt.h>
 #include <linux/mm.h>
 #include <linux/slab.h>
+#include <linux/smp.h>
 #include <linux/vmalloc.h>
 
 #include "hv_test.h"
@@ -406,4 +407,61 @@ u32 kmcl_hv_test_last_registration(char *name, u32 len, guid_t *ids, u32 max)
 		    i < ARRAY_SIZE(kmcl_hv_test_reg_ids); i++)
 		ids[i] = kmcl_hv_test_reg_ids[i];
 	return kmcl_hv_test_reg_count;
+}
+
+/* ---- Sub-channels, as hv_vmbus creates and offers them. ---- */
+
+/*
+ * A sub-channel offer of primary: the primary's type and instance, a
+ * non-zero index, its primary set, as vmbus_process_offer() leaves it.
+ */
+struct vmbus_channel *kmcl_hv_test_subchannel_new(struct vmbus_channel *primary,
+						  u16 index)
+{
+	struct vmbus_channel *sc =
+		kmcl_hv_test_channel_alloc(&primary->offermsg.offer.if_type,
+					   &primary->offermsg.offer.if_instance, 0);
+
+	if (!sc)
+		return NULL;
+	sc->offermsg.offer.sub_channel_index = index;
+	sc->primary_channel = primary;
+	return sc;
+}
+
+/*
+ * Offers sc to its primary's driver as vmbus_add_channel_work() does: the
+ * sc-create callback runs in process context. -ENOENT when none is set.
+ */
+int kmcl_hv_test_offer_subchannel(struct vmbus_channel *sc)
+{
+	void (*cb)(struct vmbus_channel *) =
+		READ_ONCE(sc->primary_channel->sc_creation_callback);
+
+	if (!cb)
+		return -ENOENT;
+	cb(sc);
+	return 0;
+}
+
+/* What hv_vmbus does when the channel's sysfs "cpu" attribute is written. */
+void kmcl_hv_test_set_target_cpu(struct vmbus_channel *c, u32 cpu)
+{
+	WRITE_ONCE(c->target_cpu, cpu);
+}
+
+static void kmcl_hv_test_interrupt_ipi(void *c)
+{
+	kmcl_hv_test_interrupt(c);
+}
+
+/*
+ * The host's interrupt arriving on cpu, where the channel's tasklet then
+ * runs; on the calling CPU if cpu is offline.
+ */
+void kmcl_hv_test_interrupt_on(struct vmbus_channel *c, u32 cpu)
+{
+	if (cpu >= nr_cpu_ids || !cpu_online(cpu) ||
+	    smp_call_function_single(cpu, kmcl_hv_test_interrupt_ipi, c, 1))
+		kmcl_hv_test_interrupt(c);
 }

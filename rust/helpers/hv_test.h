@@ -54,6 +54,12 @@ void kmcl_hv_test_ring_block(struct vmbus_channel *c, u32 *pages, u32 *send);
 void kmcl_hv_test_fail_allocs(int rings, int buffers);
 int kmcl_hv_test_buffers_alive(void);
 
+struct vmbus_channel *kmcl_hv_test_subchannel_new(struct vmbus_channel *primary,
+						  u16 index);
+int kmcl_hv_test_offer_subchannel(struct vmbus_channel *sc);
+void kmcl_hv_test_set_target_cpu(struct vmbus_channel *c, u32 cpu);
+void kmcl_hv_test_interrupt_on(struct vmbus_channel *c, u32 cpu);
+
 /* The name and id table of kmcl's last driver registration. */
 void kmcl_hv_test_note_registration(const char *name,
 				    const struct hv_vmbus_device_id *ids);

@@ -492,3 +492,37 @@ void kmcl_mark_not_leak(const void *ptr)
 {
 	kmemleak_not_leak(ptr);
 }
+
+/* ---- Sub-channels and target CPUs. ---- */
+
+/*
+ * Sets (or, with NULL, clears) the callback hv_vmbus runs, from its offer
+ * work, for each sub-channel the host offers of the primary channel c.
+ */
+void kmcl_hv_set_sc_callback(struct vmbus_channel *c,
+			     void (*cb)(struct vmbus_channel *sc))
+{
+	vmbus_set_sc_create_callback(c, cb);
+}
+
+/* The primary channel of a sub-channel offer, NULL for a primary. */
+struct vmbus_channel *kmcl_hv_sc_primary(struct vmbus_channel *sc)
+{
+	return sc->primary_channel;
+}
+
+/* The offer's sub-channel index: 0 for a primary channel. */
+u16 kmcl_hv_sc_index(struct vmbus_channel *sc)
+{
+	return sc->offermsg.offer.sub_channel_index;
+}
+
+/*
+ * The CPU the host interrupts for this channel. hv_vmbus chooses it at the
+ * offer and moves it when an administrator writes the channel's sysfs
+ * "cpu" attribute; 7.3 exports no way for a driver to move it.
+ */
+u32 kmcl_hv_channel_target_cpu(struct vmbus_channel *c)
+{
+	return READ_ONCE(c->target_cpu);
+}

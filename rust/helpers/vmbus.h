@@ -106,6 +106,13 @@ void *kmcl_hv_vmap_pages(struct page **pages, u32 count);
 void kmcl_hv_vunmap(void *addr);
 void kmcl_mark_not_leak(const void *ptr);
 
+/* Sub-channels and target CPUs. */
+void kmcl_hv_set_sc_callback(struct vmbus_channel *c,
+			     void (*cb)(struct vmbus_channel *sc));
+struct vmbus_channel *kmcl_hv_sc_primary(struct vmbus_channel *sc);
+u16 kmcl_hv_sc_index(struct vmbus_channel *sc);
+u32 kmcl_hv_channel_target_cpu(struct vmbus_channel *c);
+
 /* Used by the KUnit suites. */
 int kmcl_guid_parse(const char *s, guid_t *out);
 void kmcl_hv_heartbeat_guid(guid_t *out);

@@ -148,6 +148,7 @@ struct Kmcl {
 impl kernel::Module for Kmcl {
     fn init(module: &'static ThisModule) -> Result<Self> {
         channel::owners::init();
+        transport::hv::subchannel::init();
         let wq = sys::Workqueues::new()?;
         let hv = hv::Transport::register(module)?;
         match &hv {

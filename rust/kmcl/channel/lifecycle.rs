@@ -72,6 +72,7 @@ impl Channel {
             }
             g.cfg.sizing()
         };
+        self.check_subchannel_enable()?;
         // A channel that names no bus uses the machine's VMBus.
         let bus = {
             let named = self.inner.lock().cfg.bus.clone();
@@ -366,6 +367,9 @@ impl Channel {
             self.publish(&g);
             (s == State::Started, g.opened)
         };
+        // Sub-channels close first: their Suspend and Closed run before
+        // this channel's.
+        self.close_subchannels();
         self.stop_delivery();
         if was_started {
             self.call_state(|cb, ch| cb.suspend(ch));

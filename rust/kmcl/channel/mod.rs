@@ -67,6 +67,7 @@ mod rx;
 pub(crate) mod save;
 mod send_queue;
 mod status;
+pub mod subchannel;
 mod sync;
 mod transactions;
 pub(crate) mod xfer;
@@ -276,6 +277,10 @@ pub struct Channel {
     pub(crate) cond: CondVar,
     #[pin]
     control: Mutex<()>,
+    /// Sub-channel state (`subchannel`): a leaf lock, taken before `inner`
+    /// at most, never held across a lifecycle call.
+    #[pin]
+    pub(crate) subs: Mutex<subchannel::Subchannels>,
     #[pin]
     bh_work: Work<Channel, 0>,
     #[pin]
@@ -391,6 +396,7 @@ impl Channel {
                 tx <- new_spinlock_irq!(TxState::new(), "kmcl::Channel::tx"),
                 cond <- new_condvar!("kmcl::Channel::cond"),
                 control <- new_mutex!((), "kmcl::Channel::control"),
+                subs <- new_mutex!(subchannel::Subchannels::new(), "kmcl::Channel::subs"),
                 bh_work <- new_work!("kmcl::Channel::bh_work"),
                 passive_work <- new_work!("kmcl::Channel::passive_work"),
                 control_work <- new_work!("kmcl::Channel::control_work"),
@@ -418,6 +424,7 @@ impl Channel {
             core::mem::replace(&mut g.cfg, Config::new())
         };
         let process = self.rx.lock().process.take();
+        self.drop_subchannel_callback();
         drop(cfg);
         drop(process);
     }

@@ -45,6 +45,14 @@ pub(crate) fn add(module: &'static ThisModule, chan: Arc<Channel>) -> Result {
     Ok(())
 }
 
+/// The module that owns `chan`, while its handle lives.
+pub(crate) fn module_of(chan: &Channel) -> Option<&'static ThisModule> {
+    let g = OWNED.lock();
+    g.iter()
+        .find(|o| core::ptr::eq(&*o.chan, chan))
+        .map(|o| o.module)
+}
+
 /// Forgets `chan`: its handle was dropped.
 pub(crate) fn remove(chan: &Channel) {
     let gone = {

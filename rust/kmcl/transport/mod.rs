@@ -117,6 +117,15 @@ impl Bus {
         }
     }
 
+    /// The client primary on the other end of `server`'s connection, to
+    /// which the server offers sub-channels; loopback only.
+    pub(crate) fn subchannel_peer(&self, server: &Channel) -> Option<Arc<Channel>> {
+        match self {
+            Bus::Loopback(_) => loopback::connected_client(server),
+            Bus::Hv(_) => None,
+        }
+    }
+
     /// A server's offer is free again for a new client.
     pub(crate) fn offer_available(&self, server: &Channel) {
         match self {
@@ -124,6 +133,15 @@ impl Bus {
             Bus::Hv(_) => {}
         }
     }
+}
+
+/// A sub-channel offer that a client sub-channel opens: valid until the
+/// offer callback of its primary returns (see `channel::subchannel`).
+pub(crate) enum SubOffer {
+    /// The loopback server channel offered as the sub-channel.
+    Loopback(Arc<Channel>),
+    /// The sub-channel's `vmbus_channel`, as hv_vmbus offered it.
+    Hv(hv::subchannel::HvSubOffer),
 }
 
 /// The transport side of an open channel: what closes it, shares memory
@@ -251,6 +269,15 @@ impl Attachment {
         match self {
             Attachment::Loopback(e) => Some(e.lending()),
             Attachment::Hv(_) => None,
+        }
+    }
+
+    /// The CPU the peer interrupts for this channel, where the transport
+    /// chooses it (hv); `None` where it does not (loopback).
+    pub(crate) fn target_cpu(&self) -> Option<u32> {
+        match self {
+            Attachment::Loopback(_) => None,
+            Attachment::Hv(e) => Some(e.target_cpu()),
         }
     }
 

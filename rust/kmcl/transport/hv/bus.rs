@@ -106,7 +106,7 @@ impl Inner {
 /// they build.
 #[pin_data]
 pub struct HvBus {
-    ops: &'static Ops,
+    pub(super) ops: &'static Ops,
     /// Registers a driver per targeted type; `None` on a bus fed by hand.
     module: Option<&'static ThisModule>,
     #[pin]
@@ -170,6 +170,10 @@ impl HvBus {
         if chan.flags() & crate::channel::CHANNEL_FLAG_IS_PIPE != 0 {
             return Err(EOPNOTSUPP);
         }
+        // A sub-channel opens the offer it was handed, binding nothing.
+        if chan.is_subchannel() {
+            return Ok(());
+        }
         let (class, _) = chan.interface_ids();
         self.hold_class(class)?;
         let mut g = self.inner.lock();
@@ -190,6 +194,9 @@ impl HvBus {
     /// A client is Disabled again: let go of its interface type.
     pub(crate) fn remove_client(&self, chan: &Channel) {
         self.withdraw(chan);
+        if chan.is_subchannel() {
+            return;
+        }
         self.release_class(chan.interface_ids().0);
     }
 
@@ -199,6 +206,10 @@ impl HvBus {
     /// once; after a failure the client waits for the next offer, so that a
     /// device that keeps failing is not retried in a loop.
     pub(crate) fn wait_again(&self, chan: &Channel, look: bool) {
+        // A sub-channel's offer is gone once tried: it waits for nothing.
+        if chan.is_subchannel() {
+            return;
+        }
         let (class, instance) = chan.interface_ids();
         let mut g = self.inner.lock();
         if !g.waiting.iter().any(|c| core::ptr::eq(&**c, chan))
@@ -220,6 +231,9 @@ impl HvBus {
     /// `Ok(false)` when no device is free for it. An error is the open's,
     /// for PnpFailure; the client then keeps waiting.
     pub(crate) fn connect(&self, chan: &Channel) -> Result<bool> {
+        if chan.is_subchannel() {
+            return self.open_sub(chan);
+        }
         let (class, instance) = chan.interface_ids();
         let dev = {
             let mut g = self.inner.lock();
@@ -322,6 +336,9 @@ impl HvBus {
             att.close(chan);
             return Ok(false);
         }
+        // SAFETY: the channel is open; the lease's close calls
+        // `primary_closing` before it closes it.
+        unsafe { super::subchannel::primary_opened(dev.channel(), chan) };
         // Removed or suspended while it opened: `evict` found no attachment
         // to close, so close it now; `evict` waits for that.
         if let Some(suspend) = self.leaving(dev) {
@@ -333,6 +350,9 @@ impl HvBus {
     /// The lease's channel closes (its attachment is dropped).
     pub(crate) fn close(lease: Lease) {
         let Lease { bus, dev, ctx, .. } = lease;
+        // SAFETY: the channel is open by the lease and was registered when
+        // it opened.
+        unsafe { super::subchannel::primary_closing(dev.channel()) };
         dev.release_memory();
         // SAFETY: the channel is open by the lease; after the close Linux
         // runs no more callbacks with `ctx`. The next driver gets the
@@ -568,7 +588,7 @@ impl WorkItem for HvBus {
 ///
 /// `ctx` is the channel reference given to `vmbus_open()`, which is kept
 /// until after `vmbus_close()`.
-unsafe extern "C" fn on_channel_callback(ctx: *mut c_void) {
+pub(super) unsafe extern "C" fn on_channel_callback(ctx: *mut c_void) {
     // SAFETY: by the function's safety contract, `ctx` is a live `Arc`.
     let chan = unsafe { ArcBorrow::<Channel>::from_raw(ctx.cast_const().cast()) };
     chan.on_host_interrupt();

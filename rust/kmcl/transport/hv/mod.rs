@@ -29,6 +29,7 @@ use kernel::prelude::*;
 pub(crate) mod bus;
 mod device;
 pub(crate) mod memory;
+pub(crate) mod subchannel;
 
 pub(crate) use bus::HvBus;
 
@@ -141,6 +142,8 @@ pub(crate) type Release = unsafe extern "C" fn(*mut VmbusChannel);
 pub(crate) enum Owner {
     /// A device bound to kmcl; closing hands it back to the bus.
     Device(bus::Lease),
+    /// A sub-channel of a device's primary; closing closes it.
+    Sub(subchannel::SubLease),
     /// A channel the interop suites or the benchmark built, with its
     /// destructor. Test-only.
     #[cfg(CONFIG_KUNIT)]
@@ -210,9 +213,16 @@ impl HvEndpoint {
     pub(crate) fn device(&self) -> Option<(&kernel::sync::Arc<bus::HvDevice>, u64)> {
         match &self.owner {
             Owner::Device(lease) => Some((&lease.dev, lease.epoch)),
+            Owner::Sub(_) => None,
             #[cfg(CONFIG_KUNIT)]
             Owner::Raw(_) => None,
         }
+    }
+
+    /// The CPU the host interrupts for the channel.
+    pub(crate) fn target_cpu(&self) -> u32 {
+        // SAFETY: `chan` is open until `close`, by the invariant.
+        unsafe { subchannel::target_cpu(self.chan.as_ptr()) }
     }
 
     /// The receive and send halves of the channel's link, once.
@@ -232,6 +242,7 @@ impl HvEndpoint {
     pub(crate) fn close(self) {
         match self.owner {
             Owner::Device(lease) => bus::HvBus::close(lease),
+            Owner::Sub(lease) => lease.close(self.chan.as_ptr()),
             #[cfg(CONFIG_KUNIT)]
             Owner::Raw(Some(release)) => {
                 // SAFETY: the invariant: `release` ends the channel's life, once.

@@ -36,7 +36,10 @@ use crate::{
         Endpoint as Role,
         State, //
     },
-    transport::Attachment,
+    transport::{
+        Attachment,
+        SubOffer, //
+    },
 };
 
 mod connection;
@@ -109,7 +112,20 @@ pub struct LoopbackBus {
     inner: Mutex<BusInner>,
 }
 
+/// The client on the other end of `server`'s connection, if it has one.
+pub(crate) fn connected_client(server: &Channel) -> Option<Arc<Channel>> {
+    server.with_attachment(|a| match a {
+        Some(Attachment::Loopback(e)) => e.conn.peer(Role::Client),
+        _ => None,
+    })
+}
+
+/// Whether `client` opens `server`'s offer; a sub-channel offer is opened
+/// only by the sub-channel it was handed to (`LoopbackBus::connect_sub`).
 fn matches(server: &Channel, client: &Channel) -> bool {
+    if server.is_subchannel() || client.is_subchannel() {
+        return false;
+    }
     let (sty, sinst) = server.interface_ids();
     let (cty, cinst) = client.interface_ids();
     sty == cty && (cinst.is_none() || cinst == sinst)
@@ -138,7 +154,11 @@ impl LoopbackBus {
     pub(crate) fn offer(&self, server: &Channel) -> Result {
         let mut g = self.inner.lock();
         let ids = server.interface_ids();
-        if g.offers.iter().any(|o| o.interface_ids() == ids) {
+        let index = server.subchannel_index();
+        if g.offers
+            .iter()
+            .any(|o| o.interface_ids() == ids && o.subchannel_index() == index)
+        {
             pr_err!("loopback: an offer with the same interface ids exists\n");
             return Err(EEXIST);
         }
@@ -211,6 +231,9 @@ impl LoopbackBus {
     }
 
     pub(crate) fn connect(&self, client: &Channel) -> Result<bool> {
+        if client.is_subchannel() {
+            return self.connect_sub(client);
+        }
         let mut g = self.inner.lock();
         let server = g
             .offers
@@ -223,6 +246,33 @@ impl LoopbackBus {
             }
             return Ok(false);
         };
+        Self::join(g, client, server)
+    }
+
+    /// Opens the server sub-channel that was offered to `client`, a client
+    /// sub-channel: `ENODEV` once the offer was taken, or when that server
+    /// channel is no longer offered and free.
+    fn connect_sub(&self, client: &Channel) -> Result<bool> {
+        let Some(SubOffer::Loopback(server)) = client.take_subchannel_offer() else {
+            return Err(ENODEV);
+        };
+        let g = self.inner.lock();
+        let offered = g
+            .offers
+            .iter()
+            .any(|s| Arc::ptr_eq(s, &server) && s.state() == State::Enabled);
+        if !offered {
+            return Err(ENODEV);
+        }
+        Self::join(g, client, server)
+    }
+
+    /// Connects `client` to `server`'s offer, with the bus locked.
+    fn join(
+        g: kernel::sync::MutexGuard<'_, BusInner>,
+        client: &Channel,
+        server: Arc<Channel>,
+    ) -> Result<bool> {
         let (pages, mmio_mb) = (client.ring_pages(), server.mmio_megabytes());
         let conn = Connection::new(pages, mmio_mb)?;
         conn.set_peer(Role::Client, Some(client.arc()));
