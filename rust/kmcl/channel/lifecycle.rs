@@ -137,6 +137,9 @@ impl Channel {
             self.publish(&g);
         }
         self.wake_waiters();
+        // Sub-channels close first, their Suspend and Closed before this
+        // channel's; outside the control lock, which each takes its own of.
+        self.close_subchannels();
         let _c = self.control.lock();
         let (bus, servicing) = {
             let mut g = self.inner.lock();
@@ -367,9 +370,6 @@ impl Channel {
             self.publish(&g);
             (s == State::Started, g.opened)
         };
-        // Sub-channels close first: their Suspend and Closed run before
-        // this channel's.
-        self.close_subchannels();
         self.stop_delivery();
         if was_started {
             self.call_state(|cb, ch| cb.suspend(ch));
@@ -390,6 +390,10 @@ impl Channel {
     }
 
     pub(super) fn handle_events(&self) {
+        // The peer went away: sub-channels close first, as in `disable`.
+        if self.inner.lock().events & event::PEER_CLOSED != 0 {
+            self.close_subchannels();
+        }
         let _c = self.control.lock();
         let ev = core::mem::take(&mut self.inner.lock().events);
         if ev & event::CONNECT != 0 {

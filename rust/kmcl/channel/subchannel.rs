@@ -94,6 +94,18 @@ fn is_open(state: State) -> bool {
 }
 
 impl Channel {
+    /// Whether the channel's connection takes sub-channels now: open, its
+    /// Opened callback succeeded, and neither a Disable nor a peer close
+    /// has begun. Checked with `subs` held: a teardown sets `disabling` or
+    /// `peer_gone` first and takes the list afterwards, so it closes every
+    /// sub-channel added before.
+    fn accepts_subchannels(&self) -> bool {
+        let g = self.inner.lock();
+        is_open(g.state) && g.opened && !g.disabling && !g.peer_gone
+    }
+}
+
+impl Channel {
     /// The callback told of each sub-channel offer of this client primary.
     /// Client only, while Disabled (`EINVAL` otherwise). Without one, the
     /// offers are left unopened.
@@ -148,11 +160,11 @@ impl Channel {
         {
             return Err(EINVAL);
         }
+        if !self.accepts_subchannels() {
+            return Err(EINVAL);
+        }
         let (ty, instance, bus) = {
             let g = self.inner.lock();
-            if !is_open(g.state) {
-                return Err(EINVAL);
-            }
             (g.cfg.target_type, g.cfg.target_instance, g.cfg.bus.clone())
         };
         let (Some(instance), Some(bus)) = (instance, bus) else {
@@ -165,7 +177,7 @@ impl Channel {
         subchannel.init_set_vmbus_handle(bus.clone())?;
         let index = {
             let mut s = self.subs.lock();
-            if !is_open(self.state()) {
+            if !self.accepts_subchannels() {
                 return Err(EINVAL);
             }
             let index = s.last_index.checked_add(1).ok_or(ENOSPC)?;
@@ -213,11 +225,11 @@ impl Channel {
         if self.endpoint != Endpoint::Client || index == 0 || self.is_subchannel() {
             return Err(EINVAL);
         }
+        if !self.accepts_subchannels() {
+            return Err(ENOTCONN);
+        }
         let (ty, instance, bus, ring_pages) = {
             let g = self.inner.lock();
-            if !is_open(g.state) || g.disabling {
-                return Err(ENOTCONN);
-            }
             (
                 g.cfg.target_type,
                 g.cfg.target_instance,
@@ -244,7 +256,7 @@ impl Channel {
         if chan.state() == State::Enabled {
             let registered = {
                 let mut s = self.subs.lock();
-                is_open(self.state()) && s.list.push(chan.clone(), GFP_KERNEL).is_ok()
+                self.accepts_subchannels() && s.list.push(chan.clone(), GFP_KERNEL).is_ok()
             };
             if registered {
                 // Open it now, while the offer is valid; the control work
@@ -278,8 +290,9 @@ impl Channel {
         }
     }
 
-    /// Disables every sub-channel of this primary: called at the start of
-    /// its teardown, so that theirs is over before the primary's Suspend.
+    /// Disables every sub-channel of this primary: called before its
+    /// teardown (Disable, peer close), outside its control lock, so that
+    /// theirs is over before the primary's Suspend.
     pub(super) fn close_subchannels(&self) {
         let list = core::mem::take(&mut self.subs.lock().list);
         for sub in list.iter() {

@@ -17,6 +17,7 @@ mod hv_memory;
 mod receive;
 mod send;
 mod server;
+mod subchannel;
 mod sync;
 mod transactions;
 mod typed;
