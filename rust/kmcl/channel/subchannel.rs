@@ -194,6 +194,17 @@ impl Channel {
             self.forget_subchannel(subchannel);
             return Err(e);
         }
+        // A teardown of this primary that took the list before the Enable
+        // found the sub-channel still Disabled: it would outlive it.
+        let listed = {
+            let s = self.subs.lock();
+            self.accepts_subchannels() && s.list.iter().any(|c| core::ptr::eq(&**c, &**subchannel))
+        };
+        if !listed {
+            subchannel.disable();
+            self.forget_subchannel(subchannel);
+            return Err(ENOTCONN);
+        }
         let client = bus.subchannel_peer(self);
         let offered = match client {
             Some(c) => c.subchannel_offered(SubOffer::Loopback(subchannel.arc()), index),
@@ -253,21 +264,30 @@ impl Channel {
         }
         let chan = sub.arc();
         callback.subchannel_offered(self, sub);
-        if chan.state() == State::Enabled {
-            let registered = {
-                let mut s = self.subs.lock();
-                self.accepts_subchannels() && s.list.push(chan.clone(), GFP_KERNEL).is_ok()
-            };
-            if registered {
-                // Open it now, while the offer is valid; the control work
-                // that the Enable queued then finds nothing to do.
-                chan.handle_events();
-            } else {
-                chan.disable();
-            }
+        // Enabled in the callback: on the primary's list first, so that a
+        // teardown of the primary from now on closes it.
+        let registered = chan.state() != State::Disabled && {
+            let mut s = self.subs.lock();
+            self.accepts_subchannels() && s.list.push(chan.clone(), GFP_KERNEL).is_ok()
+        };
+        if registered {
+            // Open it now, while the offer is valid; the control work that
+            // the Enable queued then finds nothing to do (or opened it
+            // first).
+            chan.handle_events();
+        } else if chan.state() != State::Disabled {
+            chan.disable();
         }
-        // The offer lives only as long as this call.
+        // The offer lives only as long as this call. An open that took it
+        // elsewhere (an Enable from another thread) runs under the
+        // sub-channel's control lock: wait for it to end.
         drop(chan.take_subchannel_offer());
+        chan.wait_lifecycle_idle();
+        if !registered && chan.state() != State::Disabled {
+            // Enabled after the callback returned: not a sub-channel of
+            // this primary's lifecycle, so not left open.
+            chan.disable();
+        }
         Ok(())
     }
 
