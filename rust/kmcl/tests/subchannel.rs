@@ -566,8 +566,17 @@ mod tests {
         send_retry(&subs[1].0, &head(2, 0).to_le_bytes())?;
         assert!(wait_for(2000, || rec2.received.load(Ordering::Relaxed) == 1));
         assert_eq!(p.client.state(), State::Started);
-        // Then the primary goes: the remaining sub-channel closes first.
+        // Sub-channel 2 holds a packet: its teardown waits for the driver.
+        rec2.mode.store(mode::HOLD, Ordering::Relaxed);
+        send_retry(&subs[1].0, &head(2, 1).to_le_bytes())?;
+        assert!(wait_for(2000, || rec2.held() == 1));
+        // Then the primary goes: the remaining sub-channel closes first,
+        // and the primary's teardown waits for it.
         p.server.disable();
+        harness::settle(50);
+        assert_eq!(log.position(0, Ev::Suspend), None);
+        rec2.mode.store(mode::EMPTY, Ordering::Relaxed);
+        rec2.release_held();
         assert!(wait_for(2000, || p.client.state() == State::Disabled));
         assert!(subs_closed_first(&log, &[2]));
         assert_eq!(log.count(1, Ev::Closed), 1);
