@@ -70,6 +70,7 @@ pub use channel::{
         SaveStatus, //
     },
     server_flags,
+    subchannel::SubchannelOffer,
     xfer::TransferPages,
     Channel,
     ChannelHandle,

@@ -75,6 +75,9 @@ impl GpadlMapping {
     }
 
     /// Whether the mapping is empty (never, for a mapped GPADL).
+    // Inlined in the caller: calls only exported functions, so it needs
+    // no export of its own.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -227,6 +230,9 @@ impl MmioSpace {
     }
 
     /// Whether the space is empty (never, for a space that was returned).
+    // Inlined in the caller: calls only exported functions, so it needs
+    // no export of its own.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -67,7 +67,7 @@ mod rx;
 pub(crate) mod save;
 mod send_queue;
 mod status;
-pub mod subchannel;
+pub(crate) mod subchannel;
 mod sync;
 mod transactions;
 pub(crate) mod xfer;
@@ -342,6 +342,7 @@ impl ChannelHandle {
     }
 
     /// A new reference to the channel, for work items and other threads.
+    #[inline]
     pub fn arc(&self) -> Arc<Channel> {
         Arc::clone(&self.chan)
     }

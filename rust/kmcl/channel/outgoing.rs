@@ -52,6 +52,7 @@ impl SendFlags {
     const ALL: u32 = 0x7;
 
     /// From raw bits; unknown bits are refused.
+    #[inline]
     pub fn from_bits(bits: u32) -> Option<SendFlags> {
         (bits & !Self::ALL == 0).then_some(SendFlags(bits))
     }

@@ -189,8 +189,11 @@ impl TransferPages<'_> {
     }
 
     /// Whether the packet names no range.
+    // Inlined in the caller: calls only exported functions, so it needs
+    // no export of its own.
+    #[inline]
     pub fn is_empty(&self) -> bool {
-        self.hdr.is_empty()
+        self.len() == 0
     }
 
     /// Range `i`, as offset and length in the receive buffer.
@@ -224,6 +227,9 @@ impl TransferPages<'_> {
 
     /// Copies all of range `i` into the start of `dst` and returns its
     /// length; `EOVERFLOW` if `dst` is shorter than the range.
+    // Inlined in the caller: calls only exported functions, so it needs
+    // no export of its own.
+    #[inline]
     pub fn copy_range(&self, i: usize, dst: &mut [u8]) -> Result<usize> {
         let n = self.range(i).ok_or(EINVAL)?.byte_count as usize;
         let dst = dst.get_mut(..n).ok_or(EOVERFLOW)?;

@@ -679,9 +679,11 @@ mod tests {
             let (sub, _) = taker.sub(i).ok_or(ENOENT)?;
             assert_eq!(sub.state(), State::Started);
             // Opened with vmbus_open() on its own vmbus_channel, with its
-            // own ring size and kmcl's settings.
+            // own ring size (rounded up to a power of two over hv) and
+            // kmcl's settings.
             let (datasize, max_pkt, rqstor, direct) = sc.open_params();
-            assert_eq!(datasize, (RING_PAGES + u32::from(i) - 1) * 4096);
+            let pages = (RING_PAGES + u32::from(i)).next_power_of_two();
+            assert_eq!(datasize, (pages - 1) * 4096);
             assert!(max_pkt > 4096 && rqstor > 0 && direct);
             assert!(sc.has_callback());
         }
