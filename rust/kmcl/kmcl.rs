@@ -47,6 +47,7 @@ pub use channel::{
     },
     gpadl::{
         Gpadl,
+        GpadlBytes,
         GpadlMapping,
         GpadlMemory,
         MmioSpace,

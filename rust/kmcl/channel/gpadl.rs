@@ -27,6 +27,21 @@ use crate::transport::memory::{
 /// protection) (`VMBUS_CHANNEL_GPADL_READ_ONLY`).
 pub const GPADL_READ_ONLY: u32 = 0x1;
 
+/// The bytes of a GPADL's memory while it is shared (`Gpadl::memory`).
+///
+/// A view, not the memory: the host (or a loopback server) may map the
+/// memory until the GPADL is deleted, so nothing here can free, grow,
+/// shrink or replace it. The bytes can be read and written; the host may
+/// write them at any time too.
+pub enum GpadlBytes<'a> {
+    /// A virtually contiguous buffer ([`GpadlMemory::Buffer`]).
+    Buffer(&'a mut [u8]),
+    /// Pages ([`GpadlMemory::Pages`]).
+    Pages(&'a [Page]),
+    /// A buffer kmcl allocated for sharing ([`GpadlMemory::Shared`]).
+    Shared(&'a mut [u8]),
+}
+
 /// A GPADL created by a client. Dropping it deletes it (blocking).
 pub struct Gpadl {
     id: u32,
@@ -40,9 +55,21 @@ impl Gpadl {
         self.id
     }
 
-    /// The memory, for the client to read and write.
-    pub fn memory(&mut self) -> Option<&mut GpadlMemory> {
-        self.mem.as_mut()
+    /// The memory, for the client to read and write while it is shared:
+    /// its bytes, never the memory itself, which stays the GPADL's until
+    /// [`Channel::delete_gpadl`] hands it back. `None` once the memory was
+    /// handed back.
+    pub fn memory(&mut self) -> Option<GpadlBytes<'_>> {
+        Some(match self.mem.as_mut()? {
+            GpadlMemory::Buffer(b) => GpadlBytes::Buffer(b.as_mut_slice()),
+            GpadlMemory::Pages(p) => GpadlBytes::Pages(p.as_slice()),
+            GpadlMemory::Shared(b) => GpadlBytes::Shared(b),
+        })
+    }
+
+    /// The memory, inside kmcl.
+    pub(crate) fn memory_ref(&self) -> Option<&GpadlMemory> {
+        self.mem.as_ref()
     }
 
     fn delete_inner(&mut self) -> Option<GpadlMemory> {

@@ -268,14 +268,14 @@ impl Channel {
     pub fn register_receive_buffer(
         &self,
         pageset_id: u16,
-        mut gpadl: Gpadl,
+        gpadl: Gpadl,
     ) -> core::result::Result<(), (Error, Gpadl)> {
         kernel::task::might_sleep();
         if self.endpoint() != Endpoint::Client {
             return Err((EINVAL, gpadl));
         }
         let view = {
-            let Some(mem) = gpadl.memory() else {
+            let Some(mem) = gpadl.memory_ref() else {
                 return Err((EINVAL, gpadl));
             };
             let offset = mem.offset();

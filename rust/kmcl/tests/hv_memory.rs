@@ -43,7 +43,10 @@ use super::{
 use crate::{
     channel::{
         callbacks::StateChange,
-        gpadl::GpadlMemory,
+        gpadl::{
+            GpadlBytes,
+            GpadlMemory, //
+        },
         Channel,
         ChannelHandle,
         Endpoint,
@@ -250,7 +253,7 @@ mod tests {
         // Whole pages, shared as a buffer the caller decrypted.
         assert_eq!(decrypted_gpadls(), (n + 1, 3 * 4096));
         match g.memory() {
-            Some(GpadlMemory::Shared(b)) => {
+            Some(GpadlBytes::Shared(b)) => {
                 assert_eq!(b.len(), 3 * 4096);
                 assert!(b.iter().all(|&x| x == 0));
                 b[4096..4101].copy_from_slice(b"guest");
