@@ -171,7 +171,7 @@ impl core::fmt::Debug for SendError {
 }
 
 impl Packet {
-    fn get(&self) -> &PacketInner {
+    pub(super) fn get(&self) -> &PacketInner {
         // INVARIANT: `inner` is `Some` until `drop` or `into_memory`.
         self.inner
             .as_deref()
@@ -549,40 +549,6 @@ impl Packet {
             None => drop(self),
         }
     }
-
-    /// Restores a packet after [`Channel::restore_from_buffer`]
-    /// (`VmbPacketRestore`): the transaction it belonged to is live again,
-    /// and its completion reaches the packet's routine.
-    #[doc(alias = "VmbPacketRestore")]
-    pub fn restore(self) -> Result {
-        let chan = self.get().chan.clone().ok_or(EINVAL)?;
-        chan.restore_packet_transaction(self)
-    }
-
-    pub(crate) fn restore_parts(&self) -> (u64, &[u8]) {
-        let i = self.get();
-        (i.trans_id, &i.buf[..i.len])
-    }
-
-    pub(crate) fn set_restored(&mut self, trans_id: u64, wire: &[u8]) -> Result {
-        let i = self.get_mut();
-        if wire.len() > i.buf.len() {
-            return Err(EINVAL);
-        }
-        i.buf[..wire.len()].copy_from_slice(wire);
-        i.len = wire.len();
-        i.trans_id = trans_id;
-        i.wait = true;
-        if let Some(head) = wire.get(..packet::DESCRIPTOR_SIZE) {
-            let mut d = [0u8; packet::DESCRIPTOR_SIZE];
-            d.copy_from_slice(head);
-            let d = packet::Descriptor::decode(&d);
-            i.ty = d.ty;
-            i.offset = (d.offset8 as usize * 8).clamp(packet::DESCRIPTOR_SIZE, i.len);
-            i.payload_len = i.len - i.offset;
-        }
-        Ok(())
-    }
 }
 
 impl Drop for Packet {
@@ -609,30 +575,5 @@ impl Channel {
         // SAFETY: every `Channel` is created by `Channel::allocate` inside an
         // `Arc`, and `&self` proves the count is non-zero for this borrow.
         unsafe { kernel::sync::ArcBorrow::from_raw(core::ptr::from_ref(self)) }.into()
-    }
-
-    /// Bytes of caller memory one packet object takes
-    /// (`VmbChannelSizeofPacket`).
-    #[doc(alias = "VmbChannelSizeofPacket")]
-    pub fn sizeof_packet(&self) -> usize {
-        core::mem::size_of::<PacketInner>() + self.tx.lock().encoded_capacity
-    }
-
-    /// Takes a packet object from the channel's pool (`VmbPacketAllocate`).
-    /// Never allocates memory; fails with `ENOMEM` when the pool is empty
-    /// and `EINVAL` while the channel is Disabled.
-    #[doc(alias = "VmbPacketAllocate")]
-    pub fn packet_allocate(&self) -> Result<Packet> {
-        let mut g = self.tx.lock();
-        g.gate.alloc?;
-        let mut inner = g.pool.pop().ok_or(ENOMEM)?;
-        drop(g);
-        inner.chan = Some(self.arc());
-        Ok(Packet { inner: Some(inner) })
-    }
-
-    /// Free packet objects in the pool.
-    pub fn packet_pool_available(&self) -> usize {
-        self.tx.lock().pool.len()
     }
 }

@@ -27,6 +27,7 @@ use super::{
 };
 use crate::wire::{
     guid::Guid,
+    packet,
     save::{
         self,
         ChannelRecord,
@@ -356,5 +357,42 @@ impl super::transactions::TxState {
                 *owner = Some(TxOwner::Packet(p));
             }
         }
+    }
+}
+
+/// A packet's part in save and restore.
+impl Packet {
+    /// Restores a packet after [`Channel::restore_from_buffer`]
+    /// (`VmbPacketRestore`): the transaction it belonged to is live again,
+    /// and its completion reaches the packet's routine.
+    #[doc(alias = "VmbPacketRestore")]
+    pub fn restore(self) -> Result {
+        let chan = self.get().chan.clone().ok_or(EINVAL)?;
+        chan.restore_packet_transaction(self)
+    }
+
+    pub(crate) fn restore_parts(&self) -> (u64, &[u8]) {
+        let i = self.get();
+        (i.trans_id, &i.buf[..i.len])
+    }
+
+    pub(crate) fn set_restored(&mut self, trans_id: u64, wire: &[u8]) -> Result {
+        let i = self.get_mut();
+        if wire.len() > i.buf.len() {
+            return Err(EINVAL);
+        }
+        i.buf[..wire.len()].copy_from_slice(wire);
+        i.len = wire.len();
+        i.trans_id = trans_id;
+        i.wait = true;
+        if let Some(head) = wire.get(..packet::DESCRIPTOR_SIZE) {
+            let mut d = [0u8; packet::DESCRIPTOR_SIZE];
+            d.copy_from_slice(head);
+            let d = packet::Descriptor::decode(&d);
+            i.ty = d.ty;
+            i.offset = (d.offset8 as usize * 8).clamp(packet::DESCRIPTOR_SIZE, i.len);
+            i.payload_len = i.len - i.offset;
+        }
+        Ok(())
     }
 }

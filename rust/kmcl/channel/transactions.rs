@@ -297,3 +297,31 @@ impl Channel {
         }
     }
 }
+
+/// The packet pool, which the send lock keeps.
+impl Channel {
+    /// Bytes of caller memory one packet object takes
+    /// (`VmbChannelSizeofPacket`).
+    #[doc(alias = "VmbChannelSizeofPacket")]
+    pub fn sizeof_packet(&self) -> usize {
+        core::mem::size_of::<PacketInner>() + self.tx.lock().encoded_capacity
+    }
+
+    /// Takes a packet object from the channel's pool (`VmbPacketAllocate`).
+    /// Never allocates memory; fails with `ENOMEM` when the pool is empty
+    /// and `EINVAL` while the channel is Disabled.
+    #[doc(alias = "VmbPacketAllocate")]
+    pub fn packet_allocate(&self) -> Result<Packet> {
+        let mut g = self.tx.lock();
+        g.gate.alloc?;
+        let mut inner = g.pool.pop().ok_or(ENOMEM)?;
+        drop(g);
+        inner.chan = Some(self.arc());
+        Ok(Packet::from_box(inner))
+    }
+
+    /// Free packet objects in the pool.
+    pub fn packet_pool_available(&self) -> usize {
+        self.tx.lock().pool.len()
+    }
+}
