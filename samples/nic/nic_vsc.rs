@@ -665,7 +665,13 @@ mod tests {
         let nic = Nic::open(default_bus()?, 4, 4)?;
         assert_eq!(nic.queue_count(), 4);
         run_traffic(&nic, 100, 10, TIMEOUT_MS)?;
-        assert_eq!(nic.queue(3)?.1.rx().received, 100);
+        for q in 0..4u16 {
+            let (_, queue) = nic.queue(q)?;
+            let rx = queue.rx();
+            assert_eq!((rx.received, rx.next), (100, 100));
+            assert_eq!((rx.lost, rx.duplicated, rx.corrupt), (0, 0, 0));
+            assert_eq!(queue.tx.acked.load(Ordering::Relaxed), 10);
+        }
         Ok(())
     }
 
