@@ -375,27 +375,41 @@ impl Instance {
     }
 
     /// `SUBCHANNEL_REQUEST`: offers up to `wanted` sub-channels; returns
-    /// how many were offered. Those of an earlier connection go first.
-    fn offer(&self, primary: &Channel, wanted: u32) -> Result<u32> {
+    /// how many were offered, those before a failed one. Those of an
+    /// earlier connection go first.
+    fn offer(&self, primary: &Channel, wanted: u32) -> u32 {
         let mut subs = self.subs.lock();
         let old = core::mem::take(&mut *subs);
         // Disables the earlier connection's sub-channels.
         drop(old);
-        let n = wanted.min(u32::from(MAX_QUEUES - 1));
-        for i in 1..=n {
-            let q = VspQueue::new(i as u16)?;
-            let cb = Arc::new(SubQueue(q.clone()), GFP_KERNEL)?;
-            let mut h = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
-            h.init_set_friendly_name(c"nic-vsp-queue")?;
-            h.init_set_process_packet_callbacks(cb.clone())?;
-            h.init_set_state_change_callbacks(cb)?;
-            subs.reserve(1, GFP_KERNEL)?;
-            // The sub-channel index grows over the primary's connections;
-            // the queue number is the order of the offer.
-            primary.offer_subchannel(&mut h)?;
-            subs.push((h, q), GFP_KERNEL)?;
+        let mut offered = 0;
+        for i in 1..=wanted.min(u32::from(MAX_QUEUES - 1)) {
+            if Self::offer_one(primary, &mut subs, i as u16).is_err() {
+                break;
+            }
+            offered = i;
         }
-        Ok(n)
+        offered
+    }
+
+    /// Offers the sub-channel of queue `queue`.
+    fn offer_one(
+        primary: &Channel,
+        subs: &mut KVec<(ChannelHandle, Arc<VspQueue>)>,
+        queue: u16,
+    ) -> Result {
+        let q = VspQueue::new(queue)?;
+        let cb = Arc::new(SubQueue(q.clone()), GFP_KERNEL)?;
+        let mut h = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
+        h.init_set_friendly_name(c"nic-vsp-queue")?;
+        h.init_set_process_packet_callbacks(cb.clone())?;
+        h.init_set_state_change_callbacks(cb)?;
+        subs.reserve(1, GFP_KERNEL)?;
+        // The sub-channel index grows over the primary's connections; the
+        // queue number is the order of the offer.
+        primary.offer_subchannel(&mut h)?;
+        subs.push((h, q), GFP_KERNEL)?;
+        Ok(())
     }
 
     /// `RECEIVE_BUFFER`: maps the VSC's buffer for queue `queue`.
@@ -448,10 +462,7 @@ impl ProcessPacket for Instance {
         let reply = match le_u32(d, 0) {
             Some(MSG_SUBCHANNEL_REQUEST) => {
                 let wanted = le_u32(d, 4).unwrap_or(0);
-                match self.offer(channel, wanted) {
-                    Ok(n) => (STATUS_OK, n),
-                    Err(_) => (STATUS_REFUSED, 0),
-                }
+                (STATUS_OK, self.offer(channel, wanted))
             }
             Some(MSG_RECEIVE_BUFFER) => match self.receive_buffer(channel, d) {
                 Ok(()) => (STATUS_OK, 0),
