@@ -8,7 +8,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 out="$top/build/modules"
 for m in kmcl samples/echo/echo_vsp tools/testing/leak/kmcl_leak samples/heartbeat/heartbeat_host \
-	 samples/echo/echo_vsc samples/heartbeat/hv_heartbeat tools/stress/kmcl_stress; do
+	 samples/nic/nic_vsp samples/echo/echo_vsc samples/heartbeat/hv_heartbeat samples/nic/nic_vsc tools/stress/kmcl_stress; do
 	echo "$out/$m.ko"
 done
 echo "$top/build/out-of-tree/kmcl_hello.ko"

@@ -16,7 +16,7 @@ out="$top/build"
 echo "==> booting the VM (QEMU TCG); console follows"
 "$top/tools/vm/run-vm.sh" "$KMCL_KBUILD/arch/x86/boot/bzImage" \
 	"$out/initramfs-run.cpio.gz" "$out/console-run.log" run 600 |
-	sed -n 's/^\[ *[0-9.]*\] //; /^kmcl\|^echo_\|^heartbeat_host\|^hv_heartbeat\|^    \|WARNING\|BUG\|Oops/p' |
+	sed -n 's/^\[ *[0-9.]*\] //; /^kmcl\|^echo_\|^heartbeat_host\|^hv_heartbeat\|^nic_\|^    \|WARNING\|BUG\|Oops/p' |
 	grep -v 'loading out-of-tree module taints' || true
 if grep -qE 'WARNING:|BUG:|Oops|KFENCE:|unreferenced object' "$out/console-run.log"; then
 	echo "==> the kernel reported a problem: see $out/console-run.log"
