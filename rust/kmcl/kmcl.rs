@@ -65,6 +65,7 @@ pub use channel::{
         SendError,
         SendFlags, //
     },
+    pipe::pipe_mode,
     save::{
         RestoreStatus,
         SaveContext,

@@ -342,6 +342,8 @@ impl Channel {
         tx.prepare(sizing)?;
         let mut g = self.inner.lock();
         rx.process = g.cfg.process.clone();
+        // Pipe mode (channel/pipe.rs).
+        self.prepare_pipe_rx(&mut rx, &g.cfg);
         {
             let mut r = self.rx.lock();
             // The quota and the delivery context are settings, not state.

@@ -61,6 +61,7 @@ pub(crate) mod incoming;
 mod lifecycle;
 pub(crate) mod outgoing;
 pub(crate) mod owners;
+pub(crate) mod pipe;
 mod receive;
 mod routines;
 mod rx;

@@ -311,6 +311,18 @@ impl Channel {
                 return Some(Stop::Blocked);
             }
         };
+        // Pipe mode (channel/pipe.rs): an in-band packet's pipe header is
+        // checked and stripped.
+        let in_band = !is_completion && !external && xfer.is_none();
+        let (payload_offset, n) = match super::pipe::strip(g.pipe, in_band, &buf, payload_offset, n)
+        {
+            Ok(v) => v,
+            Err(e) => {
+                g.put_buf(buf);
+                self.refuse_incoming(g, "malformed pipe header from the peer", &e);
+                return Some(Stop::Blocked);
+            }
+        };
         if is_completion {
             // Through the transport's own id mapping (Linux's requestor on
             // hv); an id it does not know maps to 0, which no send has.

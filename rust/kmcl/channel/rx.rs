@@ -57,6 +57,8 @@ pub(crate) struct RxState {
     /// calls outside the drain loop that Pause and teardown wait for.
     pub(crate) redelivering: u32,
     pub(super) next_seq: u64,
+    /// Pipe mode: in-band packets carry the pipe header (channel/pipe.rs).
+    pub(super) pipe: bool,
 }
 
 impl RxState {
@@ -85,6 +87,7 @@ impl RxState {
             deferred: KVec::new(),
             redelivering: 0,
             next_seq: 1,
+            pipe: false,
         }
     }
 

@@ -125,7 +125,7 @@ impl Channel {
 const RING_PAGES: u32 = 4;
 const DATA_SIZE: u32 = (RING_PAGES - 1) * 4096;
 const MAX_PKT: u32 = 4096;
-const RQSTOR: u32 = 16;
+pub(super) const RQSTOR: u32 = 16;
 const RQST_ERROR: u64 = u64::MAX - 1;
 
 const LIMITS: Limits = Limits {
@@ -163,12 +163,12 @@ pub(super) unsafe fn ring_of(
 /// # Invariants
 ///
 /// `c` comes from `kmcl_hv_test_channel_new` and is freed only in `drop`.
-struct TestChannel {
+pub(super) struct TestChannel {
     c: *mut crate::vmbus::ffi::VmbusChannel,
 }
 
 impl TestChannel {
-    fn new() -> Result<Self> {
+    pub(super) fn new() -> Result<Self> {
         // SAFETY: a plain constructor; null on failure.
         let c = unsafe { ffi::kmcl_hv_test_channel_new(RING_PAGES, MAX_PKT, RQSTOR) };
         if c.is_null() {
@@ -259,7 +259,7 @@ impl TestChannel {
 
 impl TestChannel {
     /// Hands the channel to a kmcl channel, which frees it when it closes.
-    fn open(self, chan: &Channel) -> Result<HostSide> {
+    pub(super) fn open(self, chan: &Channel) -> Result<HostSide> {
         let out = self.ring(false)?;
         let inb = self.ring(true)?;
         let raw = NonNull::new(self.c).ok_or(EINVAL)?;
@@ -276,7 +276,7 @@ impl TestChannel {
 
 /// The host's ends of an hv channel that a kmcl channel owns. Valid until
 /// that channel is disabled.
-struct HostSide {
+pub(super) struct HostSide {
     reader: RingReader,
     writer: RingWriter,
 }
@@ -292,7 +292,7 @@ impl HostSide {
     }
 
     /// Writes a packet to the guest and interrupts it, as the host does.
-    fn send(&mut self, chan: &Channel, bytes: &[u8]) -> Result {
+    pub(super) fn send(&mut self, chan: &Channel, bytes: &[u8]) -> Result {
         let _ = self.writer.write(&[bytes]).map_err(|_| EIO)?;
         chan.interrupt();
         Ok(())

@@ -14,6 +14,8 @@ mod hv_binding;
 mod hv_hostile;
 mod hv_interop;
 mod hv_memory;
+mod hv_pipe;
+mod pipe;
 mod receive;
 mod send;
 mod server;

@@ -10,6 +10,7 @@
 pub mod guid;
 pub mod ic;
 pub mod packet;
+pub mod pipe;
 pub mod ring;
 pub mod save;
 pub mod xfer;

@@ -46,6 +46,7 @@ use crate::{
         RingWriter,
         CONTROL_SIZE, //
     },
+    wire::{packet, pipe},
 };
 
 /// An open loopback channel: two rings, the GPADL table, MMIO space.
@@ -225,6 +226,8 @@ pub(crate) struct Writer {
     writer: RingWriter,
     conn: Arc<Connection>,
     role: Role,
+    /// Pipe mode: in-band packets carry the pipe header (wire/pipe.rs).
+    pipe: bool,
 }
 
 impl Endpoint {
@@ -245,6 +248,7 @@ impl Endpoint {
                 writer,
                 conn: conn.clone(),
                 role,
+                pipe: chan.is_pipe(),
             },
         );
         Ok(Endpoint {
@@ -327,6 +331,11 @@ impl Channel {
 
 impl SendLink for Writer {
     fn send(&mut self, p: &OutPacket<'_>) -> Result<bool, WriteError> {
+        // Pipe mode (wire/pipe.rs): the header goes before an in-band
+        // packet's data.
+        if self.pipe && p.ty == packet::TYPE_DATA_INBAND {
+            return self.send_pipe(p);
+        }
         let desc = p.descriptor().ok_or(WriteError::Broken)?;
         // Ring writes take whole 8-byte words: descriptor and ranges, the
         // aligned body of the payload, then its tail padded with zeroes.
@@ -361,6 +370,35 @@ impl SendLink for Writer {
     fn fill(&self) -> (u32, u32) {
         let size = self.writer.memory().size();
         (size - self.writer.free().unwrap_or(size), size)
+    }
+}
+
+// Pipe mode (wire/pipe.rs, channel/pipe.rs).
+impl Writer {
+    /// Writes in-band packet `p` of a pipe channel: descriptor, pipe
+    /// header, data, padding.
+    fn send_pipe(&mut self, p: &OutPacket<'_>) -> Result<bool, WriteError> {
+        let data = p.payload;
+        let header = pipe::encode(data.len()).ok_or(WriteError::Broken)?;
+        let len = packet::DESCRIPTOR_SIZE
+            .checked_add(pipe::HEADER_SIZE)
+            .and_then(|n| n.checked_add(packet::align8(data.len())))
+            .ok_or(WriteError::Broken)?;
+        let desc = packet::Descriptor {
+            ty: p.ty,
+            offset8: (packet::DESCRIPTOR_SIZE / 8) as u16,
+            len8: u16::try_from(len / 8).map_err(|_| WriteError::Broken)?,
+            flags: p.flags,
+            trans_id: p.trans_id,
+        };
+        let body = data.len() & !7;
+        let mut tail = [0u8; 8];
+        tail[..data.len() - body].copy_from_slice(&data[body..]);
+        let tail_len = if data.len() == body { 0 } else { 8 };
+        ring_result(
+            self.writer
+                .write(&[&desc.encode(), &header, &data[..body], &tail[..tail_len]]),
+        )
     }
 }
 

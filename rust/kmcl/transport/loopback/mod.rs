@@ -273,6 +273,10 @@ impl LoopbackBus {
         client: &Channel,
         server: Arc<Channel>,
     ) -> Result<bool> {
+        // Pipe mode: both ends are pipes, or neither (channel/pipe.rs).
+        if client.is_pipe() != server.is_pipe() {
+            return Err(EPROTOTYPE);
+        }
         let (pages, mmio_mb) = (client.ring_pages(), server.mmio_megabytes());
         let conn = Connection::new(pages, mmio_mb)?;
         conn.set_peer(Role::Client, Some(client.arc()));
