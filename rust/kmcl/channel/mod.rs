@@ -296,6 +296,12 @@ pub struct Channel {
     /// lock; the drain clears it without the lock once ProcessPacket
     /// returned.
     pub(crate) current: AtomicU64,
+    /// Sequence number of the packet the drain has inside ProcessPacket, 0
+    /// if none; written only by the drain (one at a time) and by the
+    /// finish of that packet, which sets `INLINE_DONE` in it to hand the
+    /// packet's buffer and accounting to the drain without taking the
+    /// receive lock (`receive.rs`).
+    pub(crate) inline: AtomicU64,
     /// Threads waiting on `cond`: a state change wakes it only when some
     /// thread waits, so the packet paths pay no wake-up.
     waiters: AtomicU32,
@@ -405,6 +411,7 @@ impl Channel {
                 routine_work <- new_work!("kmcl::Channel::routine_work"),
                 stats: Stats::default(),
                 current: AtomicU64::new(0),
+                inline: AtomicU64::new(0),
                 waiters: AtomicU32::new(0),
                 pointer: core::sync::atomic::AtomicUsize::new(0),
             }),

@@ -378,6 +378,16 @@ impl Packet {
             }
             None => ranges,
         };
+        if ranges.is_empty() && mdl.is_none() && !flags.contains(SendFlags::WAIT_FOR_COMPLETION) {
+            // A one-way packet that goes back to its pool once written: no
+            // one can read its payload again, so it goes into the ring from
+            // `data` when the ring has room now.
+            let packet = match self.send_direct(data) {
+                Ok(()) => return Ok(()),
+                Err(packet) => packet,
+            };
+            self = packet;
+        }
         let r = self.encode(data, ranges, flags);
         // The packet owns the MDL from here on, whatever happens.
         self.get_mut().mdl = mdl;
@@ -453,6 +463,52 @@ impl Packet {
             ranges: i.buf.get(packet::DESCRIPTOR_SIZE..i.offset).unwrap_or(&[]),
             payload: i.buf.get(i.offset..i.offset + i.payload_len).unwrap_or(&[]),
         }
+    }
+
+    /// Writes a one-way in-band packet into the ring straight from `data`,
+    /// without copying it into the packet, when nothing can read the
+    /// packet's payload afterwards (no routine, typed completion or MDL, a
+    /// pool packet, which goes back to its pool at once) and the ring takes
+    /// it now. Otherwise (the packet must queue, or the send fails) nothing
+    /// was sent and the packet is handed back for the encoded send, which
+    /// copies the payload and answers as it always does.
+    fn send_direct(mut self, data: &[u8]) -> core::result::Result<(), Packet> {
+        let inner = self.get_mut();
+        if !inner.recyclable() {
+            return Err(self);
+        }
+        match packet::encode_simple(packet::TYPE_DATA_INBAND, 0, 0, data.len()) {
+            Some(d) if inner.buf.len() >= d.len8 as usize * 8 => {}
+            _ => return Err(self),
+        }
+        // The packet's reference keeps the channel alive until the end of
+        // this send, once the packet is back in the pool.
+        let Some(chan) = inner.chan.take() else {
+            return Err(self);
+        };
+        let mut g = chan.tx.lock();
+        let out = OutPacket::simple(packet::TYPE_DATA_INBAND, 0, 0, data);
+        let signal = if g.gate.send.is_ok() && data.len() <= g.max_packet_size as usize {
+            chan.write_now(&mut g, &out).ok().flatten()
+        } else {
+            None
+        };
+        let Some(signal) = signal else {
+            drop(g);
+            self.get_mut().chan = Some(chan);
+            return Err(self);
+        };
+        chan.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+        if let Some(mut b) = self.into_box() {
+            // Nothing of an earlier send is left to read in the pool.
+            b.len = 0;
+            g.recycle(b);
+        }
+        drop(g);
+        if signal {
+            chan.signal_peer();
+        }
+        Ok(())
     }
 
     /// Takes a transaction slot if needed and hands the packet to the ring.

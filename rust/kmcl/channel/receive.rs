@@ -28,6 +28,21 @@ use crate::{
 /// Packets delivered between two read-index publications.
 const COMMIT_EVERY: u32 = 16;
 
+/// Set in [`Channel::inline`] by the finish of the packet the drain has
+/// inside ProcessPacket: the packet's buffer now belongs to the drain, which
+/// returns it and lowers the outstanding count under its next trip through
+/// the receive lock.
+pub(super) const INLINE_DONE: u64 = 1 << 63;
+
+/// A buffer the drain returns to the free slots under its next trip
+/// through the receive lock: a handled completion's, or that of a packet
+/// finished inside ProcessPacket (`finished`), which also leaves the
+/// outstanding count then.
+struct Spare {
+    buf: KVec<u8>,
+    finished: bool,
+}
+
 /// Why a drain pass ended.
 #[derive(PartialEq, Eq)]
 enum Stop {
@@ -244,11 +259,18 @@ impl Channel {
         &self,
         cb: &dyn super::callbacks::ProcessPacket,
         batch: &mut u32,
-        spare: &mut Option<KVec<u8>>,
+        spare: &mut Option<Spare>,
     ) -> Option<Stop> {
         let mut g = self.rx.lock();
         if let Some(b) = spare.take() {
-            g.put_buf(b);
+            if b.finished {
+                g.outstanding -= 1;
+                // This drain reads on: no kick needed.
+                if g.stalled && g.outstanding < g.quota {
+                    g.stalled = false;
+                }
+            }
+            g.put_buf(b.buf);
         }
         // The previous packet's ProcessPacket has returned.
         self.current.store(0, Ordering::Relaxed);
@@ -336,7 +358,10 @@ impl Channel {
                 .completions_received
                 .fetch_add(1, Ordering::Relaxed);
             self.on_completion(id, &buf[payload_offset..n]);
-            *spare = Some(buf);
+            *spare = Some(Spare {
+                buf,
+                finished: false,
+            });
             return None;
         }
         g.outstanding += 1;
@@ -348,6 +373,10 @@ impl Channel {
         let len = buf.len();
         buf[len - ctx..].fill(0);
         *batch += 1;
+        // Where the buffer is, for a finish inside ProcessPacket that hands
+        // it back through `inline`.
+        let raw = (buf.as_mut_ptr(), buf.len(), buf.capacity());
+        self.inline.store(seq, Ordering::Relaxed);
         let pkt = IncomingPacket {
             chan: self.arc(),
             buf: Some(buf),
@@ -366,6 +395,28 @@ impl Channel {
         let _ = self
             .current
             .compare_exchange(seq, 0, Ordering::Release, Ordering::Relaxed);
+        // From here on a finish takes the receive lock, unless it already
+        // handed the packet back.
+        if let Err(v) = self
+            .inline
+            .compare_exchange(seq, 0, Ordering::Acquire, Ordering::Acquire)
+        {
+            if v == seq | INLINE_DONE {
+                self.inline.store(0, Ordering::Relaxed);
+                // SAFETY: `raw` are the parts of the packet's buffer, which
+                // nothing resizes while a packet holds it. The finish that
+                // set `INLINE_DONE` for this packet's sequence number (each
+                // delivery has its own) gave the buffer up without freeing
+                // it and touches it no more: it belongs to this drain now,
+                // and the `Acquire` above orders the finisher's writes
+                // before its reuse.
+                let buf = unsafe { KVec::from_raw_parts(raw.0, raw.1, raw.2) };
+                *spare = Some(Spare {
+                    buf,
+                    finished: true,
+                });
+            }
+        }
         None
     }
 
