@@ -83,6 +83,7 @@ pub use channel::{
     DEFAULT_MAX_PACKET_SIZE,
     DEFAULT_PACKET_POOL,
     DEFAULT_RING_PAGES,
+    EWOULDBLOCK,
     FRIENDLY_NAME_MAX, //
 };
 pub use transport::{

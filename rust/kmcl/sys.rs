@@ -28,6 +28,7 @@ mod ffi {
         pub(super) fn kmcl_bh_disabled() -> bool;
         pub(super) fn kmcl_in_task() -> bool;
         pub(super) fn kmcl_preemptible() -> bool;
+        pub(super) fn kmcl_may_sleep() -> bool;
         pub(super) fn kmcl_virt_to_pfn(addr: *const c_void) -> u64;
         pub(super) fn kmcl_page_to_pfn(page: *mut c_void) -> u64;
         pub(super) fn kmcl_pfn_to_virt(pfn: u64) -> *mut c_void;
@@ -117,6 +118,14 @@ pub fn in_task() -> bool {
 pub fn preemptible() -> bool {
     // SAFETY: a context query.
     unsafe { ffi::kmcl_preemptible() }
+}
+
+/// Whether the caller may sleep, as `might_sleep()` checks it: process
+/// context, no spinlock held, bottom halves and interrupts enabled. kmcl's
+/// blocking entry points refuse a caller for whom this is false.
+pub(crate) fn may_sleep() -> bool {
+    // SAFETY: a context query.
+    unsafe { ffi::kmcl_may_sleep() }
 }
 
 /// The page frame number of the page holding `addr` (direct map or vmalloc).

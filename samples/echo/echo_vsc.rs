@@ -193,7 +193,9 @@ impl kernel::Module for EchoVsc {
 impl Drop for EchoVsc {
     fn drop(&mut self) {
         // Finishes every send before the module's code goes.
-        self.chan.disable();
+        if let Err(e) = self.chan.disable() {
+            pr_err!("disable failed: {:?}\n", e);
+        }
     }
 }
 
@@ -206,7 +208,7 @@ mod tests {
     fn synchronous_requests_are_echoed() -> Result {
         let ch = open(2)?;
         assert_eq!(sync_requests(&ch, 8)?, 8);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -217,7 +219,7 @@ mod tests {
         // The VSP's quota is 4; 32 at once must all come back, echoed.
         async_sends(&ch, &c, 32)?;
         assert_eq!(c.echoed.load(Ordering::Relaxed), 32);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -227,7 +229,7 @@ mod tests {
         let ch = open(2)?;
         let (theirs, ours) = external_send(&ch, &c)?;
         assert_eq!(theirs, ours);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 }
@@ -374,8 +376,12 @@ mod faults {
     impl Drop for Fixture {
         fn drop(&mut self) {
             self.host.release();
-            self.vsc.disable();
-            self.host_chan.disable();
+            if let Err(e) = self.vsc.disable() {
+                pr_err!("disable failed: {:?}\n", e);
+            }
+            if let Err(e) = self.host_chan.disable() {
+                pr_err!("disable failed: {:?}\n", e);
+            }
         }
     }
 
@@ -476,7 +482,7 @@ mod faults {
     fn a_ring_handle_kept_after_disable_reaches_only_live_memory() -> Result {
         let f = Fixture::new()?;
         let rings = Rings::of(&f.vsc)?;
-        f.vsc.disable();
+        f.vsc.disable()?;
         assert!(matches!(testing::write_raw(&f.vsc, &malformed()), Err(e) if e == ENODEV));
         assert!(matches!(Rings::of(&f.vsc), Err(e) if e == ENODEV));
         // Both channels and the bus go; the handle keeps the rings.

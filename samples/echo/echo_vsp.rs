@@ -119,7 +119,9 @@ impl kernel::Module for EchoVsp {
 impl Drop for EchoVsp {
     fn drop(&mut self) {
         for s in self.servers.iter() {
-            s.disable();
+            if let Err(e) = s.disable() {
+                pr_err!("disable failed: {:?}\n", e);
+            }
         }
         pr_info!(
             "served {} requests, {} bytes of external data\n",

@@ -191,7 +191,9 @@ impl kernel::Module for HeartbeatHost {
 impl Drop for HeartbeatHost {
     fn drop(&mut self) {
         for o in &self.offers {
-            o.chan.disable();
+            if let Err(e) = o.chan.disable() {
+                pr_err!("disable failed: {:?}\n", e);
+            }
             pr_info!(
                 "negotiated: {}; heartbeats answered correctly: {}; bad answers: {}\n",
                 o.host.negotiated.load(Ordering::Relaxed),

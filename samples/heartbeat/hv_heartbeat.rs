@@ -215,7 +215,9 @@ impl kernel::Module for HvHeartbeat {
 
 impl Drop for HvHeartbeat {
     fn drop(&mut self) {
-        self.chan.disable();
+        if let Err(e) = self.chan.disable() {
+            pr_err!("disable failed: {:?}\n", e);
+        }
         let s = self.hb.stats();
         let v = s.negotiated;
         pr_info!(
@@ -301,7 +303,7 @@ mod tests {
         assert_eq!(s.beats, 20);
         assert_eq!(s.negotiated, 0x0300_0300);
         assert_eq!(s.refused, 0);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 }

@@ -95,8 +95,8 @@ impl kernel::Module for KmclHello {
             "asked hello, got {}\n",
             core::str::from_utf8(&answer).unwrap_or("?")
         );
-        client.disable();
-        server.disable();
+        client.disable()?;
+        server.disable()?;
         Ok(KmclHello)
     }
 }
@@ -111,8 +111,8 @@ mod tests {
         let bus = LoopbackBus::new()?;
         let (client, server) = connect(&bus)?;
         assert_eq!(&hello(&client)?, b"world");
-        client.disable();
-        server.disable();
+        client.disable()?;
+        server.disable()?;
         Ok(())
     }
 }

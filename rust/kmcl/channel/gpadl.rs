@@ -27,7 +27,9 @@ use crate::transport::memory::{
 /// protection) (`VMBUS_CHANNEL_GPADL_READ_ONLY`).
 pub const GPADL_READ_ONLY: u32 = 0x1;
 
-/// A GPADL created by a client. Dropping it deletes it (blocking).
+/// A GPADL created by a client. Dropping it deletes it (blocking): drop it
+/// in process context only, or delete it with [`Channel::delete_gpadl`],
+/// which refuses atomic context.
 pub struct Gpadl {
     id: u32,
     backing: Option<GpadlBacking>,
@@ -108,12 +110,20 @@ impl Channel {
     /// returns once the server side has it. `flags`: [`GPADL_READ_ONLY`].
     /// Over the hv transport the buffer must be whole pages (page-aligned,
     /// a multiple of 4 KiB long), as Linux shares pages; `EINVAL` otherwise.
+    ///
+    /// Context: process context only (`might_sleep()` is checked): a
+    /// state callback (usually Opened) included; refused with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
     #[doc(alias = "VmbChannelCreateGpadlFromBuffer")]
     pub fn create_gpadl_from_buffer(&self, buffer: KVVec<u8>, flags: u32) -> Result<Gpadl> {
         self.create_gpadl(GpadlMemory::Buffer(buffer), flags)
     }
 
     /// Creates a GPADL over `pages` (`VmbChannelCreateGpadlFromMdl`).
+    ///
+    /// Context: process context only (`might_sleep()` is checked): a
+    /// state callback (usually Opened) included; refused with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
     #[doc(alias = "VmbChannelCreateGpadlFromMdl")]
     pub fn create_gpadl_from_pages(&self, pages: KVec<Page>, flags: u32) -> Result<Gpadl> {
         self.create_gpadl(GpadlMemory::Pages(pages), flags)
@@ -131,7 +141,12 @@ impl Channel {
     /// host-visible until it is dropped. On loopback it is a
     /// [`GpadlMemory::Buffer`]. `EINVAL` for `len` 0, `ENOMEM` when the
     /// memory cannot be had.
+    ///
+    /// Context: process context only (`might_sleep()` is checked): a
+    /// state callback (usually Opened) included; refused with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
     pub fn create_gpadl_shared(&self, len: usize, flags: u32) -> Result<Gpadl> {
+        self.check_may_sleep("create_gpadl_shared")?;
         kernel::task::might_sleep();
         self.check_gpadl_creation(flags)?;
         let (backing, id, mem) = self.peer()?.allocate_gpadl(len).map_err(|(e, _)| e)?;
@@ -150,6 +165,7 @@ impl Channel {
     }
 
     fn create_gpadl(&self, mem: GpadlMemory, flags: u32) -> Result<Gpadl> {
+        self.check_may_sleep("create_gpadl")?;
         kernel::task::might_sleep();
         self.check_gpadl_creation(flags)?;
         let (backing, id, mem) = self.peer()?.create_gpadl(mem).map_err(|(e, _)| e)?;
@@ -160,11 +176,21 @@ impl Channel {
         })
     }
 
-    /// Deletes a GPADL (`VmbChannelDeleteGpadl`) and returns its memory.
-    /// Blocks while the server has it mapped.
+    /// Deletes a GPADL (`VmbChannelDeleteGpadl`) and returns its memory,
+    /// if the GPADL kept any. Blocks while the server has it mapped.
+    ///
+    /// Context: process context only (`might_sleep()` is checked); in
+    /// atomic context the GPADL is handed back, still shared, with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK).
     #[doc(alias = "VmbChannelDeleteGpadl")]
-    pub fn delete_gpadl(&self, mut gpadl: Gpadl) -> Option<GpadlMemory> {
-        gpadl.delete_inner()
+    pub fn delete_gpadl(
+        &self,
+        mut gpadl: Gpadl,
+    ) -> core::result::Result<Option<GpadlMemory>, (Error, Gpadl)> {
+        if let Err(e) = self.check_may_sleep("delete_gpadl") {
+            return Err((e, gpadl));
+        }
+        Ok(gpadl.delete_inner())
     }
 
     /// Maps the client's GPADL `id` (`VmbChannelMapGpadl`). Server only; one

@@ -100,6 +100,12 @@ pub mod server_flags {
     pub const ALL: u32 = 0x1f;
 }
 
+/// The error of a call that may sleep, made where its caller may not (a
+/// ProcessPacket in softirq context, a completion routine, a spinlock held):
+/// `EWOULDBLOCK`, which Linux defines as `EAGAIN`. Every blocking entry
+/// point refuses such a caller with it before doing anything.
+pub const EWOULDBLOCK: Error = EAGAIN;
+
 /// Longest friendly name, in bytes.
 pub const FRIENDLY_NAME_MAX: usize = 64;
 
@@ -332,8 +338,14 @@ impl core::ops::Deref for ChannelHandle {
 impl ChannelHandle {
     /// Frees a Disabled channel (`VmbChannelCleanup`). A channel in any other
     /// state is handed back with `EBUSY`.
+    ///
+    /// Context: process context only; in atomic context the handle is
+    /// handed back with [`EWOULDBLOCK`].
     #[doc(alias = "VmbChannelCleanup")]
     pub fn cleanup(self) -> core::result::Result<(), (Error, ChannelHandle)> {
+        if let Err(e) = self.chan.check_may_sleep("cleanup") {
+            return Err((e, self));
+        }
         if self.chan.state() != State::Disabled {
             return Err((EBUSY, self));
         }
@@ -351,7 +363,12 @@ impl ChannelHandle {
 impl Drop for ChannelHandle {
     fn drop(&mut self) {
         if self.chan.state() != State::Disabled {
-            self.chan.disable();
+            // Process context, as the handle's owner drops it; a refusal
+            // (from the channel's own state callback) is logged by
+            // `disable`, and the channel then goes away with its callbacks
+            // dropped, as the module's exit would leave it.
+            kernel::task::might_sleep();
+            let _ = self.chan.disable();
         }
         self.chan.drop_driver_callbacks();
         owners::remove(&self.chan);

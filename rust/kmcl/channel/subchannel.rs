@@ -148,9 +148,12 @@ impl Channel {
     /// client primary is not open (closing, say), the offer is withdrawn
     /// and the call fails with `ENOTCONN`. A client without a callback, or
     /// one that dropped the handle, leaves the sub-channel offered and
-    /// unopened. Loopback only: `EOPNOTSUPP` on other buses. Process
-    /// context.
+    /// unopened. Loopback only: `EOPNOTSUPP` on other buses.
+    ///
+    /// Context: process context only (`might_sleep()` is checked); refused
+    /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
     pub fn offer_subchannel(&self, subchannel: &mut ChannelHandle) -> Result<u16> {
+        self.check_may_sleep("offer_subchannel")?;
         kernel::task::might_sleep();
         if self.endpoint != Endpoint::Server
             || subchannel.endpoint != Endpoint::Server
@@ -201,7 +204,8 @@ impl Channel {
             self.accepts_subchannels() && s.list.iter().any(|c| core::ptr::eq(&**c, &**subchannel))
         };
         if !listed {
-            subchannel.disable();
+            // Process context, not a callback of the sub-channel: it runs.
+            let _ = subchannel.disable();
             self.forget_subchannel(subchannel);
             return Err(ENOTCONN);
         }
@@ -211,7 +215,8 @@ impl Channel {
             None => Err(ENOTCONN),
         };
         if let Err(e) = offered {
-            subchannel.disable();
+            // Process context, not a callback of the sub-channel: it runs.
+            let _ = subchannel.disable();
             self.forget_subchannel(subchannel);
             return Err(e);
         }
@@ -276,7 +281,8 @@ impl Channel {
             // first).
             chan.handle_events();
         } else if chan.state() != State::Disabled {
-            chan.disable();
+            // Process context, not a callback of the sub-channel: it runs.
+            let _ = chan.disable();
         }
         // The offer lives only as long as this call. An open that took it
         // elsewhere (an Enable from another thread) runs under the
@@ -286,7 +292,8 @@ impl Channel {
         if !registered && chan.state() != State::Disabled {
             // Enabled after the callback returned: not a sub-channel of
             // this primary's lifecycle, so not left open.
-            chan.disable();
+            // Process context, not a callback of the sub-channel: it runs.
+            let _ = chan.disable();
         }
         Ok(())
     }
@@ -316,7 +323,9 @@ impl Channel {
     pub(super) fn close_subchannels(&self) {
         let list = core::mem::take(&mut self.subs.lock().list);
         for sub in list.iter() {
-            sub.disable();
+            // Process context, not a callback of the sub-channel (its
+            // own Disable or the control work of its primary): it runs.
+            let _ = sub.disable();
         }
     }
 
@@ -337,9 +346,12 @@ impl Channel {
     ///   runs wherever the interrupt arrives, so a move during traffic is
     ///   harmless.
     ///
-    /// `EINVAL` for a CPU number beyond `nr_cpu_ids`. Any time, any
-    /// process context.
+    /// `EINVAL` for a CPU number beyond `nr_cpu_ids`. Any state.
+    ///
+    /// Context: process context only; refused with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
     pub fn set_target_cpu(&self, cpu: u32) -> Result {
+        self.check_may_sleep("set_target_cpu")?;
         if cpu >= kernel::cpu::nr_cpu_ids() {
             return Err(EINVAL);
         }

@@ -264,12 +264,19 @@ impl Channel {
     ///
     /// `EEXIST` if the id is taken, `EINVAL` on a server or a channel not
     /// open, `ENODEV` once the peer is gone; the GPADL comes back with the
-    /// error. Process context.
+    /// error.
+    ///
+    /// Context: process context only (`might_sleep()` is checked); in
+    /// atomic context the GPADL comes back with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK), nothing registered.
     pub fn register_receive_buffer(
         &self,
         pageset_id: u16,
         mut gpadl: Gpadl,
     ) -> core::result::Result<(), (Error, Gpadl)> {
+        if let Err(e) = self.check_may_sleep("register_receive_buffer") {
+            return Err((e, gpadl));
+        }
         kernel::task::might_sleep();
         if self.endpoint() != Endpoint::Client {
             return Err((EINVAL, gpadl));
@@ -328,9 +335,14 @@ impl Channel {
     ///
     /// `ENOENT` for an id not registered; `ETIMEDOUT` (or `ERESTARTSYS` on a
     /// signal) if packets still hold the buffer, which then stays
-    /// unregistering and may be asked for again. Process context; not from
-    /// a thread that itself holds such a packet.
+    /// unregistering and may be asked for again.
+    ///
+    /// Context: process context only (`might_sleep()` is checked), not from
+    /// a thread that itself holds such a packet; refused with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context, the buffer
+    /// left registered.
     pub fn unregister_receive_buffer(&self, pageset_id: u16, timeout: Delta) -> Result<Gpadl> {
+        self.check_may_sleep("unregister_receive_buffer")?;
         kernel::task::might_sleep();
         {
             let mut g = self.rx.lock();

@@ -193,7 +193,7 @@ mod tests {
                 &[Ev::Opened, Ev::Started, Ev::PostStarted]
             );
         }
-        p.client.disable();
+        p.client.disable()?;
         assert_eq!(
             &p.crec.states()[..],
             &[
@@ -261,7 +261,7 @@ mod tests {
             }
             Ok(()) => return Err(EINVAL),
         };
-        s.disable();
+        s.disable()?;
         assert!(s.cleanup().is_ok());
         let _ = &mut p;
         Ok(())
@@ -270,12 +270,12 @@ mod tests {
     #[test]
     fn disable_blocks_until_torn_down() -> Result {
         let p = Pair::connected()?;
-        p.client.disable();
+        p.client.disable()?;
         assert_eq!(p.client.state(), State::Disabled);
         assert_eq!(p.crec.count(Ev::Closed), 1);
         assert!(wait_for(2000, || p.server.state() == State::Enabled));
         // Disabling twice is harmless.
-        p.client.disable();
+        p.client.disable()?;
         assert_eq!(p.crec.count(Ev::Closed), 1);
         Ok(())
     }
@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn peer_close_suspends_and_closes_the_client() -> Result {
         let p = Pair::connected()?;
-        p.server.disable();
+        p.server.disable()?;
         assert!(wait_for(2000, || p.client.state() == State::Disabled));
         assert_eq!(p.crec.count(Ev::Suspend), 1);
         assert_eq!(p.crec.count(Ev::Closed), 1);
@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn server_takes_a_new_client_after_close() -> Result {
         let p = Pair::connected()?;
-        p.client.disable();
+        p.client.disable()?;
         assert!(wait_for(2000, || p.server.state() == State::Enabled));
         let rec = Recorder::new()?;
         let mut c2 = harness::channel(&p.bus, Endpoint::Client, &rec)?;
@@ -302,7 +302,7 @@ mod tests {
         assert!(wait_for(3000, || c2.state() == State::Started
             && p.server.state() == State::Started));
         assert_eq!(p.srec.count(Ev::Opened), 2);
-        c2.disable();
+        c2.disable()?;
         Ok(())
     }
 
@@ -314,9 +314,9 @@ mod tests {
         c2.enable()?;
         settle(20);
         assert_eq!(c2.state(), State::Enabled);
-        p.client.disable();
+        p.client.disable()?;
         assert!(wait_for(3000, || c2.state() == State::Started));
-        c2.disable();
+        c2.disable()?;
         Ok(())
     }
 
@@ -346,7 +346,7 @@ mod tests {
         assert_eq!(other.state(), State::Enabled);
         p.client.enable()?;
         assert!(wait_for(3000, || p.client.state() == State::Started));
-        other.disable();
+        other.disable()?;
         Ok(())
     }
 

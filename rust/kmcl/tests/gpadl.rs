@@ -50,7 +50,11 @@ mod tests {
         assert_eq!(head, [0x11; 16]);
         m.write(5000, b"from the server")?;
         drop(m);
-        let mem = p.client.delete_gpadl(g).ok_or(EINVAL)?;
+        let mem = p
+            .client
+            .delete_gpadl(g)
+            .map_err(|(e, _)| e)?
+            .ok_or(EINVAL)?;
         match mem {
             GpadlMemory::Buffer(b) => assert_eq!(&b[5000..5015], b"from the server"),
             GpadlMemory::Pages(_) | GpadlMemory::Shared(_) => return Err(EINVAL),
@@ -134,7 +138,7 @@ mod tests {
     #[test]
     fn gpadl_needs_an_open_channel() -> Result {
         let p = Pair::connected()?;
-        p.client.disable();
+        p.client.disable()?;
         assert!(matches!(
             p.client.create_gpadl_from_buffer(buffer(4096, 0)?, 0),
             Err(e) if e == ENODEV

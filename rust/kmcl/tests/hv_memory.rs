@@ -183,7 +183,7 @@ mod tests {
             // One block for both rings, a power of two pages, none unused.
             assert_eq!(ring_block(&dev), (2 * per_ring, per_ring));
             assert_eq!(dev.open_params().0, (per_ring - 1) * 4096);
-            h.disable();
+            h.disable()?;
             // vmbus_free_ring() gave the block back.
             assert_eq!(ring_block(&dev), (0, 0));
         }
@@ -204,7 +204,7 @@ mod tests {
         assert_eq!(h.state(), State::Enabled);
         assert!(!dev.is_open() && !dev.has_callback());
         assert_eq!(ring_block(&dev), (0, 0));
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -225,13 +225,13 @@ mod tests {
         assert!(!dev.is_open() && !dev.has_callback());
         assert_eq!(ring_block(&dev), (0, 0));
         // Disabled and enabled again, it opens the device.
-        h.disable();
+        h.disable()?;
         assert_eq!(h.state(), State::Disabled);
         h.enable()?;
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;
         assert_eq!(ring_block(&dev), (8, 4));
         assert_eq!(log.count(), 1);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -257,7 +257,7 @@ mod tests {
             }
             _ => return Err(EINVAL),
         }
-        let mem = h.delete_gpadl(g);
+        let mem = h.delete_gpadl(g).map_err(|(e, _)| e)?;
         match mem {
             Some(GpadlMemory::Shared(ref b)) => assert_eq!(&b[4096..4101], b"guest"),
             _ => return Err(EINVAL),
@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(buffers_alive(), alive + 1);
         drop(mem);
         assert_eq!(buffers_alive(), alive);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -288,7 +288,7 @@ mod tests {
             drop(h.delete_gpadl(g));
         }
         assert_eq!(buffers_alive(), alive);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -303,7 +303,7 @@ mod tests {
             assert!(matches!(h.create_gpadl_shared(2 * 4096, 0), Err(e) if e == EIO));
         }
         assert_eq!(buffers_alive(), alive);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -319,12 +319,12 @@ mod tests {
         {
             let _f = Faults::teardown(EIO);
             // The host may still map them: neither returned nor freed.
-            assert!(h.delete_gpadl(shared).is_none());
-            assert!(h.delete_gpadl(own).is_none());
+            assert!(matches!(h.delete_gpadl(shared), Ok(None)));
+            assert!(matches!(h.delete_gpadl(own), Ok(None)));
         }
         // Kept for good (kmemleak is told).
         assert_eq!(buffers_alive(), alive + 1);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -336,8 +336,8 @@ mod tests {
         let _e = Errors::none(false);
         let alive = buffers_alive();
         let g = h.create_gpadl_shared(4096, 0)?;
-        h.disable();
-        let mem = h.delete_gpadl(g);
+        h.disable()?;
+        let mem = h.delete_gpadl(g).map_err(|(e, _)| e)?;
         assert!(matches!(mem, Some(GpadlMemory::Shared(ref b)) if b.len() == 4096));
         drop(mem);
         assert_eq!(buffers_alive(), alive);
@@ -363,7 +363,7 @@ mod tests {
         m.write(10, b"srv")?;
         drop(m);
         match p.client.delete_gpadl(g) {
-            Some(GpadlMemory::Buffer(b)) => assert_eq!(&b[10..13], b"srv"),
+            Ok(Some(GpadlMemory::Buffer(b))) => assert_eq!(&b[10..13], b"srv"),
             _ => return Err(EINVAL),
         }
         Ok(())
