@@ -49,8 +49,7 @@ pub use channel::{
         Gpadl,
         GpadlMapping,
         GpadlMemory,
-        MmioSpace,
-        GPADL_READ_ONLY, //
+        MmioSpace, //
     },
     incoming::{
         DeferError,
@@ -69,16 +68,17 @@ pub use channel::{
         SaveContext,
         SaveStatus, //
     },
-    server_flags,
     subchannel::SubchannelOffer,
     xfer::TransferPages,
     Channel,
+    ChannelFlags,
     ChannelHandle,
     Counters,
     Endpoint,
     FriendlyName,
+    GpadlFlags,
+    ServerFlags,
     State,
-    CHANNEL_FLAG_IS_PIPE,
     DEFAULT_INCOMING_SLOTS,
     DEFAULT_MAX_PACKET_SIZE,
     DEFAULT_PACKET_POOL,

@@ -14,11 +14,11 @@ use super::{
         SaveRestorePacket,
         StateChange, //
     },
-    server_flags,
     Channel,
+    ChannelFlags,
     Endpoint,
+    ServerFlags,
     State,
-    CHANNEL_FLAG_IS_PIPE,
     DEFAULT_INCOMING_SLOTS,
     DEFAULT_MAX_PACKET_SIZE,
     DEFAULT_PACKET_POOL,
@@ -49,7 +49,7 @@ impl FriendlyName {
 /// The configuration that the init setters write.
 pub(crate) struct Config {
     pub(crate) client_context_size: u32,
-    pub(crate) flags: u32,
+    pub(crate) flags: ChannelFlags,
     /// The friendly name, NUL-padded; kept inline so that reading it under
     /// the channel lock allocates nothing.
     pub(crate) friendly_name: [u8; FRIENDLY_NAME_MAX],
@@ -64,7 +64,7 @@ pub(crate) struct Config {
     pub(crate) ring_pages: u32,
     pub(crate) target_type: Guid,
     pub(crate) target_instance: Option<Guid>,
-    pub(crate) server_flags: u32,
+    pub(crate) server_flags: ServerFlags,
     pub(crate) mmio_megabytes: u32,
     pub(crate) target_vtl: u8,
     pub(crate) bus: Option<Bus>,
@@ -74,7 +74,7 @@ impl Config {
     pub(super) fn new() -> Self {
         Self {
             client_context_size: 0,
-            flags: 0,
+            flags: ChannelFlags::NONE,
             friendly_name: [0; FRIENDLY_NAME_MAX],
             max_external_bytes: 64 * 4096,
             max_external_chain: 4,
@@ -87,7 +87,7 @@ impl Config {
             ring_pages: DEFAULT_RING_PAGES,
             target_type: Guid::NULL,
             target_instance: None,
-            server_flags: 0,
+            server_flags: ServerFlags::NONE,
             mmio_megabytes: 0,
             target_vtl: 0,
             bus: None,
@@ -146,12 +146,10 @@ impl Channel {
         })
     }
 
-    /// Channel flags, [`CHANNEL_FLAG_IS_PIPE`] (`VmbChannelInitSetFlags`).
+    /// Channel flags (`VmbChannelInitSetFlags`): a [`ChannelFlags`] set,
+    /// which holds only flags KMCL defines.
     #[doc(alias = "VmbChannelInitSetFlags")]
-    pub fn init_set_flags(&self, flags: u32) -> Result {
-        if flags & !CHANNEL_FLAG_IS_PIPE != 0 {
-            return Err(EINVAL);
-        }
+    pub fn init_set_flags(&self, flags: ChannelFlags) -> Result {
         init_setter!(self, g, {
             g.cfg.flags = flags;
         })
@@ -270,10 +268,11 @@ impl Channel {
         })
     }
 
-    /// Server flags, see [`server_flags`] (`VmbServerChannelInitSetFlags`).
+    /// Server flags (`VmbServerChannelInitSetFlags`): a [`ServerFlags`]
+    /// set. Server only (`EINVAL`).
     #[doc(alias = "VmbServerChannelInitSetFlags")]
-    pub fn init_set_server_flags(&self, flags: u32) -> Result {
-        if self.endpoint != Endpoint::Server || flags & !server_flags::ALL != 0 {
+    pub fn init_set_server_flags(&self, flags: ServerFlags) -> Result {
+        if self.endpoint != Endpoint::Server {
             return Err(EINVAL);
         }
         init_setter!(self, g, {

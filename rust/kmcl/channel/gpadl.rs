@@ -14,7 +14,10 @@ use kernel::{
     prelude::*, //
 };
 
-use super::Channel;
+use super::{
+    Channel,
+    GpadlFlags, //
+};
 pub use crate::transport::memory::GpadlMemory;
 use crate::transport::memory::{
     GpadlBacking,
@@ -22,10 +25,6 @@ use crate::transport::memory::{
     MemoryPeer,
     Mmio, //
 };
-
-/// Flag of GPADL creation: the server should only read (a hint, not
-/// protection) (`VMBUS_CHANNEL_GPADL_READ_ONLY`).
-pub const GPADL_READ_ONLY: u32 = 0x1;
 
 /// A GPADL created by a client. Dropping it deletes it (blocking): drop it
 /// in process context only, or delete it with [`Channel::delete_gpadl`],
@@ -107,7 +106,7 @@ impl Channel {
     }
 
     /// Creates a GPADL over `buffer` (`VmbChannelCreateGpadlFromBuffer`);
-    /// returns once the server side has it. `flags`: [`GPADL_READ_ONLY`].
+    /// returns once the server side has it. `flags`: [`GpadlFlags`].
     /// Over the hv transport the buffer must be whole pages (page-aligned,
     /// a multiple of 4 KiB long), as Linux shares pages; `EINVAL` otherwise.
     ///
@@ -115,7 +114,7 @@ impl Channel {
     /// state callback (usually Opened) included; refused with
     /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
     #[doc(alias = "VmbChannelCreateGpadlFromBuffer")]
-    pub fn create_gpadl_from_buffer(&self, buffer: KVVec<u8>, flags: u32) -> Result<Gpadl> {
+    pub fn create_gpadl_from_buffer(&self, buffer: KVVec<u8>, flags: GpadlFlags) -> Result<Gpadl> {
         self.create_gpadl(GpadlMemory::Buffer(buffer), flags)
     }
 
@@ -125,13 +124,13 @@ impl Channel {
     /// state callback (usually Opened) included; refused with
     /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
     #[doc(alias = "VmbChannelCreateGpadlFromMdl")]
-    pub fn create_gpadl_from_pages(&self, pages: KVec<Page>, flags: u32) -> Result<Gpadl> {
+    pub fn create_gpadl_from_pages(&self, pages: KVec<Page>, flags: GpadlFlags) -> Result<Gpadl> {
         self.create_gpadl(GpadlMemory::Pages(pages), flags)
     }
 
     /// Allocates `len` bytes, rounded up to whole pages and zeroed, and
     /// shares them as a GPADL; returns once the server side has it.
-    /// `flags`: [`GPADL_READ_ONLY`].
+    /// `flags`: [`GpadlFlags`].
     ///
     /// Over the hv transport the memory comes from `vmbus_alloc_buffer()`
     /// and is shared with `vmbus_establish_gpadl_caller_decrypted()`: in a
@@ -145,7 +144,7 @@ impl Channel {
     /// Context: process context only (`might_sleep()` is checked): a
     /// state callback (usually Opened) included; refused with
     /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
-    pub fn create_gpadl_shared(&self, len: usize, flags: u32) -> Result<Gpadl> {
+    pub fn create_gpadl_shared(&self, len: usize, flags: GpadlFlags) -> Result<Gpadl> {
         self.check_may_sleep("create_gpadl_shared")?;
         kernel::task::might_sleep();
         self.check_gpadl_creation(flags)?;
@@ -157,14 +156,17 @@ impl Channel {
         })
     }
 
-    fn check_gpadl_creation(&self, flags: u32) -> Result {
-        if flags & !GPADL_READ_ONLY != 0 || self.endpoint() != super::Endpoint::Client {
+    fn check_gpadl_creation(&self, flags: GpadlFlags) -> Result {
+        // `READ_ONLY` is a hint that neither transport needs: the loopback
+        // server maps what it maps, a Hyper-V host ignores it.
+        let _ = flags;
+        if self.endpoint() != super::Endpoint::Client {
             return Err(EINVAL);
         }
         Ok(())
     }
 
-    fn create_gpadl(&self, mem: GpadlMemory, flags: u32) -> Result<Gpadl> {
+    fn create_gpadl(&self, mem: GpadlMemory, flags: GpadlFlags) -> Result<Gpadl> {
         self.check_may_sleep("create_gpadl")?;
         kernel::task::might_sleep();
         self.check_gpadl_creation(flags)?;

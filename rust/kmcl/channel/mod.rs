@@ -56,6 +56,7 @@ pub(crate) mod callbacks;
 mod config;
 mod events;
 pub(crate) mod external;
+mod flags;
 pub(crate) mod gpadl;
 pub(crate) mod incoming;
 mod lifecycle;
@@ -78,27 +79,13 @@ pub(crate) use config::{
     Sizing, //
 };
 use events::event;
+pub use flags::{
+    ChannelFlags,
+    GpadlFlags,
+    ServerFlags, //
+};
 use rx::RxState;
 use transactions::TxState;
-
-/// Channel flag: the channel is a pipe (`VMBUS_CHANNEL_FLAG_IS_PIPE`).
-pub const CHANNEL_FLAG_IS_PIPE: u32 = 0x1;
-
-/// Server flags (`VMBUS_SERVER_CHANNEL_FLAGS`).
-pub mod server_flags {
-    /// Offer the channel to the same partition (loopback).
-    pub const LOOPBACK_OFFER: u32 = 0x1;
-    /// Enumerate a device interface for the offer.
-    pub const ENUMERATE_DEVICE_INTERFACE: u32 = 0x2;
-    /// Offer the channel as a pipe.
-    pub const OFFER_AS_PIPE: u32 = 0x4;
-    /// Always create a new channel rather than reuse one.
-    pub const FORCE_NEW_CHANNEL: u32 = 0x8;
-    /// The offer is a TL NPI provider (hvsocket) offer.
-    pub const TLNPI_PROVIDER_OFFER: u32 = 0x10;
-    /// Every flag kmcl knows.
-    pub const ALL: u32 = 0x1f;
-}
 
 /// The error of a call that may sleep, made where its caller may not (a
 /// ProcessPacket in softirq context, a completion routine, a spinlock held):

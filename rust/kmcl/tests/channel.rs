@@ -21,9 +21,10 @@ use super::harness::{
 };
 use crate::{
     channel::{
-        server_flags,
         Channel,
+        ChannelFlags,
         Endpoint,
+        ServerFlags,
         State, //
     },
     transport::{
@@ -55,7 +56,7 @@ mod tests {
         let rec = Recorder::new()?;
         let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
         c.init_set_client_context_size(24)?;
-        c.init_set_flags(crate::channel::CHANNEL_FLAG_IS_PIPE)?;
+        c.init_set_flags(ChannelFlags::IS_PIPE)?;
         c.init_set_friendly_name(c"kunit")?;
         c.init_set_maximum_external_data(8192, 2)?;
         c.init_set_maximum_packet_size(1024)?;
@@ -67,7 +68,7 @@ mod tests {
         c.init_set_packet_pool_size(8)?;
         c.init_set_incoming_slots(8)?;
         let s = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
-        s.init_set_server_flags(server_flags::LOOPBACK_OFFER | server_flags::OFFER_AS_PIPE)?;
+        s.init_set_server_flags(ServerFlags::LOOPBACK_OFFER | ServerFlags::OFFER_AS_PIPE)?;
         s.init_set_mmio_megabytes(1)?;
         s.init_set_target_interface_id(IFACE, INSTANCE)?;
         s.init_set_target_vtl(0)?;
@@ -83,21 +84,52 @@ mod tests {
         assert_eq!(c.init_set_maximum_packet_size(0), Err(EINVAL));
         assert_eq!(c.init_set_maximum_external_data(0, 1), Err(EINVAL));
         assert_eq!(c.init_set_maximum_external_data(4096, 0), Err(EINVAL));
-        assert_eq!(c.init_set_flags(0x2), Err(EINVAL));
+        // A flag KMCL does not define cannot be expressed.
+        assert_eq!(ChannelFlags::from_bits(0x2), None);
         assert_eq!(c.init_set_ring_buffer_page_count(1), Err(EINVAL));
         assert_eq!(c.init_set_target_pnp(Guid::NULL, None), Err(EINVAL));
         // Endpoint-specific setters on the wrong endpoint.
         assert_eq!(s.init_set_ring_buffer_page_count(4), Err(EINVAL));
         assert_eq!(s.init_set_target_pnp(IFACE, None), Err(EINVAL));
         assert_eq!(
-            c.init_set_server_flags(server_flags::LOOPBACK_OFFER),
+            c.init_set_server_flags(ServerFlags::LOOPBACK_OFFER),
             Err(EINVAL)
         );
         assert_eq!(c.init_set_mmio_megabytes(1), Err(EINVAL));
         assert_eq!(c.init_set_target_interface_id(IFACE, INSTANCE), Err(EINVAL));
         assert_eq!(c.init_set_target_vtl(0), Err(EINVAL));
-        assert_eq!(s.init_set_server_flags(0x20), Err(EINVAL));
+        assert_eq!(ServerFlags::from_bits(0x20), None);
         assert_eq!(s.init_set_target_vtl(3), Err(EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn flag_sets_carry_the_kmcl_bits_and_nothing_else() -> Result {
+        assert_eq!(ChannelFlags::IS_PIPE.bits(), 0x1);
+        assert_eq!(ChannelFlags::ALL.bits(), 0x1);
+        assert_eq!(
+            (ServerFlags::LOOPBACK_OFFER
+                | ServerFlags::ENUMERATE_DEVICE_INTERFACE
+                | ServerFlags::OFFER_AS_PIPE
+                | ServerFlags::FORCE_NEW_CHANNEL
+                | ServerFlags::TLNPI_PROVIDER_OFFER)
+                .bits(),
+            0x1f
+        );
+        assert_eq!(ServerFlags::ALL.bits(), 0x1f);
+        assert_eq!(crate::channel::GpadlFlags::READ_ONLY.bits(), 0x1);
+        // Every defined combination converts back; no other bit does.
+        assert_eq!(ServerFlags::from_bits(0x1f), Some(ServerFlags::ALL));
+        assert_eq!(ChannelFlags::from_bits(0), Some(ChannelFlags::NONE));
+        for bit in 5..32 {
+            assert_eq!(ServerFlags::from_bits(1 << bit), None);
+        }
+        for bit in 1..32 {
+            assert_eq!(ChannelFlags::from_bits(1 << bit), None);
+            assert_eq!(crate::channel::GpadlFlags::from_bits(1 << bit), None);
+        }
+        assert!(ServerFlags::ALL.contains(ServerFlags::OFFER_AS_PIPE));
+        assert!(!ServerFlags::LOOPBACK_OFFER.contains(ServerFlags::OFFER_AS_PIPE));
         Ok(())
     }
 
@@ -107,7 +139,7 @@ mod tests {
         let rec = Recorder::new()?;
         for ch in [&p.client, &p.server] {
             assert_eq!(ch.init_set_client_context_size(8), Err(EINVAL));
-            assert_eq!(ch.init_set_flags(0), Err(EINVAL));
+            assert_eq!(ch.init_set_flags(ChannelFlags::NONE), Err(EINVAL));
             assert_eq!(ch.init_set_friendly_name(c"x"), Err(EINVAL));
             assert_eq!(ch.init_set_maximum_external_data(4096, 1), Err(EINVAL));
             assert_eq!(ch.init_set_maximum_packet_size(64), Err(EINVAL));
@@ -123,7 +155,10 @@ mod tests {
         }
         assert_eq!(p.client.init_set_ring_buffer_page_count(4), Err(EINVAL));
         assert_eq!(p.client.init_set_target_pnp(IFACE, None), Err(EINVAL));
-        assert_eq!(p.server.init_set_server_flags(0), Err(EINVAL));
+        assert_eq!(
+            p.server.init_set_server_flags(ServerFlags::NONE),
+            Err(EINVAL)
+        );
         assert_eq!(p.server.init_set_mmio_megabytes(1), Err(EINVAL));
         assert_eq!(
             p.server.init_set_target_interface_id(IFACE, INSTANCE),

@@ -178,13 +178,34 @@ impl Prober {
         self.set(6, errno(r.map(|_| ())));
         let buffer = self.stash.lock().buffer.take();
         if let Some(b) = buffer {
-            self.set(7, errno(client.create_gpadl_from_buffer(b, 0).map(drop)));
+            self.set(
+                7,
+                errno(
+                    client
+                        .create_gpadl_from_buffer(b, crate::channel::GpadlFlags::NONE)
+                        .map(drop),
+                ),
+            );
         }
         let pages = self.stash.lock().pages.take();
         if let Some(p) = pages {
-            self.set(8, errno(client.create_gpadl_from_pages(p, 0).map(drop)));
+            self.set(
+                8,
+                errno(
+                    client
+                        .create_gpadl_from_pages(p, crate::channel::GpadlFlags::NONE)
+                        .map(drop),
+                ),
+            );
         }
-        self.set(9, errno(client.create_gpadl_shared(4096, 0).map(drop)));
+        self.set(
+            9,
+            errno(
+                client
+                    .create_gpadl_shared(4096, crate::channel::GpadlFlags::NONE)
+                    .map(drop),
+            ),
+        );
         let gpadl = self.stash.lock().gpadl.take();
         if let Some(g) = gpadl {
             let r = client.delete_gpadl(g);
@@ -318,13 +339,17 @@ impl Setup {
         pages.push(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
         let mut b = KVVec::with_capacity(4096, GFP_KERNEL)?;
         b.resize(4096, 1, GFP_KERNEL)?;
-        let registered = self.client.create_gpadl_from_buffer(b, 0)?;
+        let registered = self
+            .client
+            .create_gpadl_from_buffer(b, crate::channel::GpadlFlags::NONE)?;
         self.client
             .register_receive_buffer(REGISTERED, registered)
             .map_err(|(e, _)| e)?;
         let mut b = KVVec::with_capacity(4096, GFP_KERNEL)?;
         b.resize(4096, 2, GFP_KERNEL)?;
-        let gpadl = self.client.create_gpadl_from_buffer(b, 0)?;
+        let gpadl = self
+            .client
+            .create_gpadl_from_buffer(b, crate::channel::GpadlFlags::NONE)?;
         let spare = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
         spare.init_set_target_interface_id(IFACE, INSTANCE)?;
         let mut s = self.prober.stash.lock();

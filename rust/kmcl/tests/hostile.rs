@@ -539,7 +539,9 @@ mod tests {
         assert!(wait_for(2000, || p.client.state() == State::Disabled));
         let mut b = kernel::alloc::KVVec::new();
         b.resize(4096, 0, GFP_KERNEL)?;
-        assert!(matches!(p.client.create_gpadl_from_buffer(b, 0), Err(e) if e == ENODEV));
+        assert!(
+            matches!(p.client.create_gpadl_from_buffer(b, crate::channel::GpadlFlags::NONE), Err(e) if e == ENODEV)
+        );
         Ok(())
     }
 
@@ -548,7 +550,9 @@ mod tests {
         let p = Pair::connected()?;
         let mut b = kernel::alloc::KVVec::new();
         b.resize(4096, 7, GFP_KERNEL)?;
-        let g = p.client.create_gpadl_from_buffer(b, 0)?;
+        let g = p
+            .client
+            .create_gpadl_from_buffer(b, crate::channel::GpadlFlags::NONE)?;
         let m = p.server.map_gpadl(g.id())?;
         // The server goes away with the GPADL still mapped; the mapping
         // object keeps the memory reachable until it is dropped.

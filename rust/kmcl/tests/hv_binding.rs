@@ -842,7 +842,7 @@ mod tests {
         let bus = bus()?;
         let (h, _rec, _dev, d) = opened(&bus)?;
         let _e = Errors::none(false);
-        let g = h.create_gpadl_from_buffer(pages_buffer(2)?, 0)?;
+        let g = h.create_gpadl_from_buffer(pages_buffer(2)?, crate::channel::GpadlFlags::NONE)?;
         assert_ne!(g.id(), 0);
         let mem = h.delete_gpadl(g).map_err(|(e, _)| e)?;
         assert!(
@@ -851,7 +851,9 @@ mod tests {
         // Linux shares whole pages only.
         let mut odd = KVVec::with_capacity(100, GFP_KERNEL)?;
         odd.resize(100, 0, GFP_KERNEL)?;
-        assert!(matches!(h.create_gpadl_from_buffer(odd, 0), Err(e) if e == EINVAL));
+        assert!(
+            matches!(h.create_gpadl_from_buffer(odd, crate::channel::GpadlFlags::NONE), Err(e) if e == EINVAL)
+        );
         h.disable()?;
         bus.remove(&d);
         Ok(())
@@ -862,12 +864,14 @@ mod tests {
         let bus = bus()?;
         let (h, _rec, _dev, d) = opened(&bus)?;
         let _e = Errors::none(true);
-        let g = h.create_gpadl_from_buffer(pages_buffer(1)?, 0)?;
+        let g = h.create_gpadl_from_buffer(pages_buffer(1)?, crate::channel::GpadlFlags::NONE)?;
         // Re-encryption failed: the memory is neither freed nor returned.
         assert!(matches!(h.delete_gpadl(g), Ok(None)));
         // A failed establish that left the pages shared keeps them too.
         let _e = Errors::set(EIO, Some(EIO), true);
-        assert!(matches!(h.create_gpadl_from_buffer(pages_buffer(1)?, 0), Err(e) if e == EIO));
+        assert!(
+            matches!(h.create_gpadl_from_buffer(pages_buffer(1)?, crate::channel::GpadlFlags::NONE), Err(e) if e == EIO)
+        );
         h.disable()?;
         bus.remove(&d);
         Ok(())
@@ -878,11 +882,13 @@ mod tests {
         let bus = bus()?;
         let (h, _rec, _dev, d) = opened(&bus)?;
         let _e = Errors::none(false);
-        let g = h.create_gpadl_from_buffer(pages_buffer(1)?, 0)?;
+        let g = h.create_gpadl_from_buffer(pages_buffer(1)?, crate::channel::GpadlFlags::NONE)?;
         h.disable()?;
         // kmcl tore it down before the close; the memory comes back.
         assert!(matches!(h.delete_gpadl(g), Ok(Some(_))));
-        assert!(matches!(h.create_gpadl_from_buffer(pages_buffer(1)?, 0), Err(e) if e == ENODEV));
+        assert!(
+            matches!(h.create_gpadl_from_buffer(pages_buffer(1)?, crate::channel::GpadlFlags::NONE), Err(e) if e == ENODEV)
+        );
         bus.remove(&d);
         Ok(())
     }
@@ -913,13 +919,13 @@ mod tests {
         let bus = bus()?;
         let (dev, d) = offer(&bus, TYPE_A, INST_1, 0)?;
         let (mut h, _rec) = client(&bus, TYPE_A, None)?;
-        h.init_set_flags(crate::channel::CHANNEL_FLAG_IS_PIPE)?;
+        h.init_set_flags(crate::channel::ChannelFlags::IS_PIPE)?;
         assert!(matches!(h.enable(), Err(e) if e == EOPNOTSUPP));
         assert_eq!(h.state(), State::Disabled);
         assert!(!bus.is_targeted(&TYPE_A));
         assert!(!dev.is_open());
         // Without the flag the same client opens.
-        h.init_set_flags(0)?;
+        h.init_set_flags(crate::channel::ChannelFlags::NONE)?;
         h.enable()?;
         assert!(bus.is_targeted(&TYPE_A));
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;

@@ -243,8 +243,10 @@ mod tests {
         let _e = Errors::none(false);
         let alive = buffers_alive();
         let (n, _) = decrypted_gpadls();
-        assert!(matches!(h.create_gpadl_shared(0, 0), Err(e) if e == EINVAL));
-        let mut g = h.create_gpadl_shared(10000, 0)?;
+        assert!(
+            matches!(h.create_gpadl_shared(0, crate::channel::GpadlFlags::NONE), Err(e) if e == EINVAL)
+        );
+        let mut g = h.create_gpadl_shared(10000, crate::channel::GpadlFlags::NONE)?;
         assert_ne!(g.id(), 0);
         assert_eq!(buffers_alive(), alive + 1);
         // Whole pages, shared as a buffer the caller decrypted.
@@ -280,11 +282,13 @@ mod tests {
         let (n, _) = decrypted_gpadls();
         {
             let _f = Faults::allocs(0, 1);
-            assert!(matches!(h.create_gpadl_shared(4096, 0), Err(e) if e == ENOMEM));
+            assert!(
+                matches!(h.create_gpadl_shared(4096, crate::channel::GpadlFlags::NONE), Err(e) if e == ENOMEM)
+            );
             assert_eq!(decrypted_gpadls().0, n);
             assert_eq!(buffers_alive(), alive);
             // One failure only: the next allocation succeeds.
-            let g = h.create_gpadl_shared(4096, 0)?;
+            let g = h.create_gpadl_shared(4096, crate::channel::GpadlFlags::NONE)?;
             drop(h.delete_gpadl(g));
         }
         assert_eq!(buffers_alive(), alive);
@@ -300,7 +304,9 @@ mod tests {
         let alive = buffers_alive();
         {
             let _e = Errors::set(EIO, Some(EIO), false);
-            assert!(matches!(h.create_gpadl_shared(2 * 4096, 0), Err(e) if e == EIO));
+            assert!(
+                matches!(h.create_gpadl_shared(2 * 4096, crate::channel::GpadlFlags::NONE), Err(e) if e == EIO)
+            );
         }
         assert_eq!(buffers_alive(), alive);
         h.disable()?;
@@ -314,8 +320,8 @@ mod tests {
         let (h, _rec, _dev, d) = opened(&bus)?;
         let _e = Errors::none(false);
         let alive = buffers_alive();
-        let shared = h.create_gpadl_shared(4096, 0)?;
-        let own = h.create_gpadl_from_buffer(pages_buffer(1)?, 0)?;
+        let shared = h.create_gpadl_shared(4096, crate::channel::GpadlFlags::NONE)?;
+        let own = h.create_gpadl_from_buffer(pages_buffer(1)?, crate::channel::GpadlFlags::NONE)?;
         {
             let _f = Faults::teardown(EIO);
             // The host may still map them: neither returned nor freed.
@@ -335,14 +341,16 @@ mod tests {
         let (h, _rec, _dev, d) = opened(&bus)?;
         let _e = Errors::none(false);
         let alive = buffers_alive();
-        let g = h.create_gpadl_shared(4096, 0)?;
+        let g = h.create_gpadl_shared(4096, crate::channel::GpadlFlags::NONE)?;
         h.disable()?;
         let mem = h.delete_gpadl(g).map_err(|(e, _)| e)?;
         assert!(matches!(mem, Some(GpadlMemory::Shared(ref b)) if b.len() == 4096));
         drop(mem);
         assert_eq!(buffers_alive(), alive);
         // No channel, no allocation.
-        assert!(matches!(h.create_gpadl_shared(4096, 0), Err(e) if e == ENODEV));
+        assert!(
+            matches!(h.create_gpadl_shared(4096, crate::channel::GpadlFlags::NONE), Err(e) if e == ENODEV)
+        );
         assert_eq!(buffers_alive(), alive);
         bus.remove(&d);
         Ok(())
@@ -352,7 +360,9 @@ mod tests {
     fn shared_gpadl_on_loopback_is_a_zeroed_buffer_the_server_maps() -> Result {
         let p = Pair::connected()?;
         let alive = buffers_alive();
-        let g = p.client.create_gpadl_shared(5000, 0)?;
+        let g = p
+            .client
+            .create_gpadl_shared(5000, crate::channel::GpadlFlags::NONE)?;
         // Not a buffer of hv_vmbus.
         assert_eq!(buffers_alive(), alive);
         let m = p.server.map_gpadl(g.id())?;

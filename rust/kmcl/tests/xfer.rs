@@ -131,7 +131,9 @@ fn refused(chan: &Channel, rec: &Recorder) -> bool {
 fn registered_pair(len: usize) -> Result<(Pair, u32)> {
     let p = Pair::connected()?;
     p.crec.mode.store(mode::HOLD, Ordering::Relaxed);
-    let g = p.client.create_gpadl_from_buffer(pattern(len, 1)?, 0)?;
+    let g = p
+        .client
+        .create_gpadl_from_buffer(pattern(len, 1)?, crate::channel::GpadlFlags::NONE)?;
     let id = g.id();
     p.client
         .register_receive_buffer(PAGESET, g)
@@ -176,7 +178,7 @@ fn hv_registered() -> Result<HvClient> {
     let mut buf = pages_buffer(2)?;
     let pat = pattern(8192, 3)?;
     buf.copy_from_slice(&pat);
-    let g = h.create_gpadl_from_buffer(buf, 0)?;
+    let g = h.create_gpadl_from_buffer(buf, crate::channel::GpadlFlags::NONE)?;
     h.register_receive_buffer(PAGESET, g).map_err(|(e, _)| e)?;
     Ok((bus, h, rec, dev, d))
 }
@@ -192,7 +194,7 @@ struct RegisterInOpened {
 impl crate::channel::callbacks::StateChange for RegisterInOpened {
     fn opened(&self, channel: &Channel) -> Result {
         let r = channel
-            .create_gpadl_from_buffer(pattern(4096, 5)?, 0)
+            .create_gpadl_from_buffer(pattern(4096, 5)?, crate::channel::GpadlFlags::NONE)
             .and_then(|g| {
                 channel
                     .register_receive_buffer(PAGESET, g)
@@ -458,7 +460,9 @@ mod tests {
     #[test]
     fn registration_refuses_duplicates_and_servers_and_returns_the_gpadl() -> Result {
         let (p, _) = registered_pair(4096)?;
-        let g = p.client.create_gpadl_from_buffer(pattern(4096, 2)?, 0)?;
+        let g = p
+            .client
+            .create_gpadl_from_buffer(pattern(4096, 2)?, crate::channel::GpadlFlags::NONE)?;
         let g = match p.client.register_receive_buffer(PAGESET, g) {
             Err((e, g)) if e == EEXIST => g,
             _ => return Err(EINVAL),
@@ -611,7 +615,8 @@ mod tests {
         server.enable()?;
         client.enable()?;
         client.wait_for_state(crate::channel::State::Started, Delta::from_millis(2000))?;
-        let g = client.create_gpadl_from_buffer(pattern(4096, 1)?, 0)?;
+        let g =
+            client.create_gpadl_from_buffer(pattern(4096, 1)?, crate::channel::GpadlFlags::NONE)?;
         let id = g.id();
         client
             .register_receive_buffer(PAGESET, g)
