@@ -93,6 +93,8 @@ pub(crate) fn with_bh_disabled<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Whether the caller runs in softirq context (kmcl's BH work).
+///
+/// Context: any context.
 pub fn in_softirq() -> bool {
     // SAFETY: a context query.
     unsafe { ffi::kmcl_in_serving_softirq() }
@@ -102,12 +104,16 @@ pub fn in_softirq() -> bool {
 /// (kmcl's BH work, hv's channel tasklet) or disabled them. This is the
 /// context of every completion routine and of ProcessPacket when delivery is
 /// not at passive level.
+///
+/// Context: any context.
 pub fn bh_disabled() -> bool {
     // SAFETY: a context query.
     unsafe { ffi::kmcl_bh_disabled() }
 }
 
 /// Whether the caller runs in process context.
+///
+/// Context: any context.
 pub fn in_task() -> bool {
     // SAFETY: a context query.
     unsafe { ffi::kmcl_in_task() }
@@ -115,6 +121,8 @@ pub fn in_task() -> bool {
 
 /// Whether the caller may sleep: not atomic, bottom halves and preemption
 /// enabled.
+///
+/// Context: any context.
 pub fn preemptible() -> bool {
     // SAFETY: a context query.
     unsafe { ffi::kmcl_preemptible() }

@@ -32,6 +32,8 @@ macro_rules! flag_set {
 
             /// The set of `bits`; `None` when a bit is not a flag of the
             /// set.
+            ///
+            /// Context: any context.
             #[inline]
             pub const fn from_bits(bits: u32) -> Option<$name> {
                 if bits & !Self::ALL.0 == 0 {
@@ -42,18 +44,24 @@ macro_rules! flag_set {
             }
 
             /// The raw bits, as the KMCL interface carries them.
+            ///
+            /// Context: any context.
             #[inline]
             pub const fn bits(self) -> u32 {
                 self.0
             }
 
             /// Whether every flag of `other` is in the set.
+            ///
+            /// Context: any context.
             #[inline]
             pub const fn contains(self, other: $name) -> bool {
                 self.0 & other.0 == other.0
             }
 
             /// Whether the set is empty.
+            ///
+            /// Context: any context.
             #[inline]
             pub const fn is_empty(self) -> bool {
                 self.0 == 0

@@ -37,11 +37,15 @@ pub struct Gpadl {
 
 impl Gpadl {
     /// The GPADL id the server maps it by.
+    ///
+    /// Context: any context.
     pub fn id(&self) -> u32 {
         self.id
     }
 
     /// The memory, for the client to read and write.
+    ///
+    /// Context: any context.
     pub fn memory(&mut self) -> Option<&mut GpadlMemory> {
         self.mem.as_mut()
     }
@@ -66,16 +70,22 @@ pub struct GpadlMapping(GpadlView);
 
 impl GpadlMapping {
     /// The GPADL id.
+    ///
+    /// Context: any context.
     pub fn id(&self) -> u32 {
         self.0.id()
     }
 
     /// Length of the shared memory in bytes.
+    ///
+    /// Context: any context.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
     /// Whether the mapping is empty (never, for a mapped GPADL).
+    ///
+    /// Context: any context.
     // Inlined in the caller: calls only exported functions, so it needs
     // no export of its own.
     #[inline]
@@ -84,11 +94,15 @@ impl GpadlMapping {
     }
 
     /// Reads shared memory at `pos` into `dst`.
+    ///
+    /// Context: any context.
     pub fn read(&self, pos: usize, dst: &mut [u8]) -> Result {
         self.0.read(pos, dst)
     }
 
     /// Writes `src` into shared memory at `pos`.
+    ///
+    /// Context: any context.
     pub fn write(&self, pos: usize, src: &[u8]) -> Result {
         self.0.write(pos, src)
     }
@@ -198,6 +212,8 @@ impl Channel {
     /// Maps the client's GPADL `id` (`VmbChannelMapGpadl`). Server only; one
     /// mapping per GPADL at a time (`EBUSY`); `ENOENT` for an unknown or
     /// deleted id.
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelMapGpadl")]
     pub fn map_gpadl(&self, id: u32) -> Result<GpadlMapping> {
         if self.endpoint() != super::Endpoint::Server {
@@ -208,6 +224,8 @@ impl Channel {
 
     /// Unmaps a GPADL (`VmbChannelUnmapGpadl`); dropping the mapping does the
     /// same.
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelUnmapGpadl")]
     pub fn unmap_gpadl(&self, mapping: GpadlMapping) {
         drop(mapping);
@@ -218,6 +236,8 @@ impl Channel {
     /// the loopback signals without monitor pages, and Linux 7.3 offers a
     /// guest no way to change a channel's monitor latency (the host sets it
     /// in the offer). The value is recorded and shown in debugfs.
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelSetInterruptLatency")]
     pub fn set_interrupt_latency(&self, latency_100ns: u32) -> Result {
         self.peer()?;
@@ -230,6 +250,9 @@ impl Channel {
     /// hv transport the range is allocated with `vmbus_allocate_mmio()` on
     /// first use, as large as the host's offer asks, and freed when the
     /// channel closes.
+    ///
+    /// Context: process context only: over hv the first call allocates the MMIO
+    /// range, which takes a mutex.
     #[doc(alias = "VmbChannelGetMmioSpace")]
     pub fn mmio_space(&self) -> Result<MmioSpace> {
         self.peer()?.mmio().map(MmioSpace)
@@ -242,22 +265,30 @@ pub struct MmioSpace(Mmio);
 impl MmioSpace {
     /// The space as memory, on the loopback transport, where memory stands
     /// for MMIO.
+    ///
+    /// Context: any context.
     pub fn as_slice(&self) -> Option<&[u8]> {
         self.0.as_slice()
     }
 
     /// The physical range to map (`ioremap`), first address and length, on
     /// the hv transport.
+    ///
+    /// Context: any context.
     pub fn physical(&self) -> Option<(u64, u64)> {
         self.0.physical()
     }
 
     /// Length of the space in bytes.
+    ///
+    /// Context: any context.
     pub fn len(&self) -> u64 {
         self.0.len()
     }
 
     /// Whether the space is empty (never, for a space that was returned).
+    ///
+    /// Context: any context.
     // Inlined in the caller: calls only exported functions, so it needs
     // no export of its own.
     #[inline]

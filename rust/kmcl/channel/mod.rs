@@ -341,6 +341,8 @@ impl ChannelHandle {
     }
 
     /// A new reference to the channel, for work items and other threads.
+    ///
+    /// Context: any context.
     #[inline]
     pub fn arc(&self) -> Arc<Channel> {
         Arc::clone(&self.chan)
@@ -374,6 +376,9 @@ impl Channel {
     /// one whose code the channel's callbacks run. Should that module go
     /// away with the handle still alive, kmcl disables the channel and drops
     /// its callbacks before the module's memory is freed.
+    ///
+    /// Context: process context only: it allocates with `GFP_KERNEL` and takes
+    /// a mutex.
     #[doc(alias = "VmbChannelAllocate")]
     pub fn allocate(endpoint: Endpoint, module: &'static ThisModule) -> Result<ChannelHandle> {
         let chan = Arc::pin_init(
@@ -435,28 +440,38 @@ impl Channel {
     }
 
     /// The endpoint kind.
+    ///
+    /// Context: any context.
     pub fn endpoint(&self) -> Endpoint {
         self.endpoint
     }
 
     /// A number unique among the channels of this boot.
+    ///
+    /// Context: any context.
     pub fn id(&self) -> u32 {
         self.id
     }
 
     /// Stores a driver value in the channel (`VmbChannelSetPointer`).
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelSetPointer")]
     pub fn set_pointer(&self, value: usize) {
         self.pointer.store(value, Ordering::Relaxed);
     }
 
     /// The value stored with [`Channel::set_pointer`] (`VmbChannelGetPointer`).
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelGetPointer")]
     pub fn pointer(&self) -> usize {
         self.pointer.load(Ordering::Relaxed)
     }
 
     /// The channel's counters.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn counters(&self) -> Counters {
         let c = &self.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -475,6 +490,8 @@ impl Channel {
     }
 
     /// The current lifecycle state.
+    ///
+    /// Context: any context.
     pub fn state(&self) -> State {
         self.inner.lock().state
     }
@@ -522,6 +539,9 @@ pub(crate) fn attach_status(handle: &mut ChannelHandle) {
 impl ChannelHandle {
     /// Enables the channel and publishes its debugfs status, see
     /// [`Channel::enable`].
+    ///
+    /// Context: process context only, as [`Channel::enable`], whose refusals it
+    /// shares; it also creates the debugfs file.
     #[doc(alias = "VmbChannelEnable")]
     pub fn enable(&mut self) -> Result {
         self.chan.enable()?;

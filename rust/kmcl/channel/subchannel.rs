@@ -109,6 +109,8 @@ impl Channel {
     /// The callback told of each sub-channel offer of this client primary.
     /// Client only, while Disabled (`EINVAL` otherwise). Without one, the
     /// offers are left unopened.
+    ///
+    /// Context: process context only: it takes a mutex.
     pub fn init_set_subchannel_callback(&self, callback: Arc<dyn SubchannelOffer>) -> Result {
         if self.endpoint != Endpoint::Client || self.state() != State::Disabled {
             return Err(EINVAL);
@@ -123,6 +125,8 @@ impl Channel {
     }
 
     /// The sub-channel index of the channel's offer: 0 for a primary.
+    ///
+    /// Context: process context only: it takes a mutex.
     pub fn subchannel_index(&self) -> u16 {
         self.subs.lock().index
     }
@@ -367,6 +371,8 @@ impl Channel {
     /// The CPU the channel's interrupts go to: on hv, while open, the one
     /// the host interrupts; otherwise the value set with
     /// [`Channel::set_target_cpu`], if any.
+    ///
+    /// Context: process context only: it takes a mutex.
     pub fn target_cpu(&self) -> Option<u32> {
         self.with_attachment(|a| a.and_then(|a| a.target_cpu()))
             .or(self.subs.lock().target_cpu)

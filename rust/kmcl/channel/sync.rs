@@ -206,6 +206,8 @@ impl Channel {
     /// nothing. A kmcl addition, for protocols whose replies are in-band
     /// packets that echo the request's id (Hyper-V's integration
     /// components), and for peers that play the host in tests.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn send_inband_with_transaction_id(&self, data: &[u8], trans_id: u64) -> Result {
         self.send_raw_inband(data, trans_id)
     }

@@ -174,21 +174,29 @@ pub struct TransferPages<'a> {
 
 impl TransferPages<'_> {
     /// The page-set id the packet names.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn pageset_id(&self) -> u16 {
         self.hdr.pageset_id
     }
 
     /// The sender's `sender_owns_set` byte.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn sender_owns_set(&self) -> u8 {
         self.hdr.sender_owns_set
     }
 
     /// Number of ranges.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn len(&self) -> usize {
         self.hdr.len()
     }
 
     /// Whether the packet names no range.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     // Inlined in the caller: calls only exported functions, so it needs
     // no export of its own.
     #[inline]
@@ -197,6 +205,8 @@ impl TransferPages<'_> {
     }
 
     /// Range `i`, as offset and length in the receive buffer.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn range(&self, i: usize) -> Option<TransferRange> {
         if i >= self.len() {
             return None;
@@ -205,6 +215,8 @@ impl TransferPages<'_> {
     }
 
     /// The ranges in packet order.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn ranges(&self) -> impl Iterator<Item = TransferRange> + '_ {
         // Built on `range()`, so that what a caller's module instantiates
         // calls only exported functions.
@@ -214,6 +226,8 @@ impl TransferPages<'_> {
     /// Copies `dst.len()` bytes of range `i`, from `pos` within the range,
     /// into `dst`. `EINVAL` for a range the packet does not have or bytes
     /// beyond its end.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn read(&self, i: usize, pos: usize, dst: &mut [u8]) -> Result {
         let r = self.range(i).ok_or(EINVAL)?;
         if pos
@@ -227,6 +241,8 @@ impl TransferPages<'_> {
 
     /// Copies all of range `i` into the start of `dst` and returns its
     /// length; `EOVERFLOW` if `dst` is shorter than the range.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     // Inlined in the caller: calls only exported functions, so it needs
     // no export of its own.
     #[inline]
@@ -242,6 +258,8 @@ impl IncomingPacket {
     /// The ranges of a transfer-page packet (type 7) inside the receive
     /// buffer registered under its page-set id; `None` for any other
     /// packet. A kmcl addition: KMCL has no transfer pages.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn transfer_pages(&self) -> Option<TransferPages<'_>> {
         let hold = self.xfer.as_ref()?;
         let b = self.buf.as_ref()?;
@@ -436,6 +454,8 @@ impl Packet {
     ///
     /// `EINVAL` on a client, for a range outside `mapping`, or for ranges
     /// and data that do not fit the packet. As [`Packet::send`] otherwise.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn send_transfer_pages(
         mut self,
         mapping: &GpadlMapping,
