@@ -71,6 +71,7 @@ pub use channel::{
     subchannel::SubchannelOffer,
     xfer::TransferPages,
     Channel,
+    ChannelBuilder,
     ChannelFlags,
     ChannelHandle,
     Counters,

@@ -95,12 +95,13 @@ fn open_on(bus: Bus, instance: u8) -> Result<ChannelHandle> {
     let mut inst = [0u8; 16];
     inst[15] = instance;
     let cb = Arc::new(Client, GFP_KERNEL)?;
-    let mut h = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
-    h.init_set_friendly_name(c"echo-vsc")?;
-    h.init_set_process_packet_callbacks(cb.clone())?;
-    h.init_set_state_change_callbacks(cb)?;
-    h.init_set_vmbus_handle(bus)?;
-    h.init_set_target_pnp(ECHO_TYPE, Some(Guid(inst)))?;
+    let mut h = Channel::builder(Endpoint::Client, &THIS_MODULE)
+        .friendly_name(c"echo-vsc")
+        .process_packet_callbacks(cb.clone())
+        .state_change_callbacks(cb)
+        .vmbus_handle(bus)
+        .target_pnp(ECHO_TYPE, Some(Guid(inst)))
+        .build()?;
     h.enable()?;
     h.wait_for_state(State::Started, Delta::from_millis(5000))?;
     Ok(h)
@@ -348,10 +349,11 @@ mod faults {
             let host = Host::new()?;
             let mut inst = [0u8; 16];
             inst[15] = INSTANCE;
-            let mut s = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
-            s.init_set_process_packet_callbacks(host.clone())?;
-            s.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-            s.init_set_target_interface_id(ECHO_TYPE, Guid(inst))?;
+            let mut s = Channel::builder(Endpoint::Server, &THIS_MODULE)
+                .process_packet_callbacks(host.clone())
+                .vmbus_handle(Bus::Loopback(bus.clone()))
+                .target_interface_id(ECHO_TYPE, Guid(inst))
+                .build()?;
             s.enable()?;
             let vsc = open_on(Bus::Loopback(bus), INSTANCE)?;
             // What the opening queued (the first look at the ring) runs

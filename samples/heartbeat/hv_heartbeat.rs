@@ -187,15 +187,16 @@ impl StateChange for Heartbeat {}
 
 /// Opens the heartbeat channel with `hb` as its driver.
 fn open(hb: &Arc<Heartbeat>, vmbus: bool) -> Result<ChannelHandle> {
-    let mut chan = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
-    chan.init_set_friendly_name(c"hv-heartbeat")?;
-    chan.init_set_process_packet_callbacks(hb.clone())?;
-    chan.init_set_state_change_callbacks(hb.clone())?;
-    chan.init_set_ring_buffer_page_count(4)?;
+    let mut builder = Channel::builder(Endpoint::Client, &THIS_MODULE)
+        .friendly_name(c"hv-heartbeat")
+        .process_packet_callbacks(hb.clone())
+        .state_change_callbacks(hb.clone())
+        .ring_buffer_page_count(4)
+        .target_pnp(HEARTBEAT, None);
     if !vmbus {
-        chan.init_set_vmbus_handle(Bus::Loopback(loopback::default_bus()?))?;
+        builder = builder.vmbus_handle(Bus::Loopback(loopback::default_bus()?));
     }
-    chan.init_set_target_pnp(HEARTBEAT, None)?;
+    let mut chan = builder.build()?;
     chan.enable()?;
     Ok(chan)
 }

@@ -52,6 +52,7 @@ use kernel::{
 
 use crate::transport::Attachment;
 
+mod builder;
 pub(crate) mod callbacks;
 mod config;
 mod events;
@@ -73,6 +74,7 @@ mod sync;
 mod transactions;
 pub(crate) mod xfer;
 
+pub use builder::ChannelBuilder;
 pub use config::FriendlyName;
 pub(crate) use config::{
     Config,

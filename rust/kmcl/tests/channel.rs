@@ -104,6 +104,74 @@ mod tests {
     }
 
     #[test]
+    fn builder_configures_a_disabled_channel_that_opens() -> Result {
+        let bus = LoopbackBus::new()?;
+        let srec = Recorder::new()?;
+        let crec = Recorder::new()?;
+        let mut s = Channel::builder(Endpoint::Server, &crate::THIS_MODULE)
+            .friendly_name(c"built-server")
+            .process_packet_callbacks(srec.clone())
+            .state_change_callbacks(srec.clone())
+            .vmbus_handle(Bus::Loopback(bus.clone()))
+            .server_flags(ServerFlags::LOOPBACK_OFFER)
+            .target_interface_id(IFACE, INSTANCE)
+            .build()?;
+        let mut c = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+            .friendly_name(c"built-client")
+            .maximum_packet_size(1024)
+            .packet_pool_size(8)
+            .process_packet_callbacks(crec.clone())
+            .state_change_callbacks(crec.clone())
+            .vmbus_handle(Bus::Loopback(bus.clone()))
+            .target_pnp(IFACE, Some(INSTANCE))
+            .build()?;
+        assert_eq!(s.state(), State::Disabled);
+        assert_eq!(c.state(), State::Disabled);
+        assert_eq!(c.friendly_name().as_str(), "built-client");
+        assert_eq!(s.interface_ids(), (IFACE, Some(INSTANCE)));
+        s.enable()?;
+        c.enable()?;
+        assert!(wait_for(5000, || c.state() == State::Started
+            && s.state() == State::Started));
+        // The settings took: a packet above the maximum is refused, the
+        // pool holds eight.
+        assert_eq!(c.packet_pool_available(), 8);
+        let mut resp = [0u8; 8];
+        let big = [0u8; 1032];
+        assert!(matches!(
+            c.send_synchronous_request(
+                &big,
+                crate::channel::outgoing::SendFlags::WAIT_FOR_COMPLETION,
+                &mut resp,
+                Some(kernel::time::Delta::from_millis(1000)),
+            ),
+            Err(e) if e == EINVAL
+        ));
+        c.disable()?;
+        s.disable()?;
+        Ok(())
+    }
+
+    #[test]
+    fn builder_reports_its_first_error() -> Result {
+        let rec = Recorder::new()?;
+        // A value out of range.
+        let r = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+            .maximum_packet_size(0)
+            .process_packet_callbacks(rec.clone())
+            .build();
+        assert!(matches!(r, Err(e) if e == EINVAL));
+        // A server setting on a client, after valid ones.
+        let r = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+            .process_packet_callbacks(rec.clone())
+            .target_pnp(IFACE, None)
+            .target_interface_id(IFACE, INSTANCE)
+            .build();
+        assert!(matches!(r, Err(e) if e == EINVAL));
+        Ok(())
+    }
+
+    #[test]
     fn flag_sets_carry_the_kmcl_bits_and_nothing_else() -> Result {
         assert_eq!(ChannelFlags::IS_PIPE.bits(), 0x1);
         assert_eq!(ChannelFlags::ALL.bits(), 0x1);
