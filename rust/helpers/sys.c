@@ -9,6 +9,7 @@
 #include <linux/debugfs.h>
 #include <linux/err.h>
 #include <linux/fs.h>
+#include <linux/irqflags.h>
 #include <linux/jiffies.h>
 #include <linux/mm.h>
 #include <linux/module.h>
@@ -117,6 +118,17 @@ bool kmcl_in_task(void)
 bool kmcl_preemptible(void)
 {
 	return preemptible();
+}
+
+bool kmcl_may_sleep(void)
+{
+	/*
+	 * What might_sleep() checks, without reporting: no hardirq, softirq or
+	 * NMI, bottom halves and interrupts enabled, and (with a preemption
+	 * count) no spinlock or preempt_disable() held. Unlike preemptible(),
+	 * true in process context on a kernel without CONFIG_PREEMPT_COUNT.
+	 */
+	return !in_atomic() && !irqs_disabled();
 }
 
 u64 kmcl_virt_to_pfn(const void *addr)

@@ -24,6 +24,7 @@ bool kmcl_in_serving_softirq(void);
 bool kmcl_bh_disabled(void);
 bool kmcl_in_task(void);
 bool kmcl_preemptible(void);
+bool kmcl_may_sleep(void);
 
 struct page;
 

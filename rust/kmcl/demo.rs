@@ -144,8 +144,8 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        self.client.disable();
-        self.server.disable();
+        let _ = self.client.disable();
+        let _ = self.server.disable();
         pr_info!("demo: channels closed\n");
     }
 }

@@ -50,8 +50,7 @@ pub use channel::{
         GpadlBytes,
         GpadlMapping,
         GpadlMemory,
-        MmioSpace,
-        GPADL_READ_ONLY, //
+        MmioSpace, //
     },
     incoming::{
         DeferError,
@@ -71,20 +70,23 @@ pub use channel::{
         SaveContext,
         SaveStatus, //
     },
-    server_flags,
     subchannel::SubchannelOffer,
     xfer::TransferPages,
     Channel,
+    ChannelBuilder,
+    ChannelFlags,
     ChannelHandle,
     Counters,
     Endpoint,
     FriendlyName,
+    GpadlFlags,
+    ServerFlags,
     State,
-    CHANNEL_FLAG_IS_PIPE,
     DEFAULT_INCOMING_SLOTS,
     DEFAULT_MAX_PACKET_SIZE,
     DEFAULT_PACKET_POOL,
     DEFAULT_RING_PAGES,
+    EWOULDBLOCK,
     FRIENDLY_NAME_MAX, //
 };
 pub use transport::{

@@ -28,6 +28,7 @@ mod ffi {
         pub(super) fn kmcl_bh_disabled() -> bool;
         pub(super) fn kmcl_in_task() -> bool;
         pub(super) fn kmcl_preemptible() -> bool;
+        pub(super) fn kmcl_may_sleep() -> bool;
         pub(super) fn kmcl_virt_to_pfn(addr: *const c_void) -> u64;
         pub(super) fn kmcl_page_to_pfn(page: *mut c_void) -> u64;
         pub(super) fn kmcl_pfn_to_virt(pfn: u64) -> *mut c_void;
@@ -92,6 +93,8 @@ pub(crate) fn with_bh_disabled<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Whether the caller runs in softirq context (kmcl's BH work).
+///
+/// Context: any context.
 pub fn in_softirq() -> bool {
     // SAFETY: a context query.
     unsafe { ffi::kmcl_in_serving_softirq() }
@@ -101,12 +104,16 @@ pub fn in_softirq() -> bool {
 /// (kmcl's BH work, hv's channel tasklet) or disabled them. This is the
 /// context of every completion routine and of ProcessPacket when delivery is
 /// not at passive level.
+///
+/// Context: any context.
 pub fn bh_disabled() -> bool {
     // SAFETY: a context query.
     unsafe { ffi::kmcl_bh_disabled() }
 }
 
 /// Whether the caller runs in process context.
+///
+/// Context: any context.
 pub fn in_task() -> bool {
     // SAFETY: a context query.
     unsafe { ffi::kmcl_in_task() }
@@ -114,9 +121,19 @@ pub fn in_task() -> bool {
 
 /// Whether the caller may sleep: not atomic, bottom halves and preemption
 /// enabled.
+///
+/// Context: any context.
 pub fn preemptible() -> bool {
     // SAFETY: a context query.
     unsafe { ffi::kmcl_preemptible() }
+}
+
+/// Whether the caller may sleep, as `might_sleep()` checks it: process
+/// context, no spinlock held, bottom halves and interrupts enabled. kmcl's
+/// blocking entry points refuse a caller for whom this is false.
+pub(crate) fn may_sleep() -> bool {
+    // SAFETY: a context query.
+    unsafe { ffi::kmcl_may_sleep() }
 }
 
 /// The page frame number of the page holding `addr` (direct map or vmalloc).

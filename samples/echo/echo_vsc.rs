@@ -95,12 +95,13 @@ fn open_on(bus: Bus, instance: u8) -> Result<ChannelHandle> {
     let mut inst = [0u8; 16];
     inst[15] = instance;
     let cb = Arc::new(Client, GFP_KERNEL)?;
-    let mut h = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
-    h.init_set_friendly_name(c"echo-vsc")?;
-    h.init_set_process_packet_callbacks(cb.clone())?;
-    h.init_set_state_change_callbacks(cb)?;
-    h.init_set_vmbus_handle(bus)?;
-    h.init_set_target_pnp(ECHO_TYPE, Some(Guid(inst)))?;
+    let mut h = Channel::builder(Endpoint::Client, &THIS_MODULE)
+        .friendly_name(c"echo-vsc")
+        .process_packet_callbacks(cb.clone())
+        .state_change_callbacks(cb)
+        .vmbus_handle(bus)
+        .target_pnp(ECHO_TYPE, Some(Guid(inst)))
+        .build()?;
     h.enable()?;
     h.wait_for_state(State::Started, Delta::from_millis(5000))?;
     Ok(h)
@@ -193,7 +194,9 @@ impl kernel::Module for EchoVsc {
 impl Drop for EchoVsc {
     fn drop(&mut self) {
         // Finishes every send before the module's code goes.
-        self.chan.disable();
+        if let Err(e) = self.chan.disable() {
+            pr_err!("disable failed: {:?}\n", e);
+        }
     }
 }
 
@@ -206,7 +209,7 @@ mod tests {
     fn synchronous_requests_are_echoed() -> Result {
         let ch = open(2)?;
         assert_eq!(sync_requests(&ch, 8)?, 8);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -217,7 +220,7 @@ mod tests {
         // The VSP's quota is 4; 32 at once must all come back, echoed.
         async_sends(&ch, &c, 32)?;
         assert_eq!(c.echoed.load(Ordering::Relaxed), 32);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -227,7 +230,7 @@ mod tests {
         let ch = open(2)?;
         let (theirs, ours) = external_send(&ch, &c)?;
         assert_eq!(theirs, ours);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 }
@@ -346,10 +349,11 @@ mod faults {
             let host = Host::new()?;
             let mut inst = [0u8; 16];
             inst[15] = INSTANCE;
-            let mut s = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
-            s.init_set_process_packet_callbacks(host.clone())?;
-            s.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-            s.init_set_target_interface_id(ECHO_TYPE, Guid(inst))?;
+            let mut s = Channel::builder(Endpoint::Server, &THIS_MODULE)
+                .process_packet_callbacks(host.clone())
+                .vmbus_handle(Bus::Loopback(bus.clone()))
+                .target_interface_id(ECHO_TYPE, Guid(inst))
+                .build()?;
             s.enable()?;
             let vsc = open_on(Bus::Loopback(bus), INSTANCE)?;
             // What the opening queued (the first look at the ring) runs
@@ -374,8 +378,12 @@ mod faults {
     impl Drop for Fixture {
         fn drop(&mut self) {
             self.host.release();
-            self.vsc.disable();
-            self.host_chan.disable();
+            if let Err(e) = self.vsc.disable() {
+                pr_err!("disable failed: {:?}\n", e);
+            }
+            if let Err(e) = self.host_chan.disable() {
+                pr_err!("disable failed: {:?}\n", e);
+            }
         }
     }
 
@@ -476,7 +484,7 @@ mod faults {
     fn a_ring_handle_kept_after_disable_reaches_only_live_memory() -> Result {
         let f = Fixture::new()?;
         let rings = Rings::of(&f.vsc)?;
-        f.vsc.disable();
+        f.vsc.disable()?;
         assert!(matches!(testing::write_raw(&f.vsc, &malformed()), Err(e) if e == ENODEV));
         assert!(matches!(Rings::of(&f.vsc), Err(e) if e == ENODEV));
         // Both channels and the bus go; the handle keeps the rings.

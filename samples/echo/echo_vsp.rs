@@ -101,12 +101,13 @@ impl kernel::Module for EchoVsp {
         for instance in 1..=3u8 {
             let mut inst = [0u8; 16];
             inst[15] = instance;
-            let mut h = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
-            h.init_set_friendly_name(c"echo-vsp")?;
-            h.init_set_process_packet_callbacks(echo.clone())?;
-            h.init_set_state_change_callbacks(echo.clone())?;
-            h.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-            h.init_set_target_interface_id(ECHO_TYPE, Guid(inst))?;
+            let mut h = Channel::builder(Endpoint::Server, &THIS_MODULE)
+                .friendly_name(c"echo-vsp")
+                .process_packet_callbacks(echo.clone())
+                .state_change_callbacks(echo.clone())
+                .vmbus_handle(Bus::Loopback(bus.clone()))
+                .target_interface_id(ECHO_TYPE, Guid(inst))
+                .build()?;
             h.enable()?;
             h.set_transaction_quota(4)?;
             servers.push(h, GFP_KERNEL)?;
@@ -119,7 +120,9 @@ impl kernel::Module for EchoVsp {
 impl Drop for EchoVsp {
     fn drop(&mut self) {
         for s in self.servers.iter() {
-            s.disable();
+            if let Err(e) = s.disable() {
+                pr_err!("disable failed: {:?}\n", e);
+            }
         }
         pr_info!(
             "served {} requests, {} bytes of external data\n",

@@ -165,12 +165,13 @@ impl Offer {
             },
             GFP_KERNEL,
         )?;
-        let mut chan = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
-        chan.init_set_friendly_name(c"heartbeat-host")?;
-        chan.init_set_process_packet_callbacks(host.clone())?;
-        chan.init_set_state_change_callbacks(host.clone())?;
-        chan.init_set_vmbus_handle(Bus::Loopback(loopback::default_bus()?))?;
-        chan.init_set_target_interface_id(HEARTBEAT, instance)?;
+        let mut chan = Channel::builder(Endpoint::Server, &THIS_MODULE)
+            .friendly_name(c"heartbeat-host")
+            .process_packet_callbacks(host.clone())
+            .state_change_callbacks(host.clone())
+            .vmbus_handle(Bus::Loopback(loopback::default_bus()?))
+            .target_interface_id(HEARTBEAT, instance)
+            .build()?;
         chan.enable()?;
         Ok(Offer { host, chan })
     }
@@ -191,7 +192,9 @@ impl kernel::Module for HeartbeatHost {
 impl Drop for HeartbeatHost {
     fn drop(&mut self) {
         for o in &self.offers {
-            o.chan.disable();
+            if let Err(e) = o.chan.disable() {
+                pr_err!("disable failed: {:?}\n", e);
+            }
             pr_info!(
                 "negotiated: {}; heartbeats answered correctly: {}; bad answers: {}\n",
                 o.host.negotiated.load(Ordering::Relaxed),

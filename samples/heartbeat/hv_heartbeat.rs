@@ -187,15 +187,16 @@ impl StateChange for Heartbeat {}
 
 /// Opens the heartbeat channel with `hb` as its driver.
 fn open(hb: &Arc<Heartbeat>, vmbus: bool) -> Result<ChannelHandle> {
-    let mut chan = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
-    chan.init_set_friendly_name(c"hv-heartbeat")?;
-    chan.init_set_process_packet_callbacks(hb.clone())?;
-    chan.init_set_state_change_callbacks(hb.clone())?;
-    chan.init_set_ring_buffer_page_count(4)?;
+    let mut builder = Channel::builder(Endpoint::Client, &THIS_MODULE)
+        .friendly_name(c"hv-heartbeat")
+        .process_packet_callbacks(hb.clone())
+        .state_change_callbacks(hb.clone())
+        .ring_buffer_page_count(4)
+        .target_pnp(HEARTBEAT, None);
     if !vmbus {
-        chan.init_set_vmbus_handle(Bus::Loopback(loopback::default_bus()?))?;
+        builder = builder.vmbus_handle(Bus::Loopback(loopback::default_bus()?));
     }
-    chan.init_set_target_pnp(HEARTBEAT, None)?;
+    let mut chan = builder.build()?;
     chan.enable()?;
     Ok(chan)
 }
@@ -215,7 +216,9 @@ impl kernel::Module for HvHeartbeat {
 
 impl Drop for HvHeartbeat {
     fn drop(&mut self) {
-        self.chan.disable();
+        if let Err(e) = self.chan.disable() {
+            pr_err!("disable failed: {:?}\n", e);
+        }
         let s = self.hb.stats();
         let v = s.negotiated;
         pr_info!(
@@ -301,7 +304,7 @@ mod tests {
         assert_eq!(s.beats, 20);
         assert_eq!(s.negotiated, 0x0300_0300);
         assert_eq!(s.refused, 0);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 }

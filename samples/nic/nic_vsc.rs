@@ -44,6 +44,7 @@ use kmcl::{
     ChannelHandle,
     Endpoint,
     Gpadl,
+    GpadlFlags,
     Guid,
     IncomingPacket,
     Mdl,
@@ -467,7 +468,9 @@ impl Nic {
     fn attach_buffer(&self, q: u16) -> Result {
         let (chan, _) = self.queue(q)?;
         // GPADLs belong to the primary.
-        let g = self.primary.create_gpadl_shared(BUFFER_LEN, 0)?;
+        let g = self
+            .primary
+            .create_gpadl_shared(BUFFER_LEN, GpadlFlags::NONE)?;
         let id = g.id();
         chan.register_receive_buffer(PAGESET, g).map_err(|(e, g)| {
             drop(g);
@@ -556,7 +559,9 @@ impl Drop for Nic {
     fn drop(&mut self) {
         // Closes the sub-channels first, then the primary; every queue's
         // Closed has taken its buffer back when this returns.
-        self.primary.disable();
+        if let Err(e) = self.primary.disable() {
+            pr_err!("nic_vsc: disable failed: {:?}\n", e);
+        }
         let list = core::mem::take(&mut *self.queues.list.lock());
         for e in list.iter() {
             // Deleting the GPADL waits until the VSP unmapped it, which it
@@ -713,7 +718,7 @@ mod tests {
         // The client closed: the primary is not open any more.
         drop(nic);
         assert!(matches!(server.offer_subchannel(&mut sub()?), Err(e) if e == EINVAL));
-        server.disable();
+        server.disable()?;
         Ok(())
     }
 

@@ -519,7 +519,9 @@ impl kernel::Module for NicVsp {
 impl Drop for NicVsp {
     fn drop(&mut self) {
         for (h, _) in self.servers.iter() {
-            h.disable();
+            if let Err(e) = h.disable() {
+                pr_err!("nic_vsp: disable failed: {:?}\n", e);
+            }
         }
         if let Some((_, inst)) = self.servers.first() {
             inst.report();

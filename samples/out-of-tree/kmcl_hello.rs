@@ -50,14 +50,15 @@ fn connect(bus: &Arc<LoopbackBus>) -> Result<(ChannelHandle, ChannelHandle)> {
     let cb = Arc::new(World, GFP_KERNEL)?;
     let mut ends = KVec::new();
     for e in [Endpoint::Server, Endpoint::Client] {
-        let mut h = Channel::allocate(e, &THIS_MODULE)?;
-        h.init_set_process_packet_callbacks(cb.clone())?;
-        h.init_set_state_change_callbacks(cb.clone())?;
-        h.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-        match e {
-            Endpoint::Server => h.init_set_target_interface_id(HELLO, Guid::NULL)?,
-            Endpoint::Client => h.init_set_target_pnp(HELLO, None)?,
+        let builder = Channel::builder(e, &THIS_MODULE)
+            .process_packet_callbacks(cb.clone())
+            .state_change_callbacks(cb.clone())
+            .vmbus_handle(Bus::Loopback(bus.clone()));
+        let mut h = match e {
+            Endpoint::Server => builder.target_interface_id(HELLO, Guid::NULL),
+            Endpoint::Client => builder.target_pnp(HELLO, None),
         }
+        .build()?;
         h.enable()?;
         ends.push(h, GFP_KERNEL)?;
     }
@@ -95,8 +96,8 @@ impl kernel::Module for KmclHello {
             "asked hello, got {}\n",
             core::str::from_utf8(&answer).unwrap_or("?")
         );
-        client.disable();
-        server.disable();
+        client.disable()?;
+        server.disable()?;
         Ok(KmclHello)
     }
 }
@@ -111,8 +112,8 @@ mod tests {
         let bus = LoopbackBus::new()?;
         let (client, server) = connect(&bus)?;
         assert_eq!(&hello(&client)?, b"world");
-        client.disable();
-        server.disable();
+        client.disable()?;
+        server.disable()?;
         Ok(())
     }
 }

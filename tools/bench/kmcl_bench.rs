@@ -345,8 +345,8 @@ impl Pair {
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        self.client.disable();
-        self.server.disable();
+        let _ = self.client.disable();
+        let _ = self.server.disable();
     }
 }
 
@@ -886,7 +886,7 @@ impl HvWay {
 impl Drop for HvWay {
     fn drop(&mut self) {
         self.host = None;
-        self.client.disable();
+        let _ = self.client.disable();
     }
 }
 

@@ -348,8 +348,8 @@ fn run(total: u64) -> Result<Outcome> {
         ring_full: r1 + r2,
         pauses,
     };
-    p.client.disable();
-    p.server.disable();
+    p.client.disable()?;
+    p.server.disable()?;
     while finished.load(Ordering::Acquire) != senders {
         fsleep(Delta::from_millis(1));
     }

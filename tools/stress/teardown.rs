@@ -739,7 +739,7 @@ pub(crate) fn run(total: u64, seed: u64) -> Result<Outcome> {
     while (Shared::count(&shared.sent) < target || disables < 3) && hang.is_none() {
         fsleep(Delta::from_micros((1000 + rng.below(9000)) as i64));
         if rng.below(4) == 0 {
-            client.disable();
+            client.disable()?;
             c.disabled.store(true, Ordering::Release);
             disables += 1;
             fsleep(Delta::from_micros(rng.below(3000) as i64));
@@ -808,9 +808,9 @@ pub(crate) fn run(total: u64, seed: u64) -> Result<Outcome> {
         }
     }
     shared.abort.store(true, Ordering::Relaxed);
-    client.disable();
+    client.disable()?;
     c.disabled.store(true, Ordering::Release);
-    server.disable();
+    server.disable()?;
     shared.sides[SERVER].disabled.store(true, Ordering::Release);
     // The threads stop at once now.
     while senders.load(Ordering::Acquire) != STREAMS as u64 || pauser.load(Ordering::Acquire) != 1 {

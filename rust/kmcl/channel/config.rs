@@ -14,11 +14,11 @@ use super::{
         SaveRestorePacket,
         StateChange, //
     },
-    server_flags,
     Channel,
+    ChannelFlags,
     Endpoint,
+    ServerFlags,
     State,
-    CHANNEL_FLAG_IS_PIPE,
     DEFAULT_INCOMING_SLOTS,
     DEFAULT_MAX_PACKET_SIZE,
     DEFAULT_PACKET_POOL,
@@ -35,6 +35,8 @@ pub struct FriendlyName(pub(super) [u8; FRIENDLY_NAME_MAX]);
 
 impl FriendlyName {
     /// The name as text.
+    ///
+    /// Context: any context.
     pub fn as_str(&self) -> &str {
         let n = self
             .0
@@ -49,7 +51,7 @@ impl FriendlyName {
 /// The configuration that the init setters write.
 pub(crate) struct Config {
     pub(crate) client_context_size: u32,
-    pub(crate) flags: u32,
+    pub(crate) flags: ChannelFlags,
     /// The friendly name, NUL-padded; kept inline so that reading it under
     /// the channel lock allocates nothing.
     pub(crate) friendly_name: [u8; FRIENDLY_NAME_MAX],
@@ -64,7 +66,7 @@ pub(crate) struct Config {
     pub(crate) ring_pages: u32,
     pub(crate) target_type: Guid,
     pub(crate) target_instance: Option<Guid>,
-    pub(crate) server_flags: u32,
+    pub(crate) server_flags: ServerFlags,
     pub(crate) mmio_megabytes: u32,
     pub(crate) target_vtl: u8,
     pub(crate) bus: Option<Bus>,
@@ -74,7 +76,7 @@ impl Config {
     pub(super) fn new() -> Self {
         Self {
             client_context_size: 0,
-            flags: 0,
+            flags: ChannelFlags::NONE,
             friendly_name: [0; FRIENDLY_NAME_MAX],
             max_external_bytes: 64 * 4096,
             max_external_chain: 4,
@@ -87,7 +89,7 @@ impl Config {
             ring_pages: DEFAULT_RING_PAGES,
             target_type: Guid::NULL,
             target_instance: None,
-            server_flags: 0,
+            server_flags: ServerFlags::NONE,
             mmio_megabytes: 0,
             target_vtl: 0,
             bus: None,
@@ -136,6 +138,9 @@ impl Channel {
 
     /// Size of the per-incoming-packet scratch area
     /// (`VmbChannelInitSetClientContextSize`).
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbChannelInitSetClientContextSize")]
     pub fn init_set_client_context_size(&self, size: u32) -> Result {
         if size > 4096 {
@@ -146,12 +151,13 @@ impl Channel {
         })
     }
 
-    /// Channel flags, [`CHANNEL_FLAG_IS_PIPE`] (`VmbChannelInitSetFlags`).
+    /// Channel flags (`VmbChannelInitSetFlags`): a [`ChannelFlags`] set,
+    /// which holds only flags KMCL defines.
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbChannelInitSetFlags")]
-    pub fn init_set_flags(&self, flags: u32) -> Result {
-        if flags & !CHANNEL_FLAG_IS_PIPE != 0 {
-            return Err(EINVAL);
-        }
+    pub fn init_set_flags(&self, flags: ChannelFlags) -> Result {
         init_setter!(self, g, {
             g.cfg.flags = flags;
         })
@@ -159,6 +165,9 @@ impl Channel {
 
     /// Name for debugging and debugfs (`VmbChannelInitSetFriendlyName`): at
     /// most [`FRIENDLY_NAME_MAX`] bytes of UTF-8.
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbChannelInitSetFriendlyName")]
     pub fn init_set_friendly_name(&self, name: &CStr) -> Result {
         let b = name.to_str().map_err(|_| EINVAL)?.as_bytes();
@@ -174,6 +183,9 @@ impl Channel {
 
     /// Largest external data a packet may describe: total bytes and number of
     /// ranges, both above zero (`VmbChannelInitSetMaximumExternalData`).
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbChannelInitSetMaximumExternalData")]
     pub fn init_set_maximum_external_data(&self, size: u32, chain_length: u32) -> Result {
         if size == 0 || chain_length == 0 || chain_length > 64 {
@@ -187,6 +199,9 @@ impl Channel {
 
     /// Largest payload a send may ever carry, above zero
     /// (`VmbChannelInitSetMaximumPacketSize`).
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbChannelInitSetMaximumPacketSize")]
     pub fn init_set_maximum_packet_size(&self, size: u32) -> Result {
         if size == 0 || size > 1 << 20 {
@@ -198,6 +213,9 @@ impl Channel {
     }
 
     /// Packet callbacks (`VmbChannelInitSetProcessPacketCallbacks`).
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbChannelInitSetProcessPacketCallbacks")]
     pub fn init_set_process_packet_callbacks(&self, cb: Arc<dyn ProcessPacket>) -> Result {
         init_setter!(self, g, {
@@ -206,6 +224,9 @@ impl Channel {
     }
 
     /// State callbacks (`VmbChannelInitSetStateChangeCallbacks`).
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbChannelInitSetStateChangeCallbacks")]
     pub fn init_set_state_change_callbacks(&self, cb: Arc<dyn StateChange>) -> Result {
         init_setter!(self, g, {
@@ -215,6 +236,9 @@ impl Channel {
 
     /// Number of preallocated packet objects (a kmcl addition: KMCL's pool
     /// grows on demand, kmcl's is fixed so that sends never allocate).
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     pub fn init_set_packet_pool_size(&self, count: u32) -> Result {
         if count == 0 || count > 4096 {
             return Err(EINVAL);
@@ -226,6 +250,9 @@ impl Channel {
 
     /// Number of preallocated incoming packet slots, the upper bound of the
     /// transaction quota (a kmcl addition, for the same reason).
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     pub fn init_set_incoming_slots(&self, count: u32) -> Result {
         if count == 0 || count > 4096 {
             return Err(EINVAL);
@@ -237,6 +264,9 @@ impl Channel {
 
     /// The VMBus instance to use (`VmbServerChannelInitSetVmbusHandle`). kmcl
     /// accepts it on clients too, to pick a loopback bus.
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbServerChannelInitSetVmbusHandle")]
     pub fn init_set_vmbus_handle(&self, bus: Bus) -> Result {
         init_setter!(self, g, {
@@ -246,6 +276,9 @@ impl Channel {
 
     /// Ring size in pages per direction, control page included, at least 2
     /// (`VmbClientChannelInitSetRingBufferPageCount`). Client only.
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbClientChannelInitSetRingBufferPageCount")]
     pub fn init_set_ring_buffer_page_count(&self, pages: u32) -> Result {
         if self.endpoint != Endpoint::Client || !(2..=1024).contains(&pages) {
@@ -259,6 +292,9 @@ impl Channel {
     /// The offer to open: interface type and, optionally, instance
     /// (`VmbClientChannelInitSetTargetPnp`). PnP failures reach
     /// [`StateChange::pnp_failure`]. Client only.
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbClientChannelInitSetTargetPnp")]
     pub fn init_set_target_pnp(&self, interface_type: Guid, instance: Option<Guid>) -> Result {
         if self.endpoint != Endpoint::Client || interface_type.is_null() {
@@ -270,10 +306,14 @@ impl Channel {
         })
     }
 
-    /// Server flags, see [`server_flags`] (`VmbServerChannelInitSetFlags`).
+    /// Server flags (`VmbServerChannelInitSetFlags`): a [`ServerFlags`]
+    /// set. Server only (`EINVAL`).
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbServerChannelInitSetFlags")]
-    pub fn init_set_server_flags(&self, flags: u32) -> Result {
-        if self.endpoint != Endpoint::Server || flags & !server_flags::ALL != 0 {
+    pub fn init_set_server_flags(&self, flags: ServerFlags) -> Result {
+        if self.endpoint != Endpoint::Server {
             return Err(EINVAL);
         }
         init_setter!(self, g, {
@@ -283,6 +323,9 @@ impl Channel {
 
     /// MMIO space to reserve for the device, in MiB
     /// (`VmbServerChannelInitSetMmioMegabytes`). Server only.
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbServerChannelInitSetMmioMegabytes")]
     pub fn init_set_mmio_megabytes(&self, megabytes: u32) -> Result {
         if self.endpoint != Endpoint::Server || megabytes > 64 {
@@ -295,6 +338,9 @@ impl Channel {
 
     /// Per-packet save/restore callbacks
     /// (`VmbServerChannelInitSetSaveRestorePacketCallbacks`). Server only.
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbServerChannelInitSetSaveRestorePacketCallbacks")]
     pub fn init_set_save_restore_packet_callbacks(&self, cb: Arc<dyn SaveRestorePacket>) -> Result {
         if self.endpoint != Endpoint::Server {
@@ -307,6 +353,9 @@ impl Channel {
 
     /// The interface type and instance of the offer
     /// (`VmbServerChannelInitSetTargetInterfaceId`). Server only.
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbServerChannelInitSetTargetInterfaceId")]
     pub fn init_set_target_interface_id(&self, interface_type: Guid, instance: Guid) -> Result {
         if self.endpoint != Endpoint::Server || interface_type.is_null() {
@@ -320,6 +369,9 @@ impl Channel {
 
     /// The VTL the offer is made to (`VmbServerChannelInitSetTargetVtl`).
     /// Server only; 0 to 2.
+    ///
+    /// Context: any context (it takes the channel's control spinlock); a driver
+    /// calls it in process context before Enable.
     #[doc(alias = "VmbServerChannelInitSetTargetVtl")]
     pub fn init_set_target_vtl(&self, vtl: u8) -> Result {
         if self.endpoint != Endpoint::Server || vtl > 2 {
@@ -335,6 +387,8 @@ impl Channel {
     /// Caps how many incoming packets may be delivered and not yet finished
     /// (`VmbChannelSetTransactionQuota`), above zero. Lowering it below the
     /// outstanding count delivers nothing more until enough packets finish.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbChannelSetTransactionQuota")]
     pub fn set_transaction_quota(&self, quota: u32) -> Result {
         if quota == 0 {
@@ -346,6 +400,8 @@ impl Channel {
 
     /// Delivers incoming packets in process context instead of softirq
     /// context (`VmbChannelSetIncomingProcessingAtPassive`).
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelSetIncomingProcessingAtPassive")]
     pub fn set_incoming_processing_at_passive(&self, passive: bool) {
         self.rx.lock().passive = passive;
@@ -353,6 +409,8 @@ impl Channel {
 
     /// The interface type and instance of the channel's offer
     /// (`VmbChannelGetInterfaceInstance` returns the latter).
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelGetInterfaceInstance")]
     pub fn interface_ids(&self) -> (Guid, Option<Guid>) {
         let g = self.inner.lock();
@@ -360,6 +418,8 @@ impl Channel {
     }
 
     /// The friendly name; empty if none was set.
+    ///
+    /// Context: any context.
     pub fn friendly_name(&self) -> FriendlyName {
         FriendlyName(self.inner.lock().cfg.friendly_name)
     }

@@ -202,7 +202,7 @@ impl Channel {
         }
     }
 
-    pub(crate) fn flags(&self) -> u32 {
+    pub(crate) fn flags(&self) -> super::ChannelFlags {
         self.inner.lock().cfg.flags
     }
 

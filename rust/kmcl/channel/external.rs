@@ -97,6 +97,8 @@ impl Mdl {
     ///
     /// `offset` is below the kernel's page size; `pages` must hold every
     /// kernel page the bytes touch.
+    ///
+    /// Context: process context only: it allocates with `GFP_KERNEL`.
     pub fn from_pages(pages: KVec<Page>, offset: u32, len: u32) -> Result<Mdl> {
         if len == 0 || offset as usize >= PAGE_SIZE {
             return Err(EINVAL);
@@ -148,6 +150,8 @@ impl Mdl {
     ///         .map_err(|e| e.error)
     /// }
     /// ```
+    ///
+    /// Context: process context only: it allocates with `GFP_KERNEL`.
     pub fn from_bytes(data: &[u8]) -> Result<Mdl> {
         Self::from_bytes_at(0, data)
     }
@@ -155,6 +159,8 @@ impl Mdl {
     /// Describes a copy of `data` placed at `offset` (below the kernel's
     /// page size) in freshly allocated pages. The rest of the pages is
     /// zeroed, so nothing but `data` reaches the peer.
+    ///
+    /// Context: process context only: it allocates with `GFP_KERNEL`.
     pub fn from_bytes_at(offset: u32, data: &[u8]) -> Result<Mdl> {
         if data.is_empty() || offset as usize >= PAGE_SIZE || data.len() > u32::MAX as usize {
             return Err(EINVAL);
@@ -189,16 +195,22 @@ impl Mdl {
     ///
     /// [`Packet::send_with_external_pfns`]: super::outgoing::Packet::send_with_external_pfns
     /// [`Packet::send_with_external_mdl`]: super::outgoing::Packet::send_with_external_mdl
+    ///
+    /// Context: any context.
     pub fn external_range(&self) -> RangeSpec<'_> {
         self.range()
     }
 
     /// The pages, to fill before sending or to read after the completion.
+    ///
+    /// Context: any context.
     pub fn pages(&self) -> &[Page] {
         &self.pages
     }
 
     /// Takes the pages back.
+    ///
+    /// Context: any context.
     pub fn into_pages(mut self) -> KVec<Page> {
         self.revoke();
         core::mem::take(&mut self.pages)
@@ -277,11 +289,15 @@ impl<'a> ExternalData<'a> {
 
     /// The ranges, each a byte count, an offset into its first page, and the
     /// page frame numbers (of 4 KiB pages).
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn ranges(&self) -> packet::GpaRangeIter<'a> {
         self.ranges.iter()
     }
 
     /// Total bytes described.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn total_bytes(&self) -> u64 {
         self.ranges.iter().map(|r| u64::from(r.byte_count)).sum()
     }
@@ -315,6 +331,8 @@ impl<'a> ExternalData<'a> {
     /// number it did not pass with an [`Mdl`], a read after the sender took
     /// its pages back (the sender's channel was disabled, say), and any read
     /// over the hv transport.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn for_each_chunk(&self, mut f: impl FnMut(&[u8])) -> Result {
         // Only this line is instantiated in the caller's module: the walk
         // stays in kmcl, out of the modules' ABI.
@@ -322,6 +340,8 @@ impl<'a> ExternalData<'a> {
     }
 
     /// [`ExternalData::for_each_chunk`] with a trait object.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn for_each_chunk_dyn(&self, f: &mut dyn FnMut(&[u8])) -> Result {
         let (lending, lender) = self.chan.peer_lending().ok_or(EACCES)?;
         let mut buf = [0u8; PIECE];
@@ -343,6 +363,8 @@ impl<'a> ExternalData<'a> {
     ///
     /// Fails with `EACCES` as [`ExternalData::for_each_chunk`] does; `dst`
     /// may then hold the bytes before the refused page.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn copy_to(&self, dst: &mut [u8]) -> Result<usize> {
         let (lending, lender) = self.chan.peer_lending().ok_or(EACCES)?;
         let mut done = 0usize;

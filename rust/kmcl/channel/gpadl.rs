@@ -14,7 +14,10 @@ use kernel::{
     prelude::*, //
 };
 
-use super::Channel;
+use super::{
+    Channel,
+    GpadlFlags, //
+};
 pub use crate::transport::memory::GpadlMemory;
 use crate::transport::memory::{
     GpadlBacking,
@@ -22,10 +25,6 @@ use crate::transport::memory::{
     MemoryPeer,
     Mmio, //
 };
-
-/// Flag of GPADL creation: the server should only read (a hint, not
-/// protection) (`VMBUS_CHANNEL_GPADL_READ_ONLY`).
-pub const GPADL_READ_ONLY: u32 = 0x1;
 
 /// The bytes of a GPADL's memory while it is shared (`Gpadl::memory`).
 ///
@@ -42,7 +41,9 @@ pub enum GpadlBytes<'a> {
     Shared(&'a mut [u8]),
 }
 
-/// A GPADL created by a client. Dropping it deletes it (blocking).
+/// A GPADL created by a client. Dropping it deletes it (blocking): drop it
+/// in process context only, or delete it with [`Channel::delete_gpadl`],
+/// which refuses atomic context.
 pub struct Gpadl {
     id: u32,
     backing: Option<GpadlBacking>,
@@ -51,6 +52,8 @@ pub struct Gpadl {
 
 impl Gpadl {
     /// The GPADL id the server maps it by.
+    ///
+    /// Context: any context.
     pub fn id(&self) -> u32 {
         self.id
     }
@@ -59,6 +62,8 @@ impl Gpadl {
     /// its bytes, never the memory itself, which stays the GPADL's until
     /// [`Channel::delete_gpadl`] hands it back. `None` once the memory was
     /// handed back.
+    ///
+    /// Context: any context.
     pub fn memory(&mut self) -> Option<GpadlBytes<'_>> {
         Some(match self.mem.as_mut()? {
             GpadlMemory::Buffer(b) => GpadlBytes::Buffer(b.as_mut_slice()),
@@ -92,16 +97,22 @@ pub struct GpadlMapping(GpadlView);
 
 impl GpadlMapping {
     /// The GPADL id.
+    ///
+    /// Context: any context.
     pub fn id(&self) -> u32 {
         self.0.id()
     }
 
     /// Length of the shared memory in bytes.
+    ///
+    /// Context: any context.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
     /// Whether the mapping is empty (never, for a mapped GPADL).
+    ///
+    /// Context: any context.
     // Inlined in the caller: calls only exported functions, so it needs
     // no export of its own.
     #[inline]
@@ -110,11 +121,15 @@ impl GpadlMapping {
     }
 
     /// Reads shared memory at `pos` into `dst`.
+    ///
+    /// Context: any context.
     pub fn read(&self, pos: usize, dst: &mut [u8]) -> Result {
         self.0.read(pos, dst)
     }
 
     /// Writes `src` into shared memory at `pos`.
+    ///
+    /// Context: any context.
     pub fn write(&self, pos: usize, src: &[u8]) -> Result {
         self.0.write(pos, src)
     }
@@ -132,23 +147,31 @@ impl Channel {
     }
 
     /// Creates a GPADL over `buffer` (`VmbChannelCreateGpadlFromBuffer`);
-    /// returns once the server side has it. `flags`: [`GPADL_READ_ONLY`].
+    /// returns once the server side has it. `flags`: [`GpadlFlags`].
     /// Over the hv transport the buffer must be whole pages (page-aligned,
     /// a multiple of 4 KiB long), as Linux shares pages; `EINVAL` otherwise.
+    ///
+    /// Context: process context only (`might_sleep()` is checked): a
+    /// state callback (usually Opened) included; refused with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
     #[doc(alias = "VmbChannelCreateGpadlFromBuffer")]
-    pub fn create_gpadl_from_buffer(&self, buffer: KVVec<u8>, flags: u32) -> Result<Gpadl> {
+    pub fn create_gpadl_from_buffer(&self, buffer: KVVec<u8>, flags: GpadlFlags) -> Result<Gpadl> {
         self.create_gpadl(GpadlMemory::Buffer(buffer), flags)
     }
 
     /// Creates a GPADL over `pages` (`VmbChannelCreateGpadlFromMdl`).
+    ///
+    /// Context: process context only (`might_sleep()` is checked): a
+    /// state callback (usually Opened) included; refused with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
     #[doc(alias = "VmbChannelCreateGpadlFromMdl")]
-    pub fn create_gpadl_from_pages(&self, pages: KVec<Page>, flags: u32) -> Result<Gpadl> {
+    pub fn create_gpadl_from_pages(&self, pages: KVec<Page>, flags: GpadlFlags) -> Result<Gpadl> {
         self.create_gpadl(GpadlMemory::Pages(pages), flags)
     }
 
     /// Allocates `len` bytes, rounded up to whole pages and zeroed, and
     /// shares them as a GPADL; returns once the server side has it.
-    /// `flags`: [`GPADL_READ_ONLY`].
+    /// `flags`: [`GpadlFlags`].
     ///
     /// Over the hv transport the memory comes from `vmbus_alloc_buffer()`
     /// and is shared with `vmbus_establish_gpadl_caller_decrypted()`: in a
@@ -158,7 +181,12 @@ impl Channel {
     /// host-visible until it is dropped. On loopback it is a
     /// [`GpadlMemory::Buffer`]. `EINVAL` for `len` 0, `ENOMEM` when the
     /// memory cannot be had.
-    pub fn create_gpadl_shared(&self, len: usize, flags: u32) -> Result<Gpadl> {
+    ///
+    /// Context: process context only (`might_sleep()` is checked): a
+    /// state callback (usually Opened) included; refused with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
+    pub fn create_gpadl_shared(&self, len: usize, flags: GpadlFlags) -> Result<Gpadl> {
+        self.check_may_sleep("create_gpadl_shared")?;
         kernel::task::might_sleep();
         self.check_gpadl_creation(flags)?;
         let (backing, id, mem) = self.peer()?.allocate_gpadl(len).map_err(|(e, _)| e)?;
@@ -169,14 +197,18 @@ impl Channel {
         })
     }
 
-    fn check_gpadl_creation(&self, flags: u32) -> Result {
-        if flags & !GPADL_READ_ONLY != 0 || self.endpoint() != super::Endpoint::Client {
+    fn check_gpadl_creation(&self, flags: GpadlFlags) -> Result {
+        // `READ_ONLY` is a hint that neither transport needs: the loopback
+        // server maps what it maps, a Hyper-V host ignores it.
+        let _ = flags;
+        if self.endpoint() != super::Endpoint::Client {
             return Err(EINVAL);
         }
         Ok(())
     }
 
-    fn create_gpadl(&self, mem: GpadlMemory, flags: u32) -> Result<Gpadl> {
+    fn create_gpadl(&self, mem: GpadlMemory, flags: GpadlFlags) -> Result<Gpadl> {
+        self.check_may_sleep("create_gpadl")?;
         kernel::task::might_sleep();
         self.check_gpadl_creation(flags)?;
         let (backing, id, mem) = self.peer()?.create_gpadl(mem).map_err(|(e, _)| e)?;
@@ -187,16 +219,28 @@ impl Channel {
         })
     }
 
-    /// Deletes a GPADL (`VmbChannelDeleteGpadl`) and returns its memory.
-    /// Blocks while the server has it mapped.
+    /// Deletes a GPADL (`VmbChannelDeleteGpadl`) and returns its memory,
+    /// if the GPADL kept any. Blocks while the server has it mapped.
+    ///
+    /// Context: process context only (`might_sleep()` is checked); in
+    /// atomic context the GPADL is handed back, still shared, with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK).
     #[doc(alias = "VmbChannelDeleteGpadl")]
-    pub fn delete_gpadl(&self, mut gpadl: Gpadl) -> Option<GpadlMemory> {
-        gpadl.delete_inner()
+    pub fn delete_gpadl(
+        &self,
+        mut gpadl: Gpadl,
+    ) -> core::result::Result<Option<GpadlMemory>, (Error, Gpadl)> {
+        if let Err(e) = self.check_may_sleep("delete_gpadl") {
+            return Err((e, gpadl));
+        }
+        Ok(gpadl.delete_inner())
     }
 
     /// Maps the client's GPADL `id` (`VmbChannelMapGpadl`). Server only; one
     /// mapping per GPADL at a time (`EBUSY`); `ENOENT` for an unknown or
     /// deleted id.
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelMapGpadl")]
     pub fn map_gpadl(&self, id: u32) -> Result<GpadlMapping> {
         if self.endpoint() != super::Endpoint::Server {
@@ -207,6 +251,8 @@ impl Channel {
 
     /// Unmaps a GPADL (`VmbChannelUnmapGpadl`); dropping the mapping does the
     /// same.
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelUnmapGpadl")]
     pub fn unmap_gpadl(&self, mapping: GpadlMapping) {
         drop(mapping);
@@ -217,6 +263,8 @@ impl Channel {
     /// the loopback signals without monitor pages, and Linux 7.3 offers a
     /// guest no way to change a channel's monitor latency (the host sets it
     /// in the offer). The value is recorded and shown in debugfs.
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelSetInterruptLatency")]
     pub fn set_interrupt_latency(&self, latency_100ns: u32) -> Result {
         self.peer()?;
@@ -229,6 +277,9 @@ impl Channel {
     /// hv transport the range is allocated with `vmbus_allocate_mmio()` on
     /// first use, as large as the host's offer asks, and freed when the
     /// channel closes.
+    ///
+    /// Context: process context only: over hv the first call allocates the MMIO
+    /// range, which takes a mutex.
     #[doc(alias = "VmbChannelGetMmioSpace")]
     pub fn mmio_space(&self) -> Result<MmioSpace> {
         self.peer()?.mmio().map(MmioSpace)
@@ -241,22 +292,30 @@ pub struct MmioSpace(Mmio);
 impl MmioSpace {
     /// The space as memory, on the loopback transport, where memory stands
     /// for MMIO.
+    ///
+    /// Context: any context.
     pub fn as_slice(&self) -> Option<&[u8]> {
         self.0.as_slice()
     }
 
     /// The physical range to map (`ioremap`), first address and length, on
     /// the hv transport.
+    ///
+    /// Context: any context.
     pub fn physical(&self) -> Option<(u64, u64)> {
         self.0.physical()
     }
 
     /// Length of the space in bytes.
+    ///
+    /// Context: any context.
     pub fn len(&self) -> u64 {
         self.0.len()
     }
 
     /// Whether the space is empty (never, for a space that was returned).
+    ///
+    /// Context: any context.
     // Inlined in the caller: calls only exported functions, so it needs
     // no export of its own.
     #[inline]

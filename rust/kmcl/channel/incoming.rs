@@ -66,6 +66,8 @@ pub struct DeferError(pub IncomingPacket);
 
 impl IncomingPacket {
     /// The payload, without the VMBus and library headers.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn data(&self) -> &[u8] {
         match &self.buf {
             Some(b) => &b[self.payload_offset..self.len],
@@ -74,6 +76,8 @@ impl IncomingPacket {
     }
 
     /// Flags: [`PROCESS_PACKET_FLAG_EXTERNAL_DATA`] or 0.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn flags(&self) -> u32 {
         if self.external {
             PROCESS_PACKET_FLAG_EXTERNAL_DATA
@@ -83,17 +87,23 @@ impl IncomingPacket {
     }
 
     /// The peer's transaction id (0 if it asked for no completion).
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn transaction_id(&self) -> u64 {
         self.trans_id
     }
 
     /// Whether the peer asked for a completion packet.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn completion_requested(&self) -> bool {
         self.completion_requested
     }
 
     /// The per-packet scratch area of the size set with
     /// [`Channel::init_set_client_context_size`], zeroed for each packet.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn context(&mut self) -> &mut [u8] {
         let ctx = self.ctx_size;
         match &mut self.buf {
@@ -108,6 +118,8 @@ impl IncomingPacket {
     /// The external memory the packet describes
     /// (`VmbChannelPacketGetExternalData`); `None` without
     /// [`PROCESS_PACKET_FLAG_EXTERNAL_DATA`].
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbChannelPacketGetExternalData")]
     pub fn external_data(&self) -> Option<ExternalData<'_>> {
         if !self.external {
@@ -121,6 +133,8 @@ impl IncomingPacket {
     }
 
     /// The channel the packet arrived on.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn channel(&self) -> &Channel {
         &self.chan
     }
@@ -131,6 +145,8 @@ impl IncomingPacket {
     /// and the completion goes out empty. If the ring is full, the completion
     /// is queued and sent when space frees; it is never lost. Callable from
     /// any context.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbChannelPacketComplete")]
     pub fn complete(mut self, response: &[u8]) -> Result {
         self.finish_with(Some(response))
@@ -143,12 +159,16 @@ impl IncomingPacket {
     ///
     /// Like a completion, the reply is queued when the ring is full and sent
     /// in order when space frees; it is never lost.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn reply_inband(mut self, reply: &[u8]) -> Result {
         self.finish_as(packet::TYPE_DATA_INBAND, Some(reply))
     }
 
     /// Fails the packet as malformed (`VmbChannelPacketFail`): no completion
     /// is sent and the incoming queue stops until the channel is reopened.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbChannelPacketFail")]
     pub fn fail(mut self) {
         let chan = self.chan.clone();
@@ -163,6 +183,9 @@ impl IncomingPacket {
     /// Redelivers the packet later in process context
     /// (`VmbChannelPacketDeferToPassive`). Only valid from inside
     /// ProcessPacket; elsewhere the packet is handed back.
+    ///
+    /// Context: inside ProcessPacket only, for the packet being delivered;
+    /// elsewhere the packet comes back with an error.
     #[doc(alias = "VmbChannelPacketDeferToPassive")]
     pub fn defer_to_passive(self) -> core::result::Result<(), DeferError> {
         let chan = self.chan.clone();

@@ -31,7 +31,13 @@ impl Channel {
     ///
     /// Fails with `ETIMEDOUT` when the time runs out, and with
     /// `ERESTARTSYS` as soon as a signal is pending for the caller.
+    ///
+    /// Context: process context only (`might_sleep()` is checked); refused
+    /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context and with
+    /// `EDEADLK` from a state callback of this channel, where the state
+    /// cannot change until the callback returns.
     pub fn wait_for_state(&self, state: State, timeout: kernel::time::Delta) -> Result {
+        self.check_lifecycle_call("wait_for_state")?;
         // State changes wake the condition variable; the timeout only bounds
         // the wait.
         self.wait_until_interruptible(&self.inner, timeout, |g| g.state == state)
@@ -39,23 +45,55 @@ impl Channel {
 
     // ---- Lifecycle. ----
 
-    fn check_not_in_callback(&self) -> Result {
+    /// Refuses a call that sleeps where its caller may not (a
+    /// ProcessPacket in softirq context, a completion routine, a spinlock
+    /// held): [`EWOULDBLOCK`](super::EWOULDBLOCK), with one line logged,
+    /// before the call does anything.
+    pub(crate) fn check_may_sleep(&self, what: &str) -> Result {
+        if sys::may_sleep() {
+            return Ok(());
+        }
+        pr_err!(
+            "channel {}: {} may sleep and was called in atomic context; refused\n",
+            self.id,
+            what
+        );
+        Err(super::EWOULDBLOCK)
+    }
+
+    /// Refuses, with `EDEADLK`, a call that would wait for the state
+    /// callback of this channel that the caller runs in.
+    fn check_not_in_callback(&self, what: &str) -> Result {
         let me = Task::current_raw() as usize;
         if self.inner.lock().in_callback == me {
             pr_err!(
-                "channel {}: lifecycle call from inside its own state callback\n",
-                self.id
+                "channel {}: {} called from inside its own state callback; refused\n",
+                self.id,
+                what
             );
             return Err(EDEADLK);
         }
         Ok(())
     }
 
+    /// The checks of a lifecycle call: it sleeps, and it waits for the
+    /// channel's state callbacks.
+    pub(super) fn check_lifecycle_call(&self, what: &str) -> Result {
+        self.check_may_sleep(what)?;
+        self.check_not_in_callback(what)
+    }
+
     /// Enables a Disabled channel (`VmbChannelEnable`): a server offers it, a
     /// client opens its target or waits for it. Returns at once; the state
     /// callbacks follow in process context.
+    ///
+    /// Context: process context only (`might_sleep()` is checked); refused
+    /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context and with
+    /// `EDEADLK` from a state callback of this channel. `EINVAL` when the
+    /// channel is not Disabled or lacks packet callbacks or a target.
     #[doc(alias = "VmbChannelEnable")]
     pub fn enable(&self) -> Result {
+        self.check_lifecycle_call("enable")?;
         kernel::task::might_sleep();
         let _c = self.control.lock();
         let sizing = {
@@ -122,15 +160,19 @@ impl Channel {
     /// - Closed runs, if Opened had succeeded, and the connection closes.
     ///
     /// Once it returns, no callback of this channel runs until the next
-    /// [`Channel::enable`]. On a Disabled channel it does nothing. Called
-    /// from one of the channel's own state callbacks it would wait for
-    /// itself: it logs an error and returns without doing anything.
+    /// [`Channel::enable`]. On a Disabled channel it does nothing and
+    /// succeeds.
+    ///
+    /// Context: process context only (`might_sleep()` is checked). Refused
+    /// before it does anything, with one line logged:
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context (a
+    /// ProcessPacket in softirq context, a completion routine, a spinlock
+    /// held), `EDEADLK` from one of the channel's own state callbacks,
+    /// which it would wait for.
     #[doc(alias = "VmbChannelDisable")]
-    pub fn disable(&self) {
+    pub fn disable(&self) -> Result {
+        self.check_lifecycle_call("disable")?;
         kernel::task::might_sleep();
-        if self.check_not_in_callback().is_err() {
-            return;
-        }
         {
             let mut g = self.inner.lock();
             g.disabling = true;
@@ -144,7 +186,7 @@ impl Channel {
         let (bus, servicing) = {
             let mut g = self.inner.lock();
             if g.state == State::Disabled {
-                return;
+                return Ok(());
             }
             (g.cfg.bus.clone(), core::mem::take(&mut g.servicing))
         };
@@ -166,15 +208,21 @@ impl Channel {
         if let Some(bus) = bus {
             bus.release(self);
         }
+        Ok(())
     }
 
     /// Pauses incoming delivery (`VmbChannelPause`). Blocks until Suspend has
     /// run and the driver has finished every outstanding incoming packet. On
     /// a Disabled channel, arms a pause that applies after the next open.
+    /// `EINVAL` in a state other than Disabled, Started or Paused.
+    ///
+    /// Context: process context only (`might_sleep()` is checked); refused
+    /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context and with
+    /// `EDEADLK` from a state callback of this channel.
     #[doc(alias = "VmbChannelPause")]
     pub fn pause(&self) -> Result {
+        self.check_lifecycle_call("pause")?;
         kernel::task::might_sleep();
-        self.check_not_in_callback()?;
         let _c = self.control.lock();
         if self.set_paused(true)? {
             self.stop_delivery();
@@ -186,10 +234,15 @@ impl Channel {
 
     /// Leaves the paused state (`VmbChannelStart`): Started runs again and
     /// delivery resumes. On a Disabled channel, disarms a pending pause.
+    /// `EINVAL` in a state other than Disabled, Started or Paused.
+    ///
+    /// Context: process context only (`might_sleep()` is checked); refused
+    /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context and with
+    /// `EDEADLK` from a state callback of this channel.
     #[doc(alias = "VmbChannelStart")]
     pub fn start(&self) -> Result {
+        self.check_lifecycle_call("start")?;
         kernel::task::might_sleep();
-        self.check_not_in_callback()?;
         let _c = self.control.lock();
         if self.set_paused(false)? {
             self.call_state(|cb, ch| cb.started(ch));

@@ -52,10 +52,12 @@ use kernel::{
 
 use crate::transport::Attachment;
 
+mod builder;
 pub(crate) mod callbacks;
 mod config;
 mod events;
 pub(crate) mod external;
+mod flags;
 pub(crate) mod gpadl;
 pub(crate) mod incoming;
 mod lifecycle;
@@ -73,33 +75,26 @@ mod sync;
 mod transactions;
 pub(crate) mod xfer;
 
+pub use builder::ChannelBuilder;
 pub use config::FriendlyName;
 pub(crate) use config::{
     Config,
     Sizing, //
 };
 use events::event;
+pub use flags::{
+    ChannelFlags,
+    GpadlFlags,
+    ServerFlags, //
+};
 use rx::RxState;
 use transactions::TxState;
 
-/// Channel flag: the channel is a pipe (`VMBUS_CHANNEL_FLAG_IS_PIPE`).
-pub const CHANNEL_FLAG_IS_PIPE: u32 = 0x1;
-
-/// Server flags (`VMBUS_SERVER_CHANNEL_FLAGS`).
-pub mod server_flags {
-    /// Offer the channel to the same partition (loopback).
-    pub const LOOPBACK_OFFER: u32 = 0x1;
-    /// Enumerate a device interface for the offer.
-    pub const ENUMERATE_DEVICE_INTERFACE: u32 = 0x2;
-    /// Offer the channel as a pipe.
-    pub const OFFER_AS_PIPE: u32 = 0x4;
-    /// Always create a new channel rather than reuse one.
-    pub const FORCE_NEW_CHANNEL: u32 = 0x8;
-    /// The offer is a TL NPI provider (hvsocket) offer.
-    pub const TLNPI_PROVIDER_OFFER: u32 = 0x10;
-    /// Every flag kmcl knows.
-    pub const ALL: u32 = 0x1f;
-}
+/// The error of a call that may sleep, made where its caller may not (a
+/// ProcessPacket in softirq context, a completion routine, a spinlock held):
+/// `EWOULDBLOCK`, which Linux defines as `EAGAIN`. Every blocking entry
+/// point refuses such a caller with it before doing anything.
+pub const EWOULDBLOCK: Error = EAGAIN;
 
 /// Longest friendly name, in bytes.
 pub const FRIENDLY_NAME_MAX: usize = 64;
@@ -339,8 +334,14 @@ impl core::ops::Deref for ChannelHandle {
 impl ChannelHandle {
     /// Frees a Disabled channel (`VmbChannelCleanup`). A channel in any other
     /// state is handed back with `EBUSY`.
+    ///
+    /// Context: process context only; in atomic context the handle is
+    /// handed back with [`EWOULDBLOCK`].
     #[doc(alias = "VmbChannelCleanup")]
     pub fn cleanup(self) -> core::result::Result<(), (Error, ChannelHandle)> {
+        if let Err(e) = self.chan.check_may_sleep("cleanup") {
+            return Err((e, self));
+        }
         if self.chan.state() != State::Disabled {
             return Err((EBUSY, self));
         }
@@ -349,6 +350,8 @@ impl ChannelHandle {
     }
 
     /// A new reference to the channel, for work items and other threads.
+    ///
+    /// Context: any context.
     #[inline]
     pub fn arc(&self) -> Arc<Channel> {
         Arc::clone(&self.chan)
@@ -358,7 +361,12 @@ impl ChannelHandle {
 impl Drop for ChannelHandle {
     fn drop(&mut self) {
         if self.chan.state() != State::Disabled {
-            self.chan.disable();
+            // Process context, as the handle's owner drops it; a refusal
+            // (from the channel's own state callback) is logged by
+            // `disable`, and the channel then goes away with its callbacks
+            // dropped, as the module's exit would leave it.
+            kernel::task::might_sleep();
+            let _ = self.chan.disable();
         }
         self.chan.drop_driver_callbacks();
         owners::remove(&self.chan);
@@ -377,6 +385,9 @@ impl Channel {
     /// one whose code the channel's callbacks run. Should that module go
     /// away with the handle still alive, kmcl disables the channel and drops
     /// its callbacks before the module's memory is freed.
+    ///
+    /// Context: process context only: it allocates with `GFP_KERNEL` and takes
+    /// a mutex.
     #[doc(alias = "VmbChannelAllocate")]
     pub fn allocate(endpoint: Endpoint, module: &'static ThisModule) -> Result<ChannelHandle> {
         let chan = Arc::pin_init(
@@ -439,28 +450,38 @@ impl Channel {
     }
 
     /// The endpoint kind.
+    ///
+    /// Context: any context.
     pub fn endpoint(&self) -> Endpoint {
         self.endpoint
     }
 
     /// A number unique among the channels of this boot.
+    ///
+    /// Context: any context.
     pub fn id(&self) -> u32 {
         self.id
     }
 
     /// Stores a driver value in the channel (`VmbChannelSetPointer`).
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelSetPointer")]
     pub fn set_pointer(&self, value: usize) {
         self.pointer.store(value, Ordering::Relaxed);
     }
 
     /// The value stored with [`Channel::set_pointer`] (`VmbChannelGetPointer`).
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelGetPointer")]
     pub fn pointer(&self) -> usize {
         self.pointer.load(Ordering::Relaxed)
     }
 
     /// The channel's counters.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn counters(&self) -> Counters {
         let c = &self.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -479,6 +500,8 @@ impl Channel {
     }
 
     /// The current lifecycle state.
+    ///
+    /// Context: any context.
     pub fn state(&self) -> State {
         self.inner.lock().state
     }
@@ -526,6 +549,9 @@ pub(crate) fn attach_status(handle: &mut ChannelHandle) {
 impl ChannelHandle {
     /// Enables the channel and publishes its debugfs status, see
     /// [`Channel::enable`].
+    ///
+    /// Context: process context only, as [`Channel::enable`], whose refusals it
+    /// shares; it also creates the debugfs file.
     #[doc(alias = "VmbChannelEnable")]
     pub fn enable(&mut self) -> Result {
         self.chan.enable()?;

@@ -52,12 +52,16 @@ impl SendFlags {
     const ALL: u32 = 0x7;
 
     /// From raw bits; unknown bits are refused.
+    ///
+    /// Context: any context.
     #[inline]
     pub fn from_bits(bits: u32) -> Option<SendFlags> {
         (bits & !Self::ALL == 0).then_some(SendFlags(bits))
     }
 
     /// Whether all of `other` is set.
+    ///
+    /// Context: any context.
     pub fn contains(self, other: SendFlags) -> bool {
         self.0 & other.0 == other.0
     }
@@ -150,6 +154,8 @@ pub struct PacketMemory(KBox<PacketInner>);
 impl PacketMemory {
     /// Allocates memory for one packet of `channel`, [`Channel::sizeof_packet`]
     /// bytes in all.
+    ///
+    /// Context: process context only: it allocates with `GFP_KERNEL`.
     pub fn new(channel: &Channel) -> Result<PacketMemory> {
         let cap = channel.tx.lock().encoded_capacity;
         Ok(PacketMemory(PacketInner::new(cap, Origin::Caller)?))
@@ -195,6 +201,8 @@ impl Packet {
     }
 
     /// Makes a packet of `channel` in caller memory (`VmbPacketInitialize`).
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbPacketInitialize")]
     pub fn initialize(channel: &Channel, mut memory: PacketMemory) -> Packet {
         memory.0.chan = Some(channel.arc());
@@ -208,6 +216,8 @@ impl Packet {
 
     /// Takes back the memory of a packet made with [`Packet::initialize`];
     /// a pool packet goes back to its pool and `None` is returned.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn into_memory(mut self) -> Option<PacketMemory> {
         if self.get().origin == Origin::Caller {
             let mut inner = self.inner.take()?;
@@ -220,6 +230,8 @@ impl Packet {
     }
 
     /// The channel of the packet (`VmbPacketGetChannel`).
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbPacketGetChannel")]
     pub fn channel(&self) -> &Channel {
         // INVARIANT: a live packet always belongs to a channel.
@@ -232,12 +244,16 @@ impl Packet {
     /// Stores a driver value in the packet (`VmbPacketSetPointer`), the
     /// untyped context of a [`CompletionRoutine`]. Drivers give the packet a
     /// typed context with [`Packet::set_completion`] instead.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbPacketSetPointer")]
     pub fn set_pointer(&mut self, value: usize) {
         self.get_mut().pointer = value;
     }
 
     /// The value stored with [`Packet::set_pointer`] (`VmbPacketGetPointer`).
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbPacketGetPointer")]
     pub fn pointer(&self) -> usize {
         self.get().pointer
@@ -247,6 +263,8 @@ impl Packet {
     /// (`VmbPacketSetCompletionRoutine`), replacing (and dropping) a typed
     /// completion. Without either, the packet is freed. Drivers use
     /// [`Packet::set_completion`].
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbPacketSetCompletionRoutine")]
     pub fn set_completion_routine(&mut self, routine: CompletionRoutine) {
         let old = {
@@ -266,6 +284,8 @@ impl Packet {
     ///
     /// `context` is usually an `Arc` of the driver's own type, which
     /// converts to `Arc<dyn PacketCompletion>` at the call.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbPacketSetCompletionRoutine")]
     #[doc(alias = "VmbPacketSetPointer")]
     pub fn set_completion(&mut self, context: Arc<dyn PacketCompletion>) {
@@ -279,28 +299,38 @@ impl Packet {
 
     /// Takes the typed completion out of the packet: a later end of
     /// transaction frees the packet (or calls a routine set afterwards).
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn take_completion(&mut self) -> Option<Arc<dyn PacketCompletion>> {
         self.get_mut().context.take()
     }
 
     /// Whether the packet has a typed completion.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn has_completion(&self) -> bool {
         self.get().context.is_some()
     }
 
     /// The transaction id of the last send that waited for a completion.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn transaction_id(&self) -> u64 {
         self.get().trans_id
     }
 
     /// The encoded packet as it went into the ring: descriptor, any GPA
     /// ranges, payload and padding.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn wire_bytes(&self) -> &[u8] {
         let i = self.get();
         &i.buf[..i.len]
     }
 
     /// The payload of the last send.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn payload(&self) -> &[u8] {
         let b = self.wire_bytes();
         if b.len() < packet::DESCRIPTOR_SIZE {
@@ -314,6 +344,8 @@ impl Packet {
 
     /// Takes back the memory of an external-data send. From here on the
     /// peer reads none of it.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn take_mdl(&mut self) -> Option<Mdl> {
         let mut mdl = self.get_mut().mdl.take()?;
         mdl.revoke();
@@ -325,6 +357,8 @@ impl Packet {
     /// peer's completion arrives; without it, when the packet enters the
     /// ring. A full ring queues the packet; it is sent in order when space
     /// frees. Callable from any context.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbPacketSend")]
     pub fn send(self, data: &[u8], flags: SendFlags) -> core::result::Result<(), SendError> {
         self.send_encoded(data, &[], None, flags)
@@ -333,6 +367,8 @@ impl Packet {
     /// Sends `data` with external memory given as page frame numbers
     /// (`VmbPacketSendWithExternalPfns`). Requires
     /// [`SendFlags::WAIT_FOR_COMPLETION`].
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbPacketSendWithExternalPfns")]
     pub fn send_with_external_pfns(
         self,
@@ -353,6 +389,8 @@ impl Packet {
     /// (`VmbPacketSendWithExternalMdl`). The packet owns `mdl` until the
     /// completion routine takes it back with [`Packet::take_mdl`]. Requires
     /// [`SendFlags::WAIT_FOR_COMPLETION`].
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbPacketSendWithExternalMdl")]
     pub fn send_with_external_mdl(
         self,
@@ -627,6 +665,8 @@ impl Drop for Packet {
 
 impl Channel {
     /// A reference-counted handle to this channel.
+    ///
+    /// Context: any context.
     pub fn arc(&self) -> Arc<Channel> {
         // SAFETY: every `Channel` is created by `Channel::allocate` inside an
         // `Arc`, and `&self` proves the count is non-zero for this borrow.

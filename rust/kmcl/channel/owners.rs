@@ -86,7 +86,8 @@ pub(crate) unsafe extern "C" fn kmcl_module_going(module: *mut bindings::module)
             "channel {}: its module went away without dropping it; disabling it\n",
             chan.id()
         );
-        chan.disable();
+        // Process context, outside every callback of the channel: it runs.
+        let _ = chan.disable();
         chan.drop_driver_callbacks();
     }
 }

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Pipe mode (`CHANNEL_FLAG_IS_PIPE` clients, `server_flags::OFFER_AS_PIPE`
+//! Pipe mode (`ChannelFlags::IS_PIPE` clients, `ServerFlags::OFFER_AS_PIPE`
 //! servers): every in-band packet's data is preceded on the wire by the
 //! pipe header of `wire/pipe.rs`. The transport adds it on send; the drain
 //! checks and strips it here, so the driver sends and receives its own
@@ -12,11 +12,11 @@ use kernel::prelude::*;
 use super::{
     config::Config,
     rx::RxState,
-    server_flags,
     Channel,
+    ChannelFlags,
     Endpoint,
-    State,
-    CHANNEL_FLAG_IS_PIPE, //
+    ServerFlags,
+    State, //
 };
 use crate::wire::pipe;
 
@@ -30,11 +30,11 @@ pub mod pipe_mode {
 }
 
 /// Whether a channel of `endpoint` configured with `cfg` is a pipe: a
-/// client with [`CHANNEL_FLAG_IS_PIPE`], a server with
-/// [`server_flags::OFFER_AS_PIPE`] (or the channel flag).
+/// client with [`ChannelFlags::IS_PIPE`], a server with
+/// [`ServerFlags::OFFER_AS_PIPE`] (or the channel flag).
 fn cfg_is_pipe(cfg: &Config, endpoint: Endpoint) -> bool {
-    cfg.flags & CHANNEL_FLAG_IS_PIPE != 0
-        || (endpoint == Endpoint::Server && cfg.server_flags & server_flags::OFFER_AS_PIPE != 0)
+    cfg.flags.contains(ChannelFlags::IS_PIPE)
+        || (endpoint == Endpoint::Server && cfg.server_flags.contains(ServerFlags::OFFER_AS_PIPE))
 }
 
 impl Channel {

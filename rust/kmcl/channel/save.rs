@@ -108,9 +108,15 @@ impl Channel {
     /// the driver for the state of every packet in flight
     /// ([`SaveRestorePacket::save_packet`](super::callbacks::SaveRestorePacket),
     /// first with an empty buffer, then with one of the size it asked for)
-    /// and assembles the saved state.
+    /// and assembles the saved state. `EINVAL` on a client or a channel
+    /// that is not Paused.
+    ///
+    /// Context: process context only (`might_sleep()` is checked); refused
+    /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context and with
+    /// `EDEADLK` from a state callback of this channel.
     #[doc(alias = "VmbChannelSaveBegin")]
     pub fn save_begin(&self) -> Result<SaveContext> {
+        self.check_lifecycle_call("save_begin")?;
         kernel::task::might_sleep();
         let _c = self.control.lock();
         let (cb, ids, token, slots) = {
@@ -181,6 +187,8 @@ impl Channel {
 
     /// Copies the next part of the saved state into `buf`
     /// (`VmbChannelSaveContinue`). Only whole records are copied.
+    ///
+    /// Context: any context; it copies and allocates nothing.
     #[doc(alias = "VmbChannelSaveContinue")]
     pub fn save_continue(&self, ctx: &mut SaveContext, buf: &mut [u8]) -> Result<SaveStatus> {
         match save::copy_records(&ctx.state, &mut ctx.pos, buf) {
@@ -196,6 +204,8 @@ impl Channel {
     /// Ends the save (`VmbChannelSaveEnd`). From now on, Disable parks the
     /// connection for a restored instance instead of closing it; Start
     /// resumes this instance and forgets the save.
+    ///
+    /// Context: any context.
     #[doc(alias = "VmbChannelSaveEnd")]
     pub fn save_end(&self, ctx: SaveContext) {
         drop(ctx);
@@ -206,8 +216,14 @@ impl Channel {
     /// (`VmbChannelRestoreFromBuffer`), on a Disabled server channel with the
     /// same interface ids. A malformed state is refused with `EINVAL` and
     /// forgotten.
+    ///
+    /// Context: process context only (`might_sleep()` is checked); refused
+    /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context and with
+    /// `EDEADLK` from a state callback of this channel, the chunk not
+    /// taken.
     #[doc(alias = "VmbChannelRestoreFromBuffer")]
     pub fn restore_from_buffer(&self, chunk: &[u8]) -> Result<RestoreStatus> {
+        self.check_lifecycle_call("restore_from_buffer")?;
         kernel::task::might_sleep();
         let _c = self.control.lock();
         let (mut buf, ids) = {
@@ -365,6 +381,8 @@ impl Packet {
     /// Restores a packet after [`Channel::restore_from_buffer`]
     /// (`VmbPacketRestore`): the transaction it belonged to is live again,
     /// and its completion reaches the packet's routine.
+    ///
+    /// Context: process context, inside `SaveRestorePacket::restore_packet`.
     #[doc(alias = "VmbPacketRestore")]
     pub fn restore(self) -> Result {
         let chan = self.get().chan.clone().ok_or(EINVAL)?;

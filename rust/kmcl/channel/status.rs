@@ -119,6 +119,8 @@ impl Channel {
     }
 
     /// Writes the channel's status, as its debugfs file shows it.
+    ///
+    /// Context: any context.
     pub fn write_status(&self, w: &mut dyn core::fmt::Write) -> core::fmt::Result {
         let now = sys::jiffies();
         let (state, endpoint, fill, rx, tx, oldest, quota, ids) = {

@@ -109,6 +109,8 @@ impl Channel {
     /// The callback told of each sub-channel offer of this client primary.
     /// Client only, while Disabled (`EINVAL` otherwise). Without one, the
     /// offers are left unopened.
+    ///
+    /// Context: process context only: it takes a mutex.
     pub fn init_set_subchannel_callback(&self, callback: Arc<dyn SubchannelOffer>) -> Result {
         if self.endpoint != Endpoint::Client || self.state() != State::Disabled {
             return Err(EINVAL);
@@ -123,6 +125,8 @@ impl Channel {
     }
 
     /// The sub-channel index of the channel's offer: 0 for a primary.
+    ///
+    /// Context: process context only: it takes a mutex.
     pub fn subchannel_index(&self) -> u16 {
         self.subs.lock().index
     }
@@ -148,9 +152,12 @@ impl Channel {
     /// client primary is not open (closing, say), the offer is withdrawn
     /// and the call fails with `ENOTCONN`. A client without a callback, or
     /// one that dropped the handle, leaves the sub-channel offered and
-    /// unopened. Loopback only: `EOPNOTSUPP` on other buses. Process
-    /// context.
+    /// unopened. Loopback only: `EOPNOTSUPP` on other buses.
+    ///
+    /// Context: process context only (`might_sleep()` is checked); refused
+    /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
     pub fn offer_subchannel(&self, subchannel: &mut ChannelHandle) -> Result<u16> {
+        self.check_may_sleep("offer_subchannel")?;
         kernel::task::might_sleep();
         if self.endpoint != Endpoint::Server
             || subchannel.endpoint != Endpoint::Server
@@ -201,7 +208,8 @@ impl Channel {
             self.accepts_subchannels() && s.list.iter().any(|c| core::ptr::eq(&**c, &**subchannel))
         };
         if !listed {
-            subchannel.disable();
+            // Process context, not a callback of the sub-channel: it runs.
+            let _ = subchannel.disable();
             self.forget_subchannel(subchannel);
             return Err(ENOTCONN);
         }
@@ -211,7 +219,8 @@ impl Channel {
             None => Err(ENOTCONN),
         };
         if let Err(e) = offered {
-            subchannel.disable();
+            // Process context, not a callback of the sub-channel: it runs.
+            let _ = subchannel.disable();
             self.forget_subchannel(subchannel);
             return Err(e);
         }
@@ -276,7 +285,8 @@ impl Channel {
             // first).
             chan.handle_events();
         } else if chan.state() != State::Disabled {
-            chan.disable();
+            // Process context, not a callback of the sub-channel: it runs.
+            let _ = chan.disable();
         }
         // The offer lives only as long as this call. An open that took it
         // elsewhere (an Enable from another thread) runs under the
@@ -286,7 +296,8 @@ impl Channel {
         if !registered && chan.state() != State::Disabled {
             // Enabled after the callback returned: not a sub-channel of
             // this primary's lifecycle, so not left open.
-            chan.disable();
+            // Process context, not a callback of the sub-channel: it runs.
+            let _ = chan.disable();
         }
         Ok(())
     }
@@ -316,7 +327,9 @@ impl Channel {
     pub(super) fn close_subchannels(&self) {
         let list = core::mem::take(&mut self.subs.lock().list);
         for sub in list.iter() {
-            sub.disable();
+            // Process context, not a callback of the sub-channel (its
+            // own Disable or the control work of its primary): it runs.
+            let _ = sub.disable();
         }
     }
 
@@ -337,9 +350,12 @@ impl Channel {
     ///   runs wherever the interrupt arrives, so a move during traffic is
     ///   harmless.
     ///
-    /// `EINVAL` for a CPU number beyond `nr_cpu_ids`. Any time, any
-    /// process context.
+    /// `EINVAL` for a CPU number beyond `nr_cpu_ids`. Any state.
+    ///
+    /// Context: process context only; refused with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context.
     pub fn set_target_cpu(&self, cpu: u32) -> Result {
+        self.check_may_sleep("set_target_cpu")?;
         if cpu >= kernel::cpu::nr_cpu_ids() {
             return Err(EINVAL);
         }
@@ -355,6 +371,8 @@ impl Channel {
     /// The CPU the channel's interrupts go to: on hv, while open, the one
     /// the host interrupts; otherwise the value set with
     /// [`Channel::set_target_cpu`], if any.
+    ///
+    /// Context: process context only: it takes a mutex.
     pub fn target_cpu(&self) -> Option<u32> {
         self.with_attachment(|a| a.and_then(|a| a.target_cpu()))
             .or(self.subs.lock().target_cpu)

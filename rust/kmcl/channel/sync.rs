@@ -48,6 +48,12 @@ impl Channel {
     ///   does and fails the call with `ERESTARTSYS`.
     /// - A channel going away fails it with `ENODEV`; a completion larger
     ///   than `response` with `EOVERFLOW`.
+    ///
+    /// Context: any context for a zero `timeout` without
+    /// [`SendFlags::WAIT_FOR_COMPLETION`]; every other form process context
+    /// only (`might_sleep()` is checked), a state callback included, and
+    /// refused with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context
+    /// before anything is sent.
     #[doc(alias = "VmbChannelSendSynchronousRequest")]
     pub fn send_synchronous_request(
         &self,
@@ -64,6 +70,7 @@ impl Channel {
         if zero && !wait {
             return self.send_now(data);
         }
+        self.check_may_sleep("send_synchronous_request")?;
         kernel::task::might_sleep();
         let d = packet::encode_simple(
             packet::TYPE_DATA_INBAND,
@@ -199,6 +206,8 @@ impl Channel {
     /// nothing. A kmcl addition, for protocols whose replies are in-band
     /// packets that echo the request's id (Hyper-V's integration
     /// components), and for peers that play the host in tests.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn send_inband_with_transaction_id(&self, data: &[u8], trans_id: u64) -> Result {
         self.send_raw_inband(data, trans_id)
     }
@@ -237,7 +246,13 @@ impl Channel {
     ///
     /// A driver that sent asynchronously waits here rather than polling its
     /// own counters.
+    ///
+    /// Context: process context only (`might_sleep()` is checked), a state
+    /// callback included; refused with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context (a completion
+    /// routine would wait for itself).
     pub fn wait_sends_finished(&self, timeout: Delta) -> Result {
+        self.check_may_sleep("wait_sends_finished")?;
         self.wait_until_interruptible(&self.tx, timeout, |g| {
             let (in_flight, queued) = g.outstanding();
             in_flight == 0 && queued == 0 && g.routines.idle()

@@ -302,6 +302,8 @@ impl Channel {
 impl Channel {
     /// Bytes of caller memory one packet object takes
     /// (`VmbChannelSizeofPacket`).
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbChannelSizeofPacket")]
     pub fn sizeof_packet(&self) -> usize {
         core::mem::size_of::<PacketInner>() + self.tx.lock().encoded_capacity
@@ -310,6 +312,8 @@ impl Channel {
     /// Takes a packet object from the channel's pool (`VmbPacketAllocate`).
     /// Never allocates memory; fails with `ENOMEM` when the pool is empty
     /// and `EINVAL` while the channel is Disabled.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbPacketAllocate")]
     pub fn packet_allocate(&self) -> Result<Packet> {
         let mut g = self.tx.lock();
@@ -321,6 +325,8 @@ impl Channel {
     }
 
     /// Free packet objects in the pool.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn packet_pool_available(&self) -> usize {
         self.tx.lock().pool.len()
     }

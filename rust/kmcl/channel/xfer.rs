@@ -174,21 +174,29 @@ pub struct TransferPages<'a> {
 
 impl TransferPages<'_> {
     /// The page-set id the packet names.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn pageset_id(&self) -> u16 {
         self.hdr.pageset_id
     }
 
     /// The sender's `sender_owns_set` byte.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn sender_owns_set(&self) -> u8 {
         self.hdr.sender_owns_set
     }
 
     /// Number of ranges.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn len(&self) -> usize {
         self.hdr.len()
     }
 
     /// Whether the packet names no range.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     // Inlined in the caller: calls only exported functions, so it needs
     // no export of its own.
     #[inline]
@@ -197,6 +205,8 @@ impl TransferPages<'_> {
     }
 
     /// Range `i`, as offset and length in the receive buffer.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn range(&self, i: usize) -> Option<TransferRange> {
         if i >= self.len() {
             return None;
@@ -205,6 +215,8 @@ impl TransferPages<'_> {
     }
 
     /// The ranges in packet order.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn ranges(&self) -> impl Iterator<Item = TransferRange> + '_ {
         // Built on `range()`, so that what a caller's module instantiates
         // calls only exported functions.
@@ -214,6 +226,8 @@ impl TransferPages<'_> {
     /// Copies `dst.len()` bytes of range `i`, from `pos` within the range,
     /// into `dst`. `EINVAL` for a range the packet does not have or bytes
     /// beyond its end.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn read(&self, i: usize, pos: usize, dst: &mut [u8]) -> Result {
         let r = self.range(i).ok_or(EINVAL)?;
         if pos
@@ -227,6 +241,8 @@ impl TransferPages<'_> {
 
     /// Copies all of range `i` into the start of `dst` and returns its
     /// length; `EOVERFLOW` if `dst` is shorter than the range.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     // Inlined in the caller: calls only exported functions, so it needs
     // no export of its own.
     #[inline]
@@ -242,6 +258,8 @@ impl IncomingPacket {
     /// The ranges of a transfer-page packet (type 7) inside the receive
     /// buffer registered under its page-set id; `None` for any other
     /// packet. A kmcl addition: KMCL has no transfer pages.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn transfer_pages(&self) -> Option<TransferPages<'_>> {
         let hold = self.xfer.as_ref()?;
         let b = self.buf.as_ref()?;
@@ -264,12 +282,19 @@ impl Channel {
     ///
     /// `EEXIST` if the id is taken, `EINVAL` on a server or a channel not
     /// open, `ENODEV` once the peer is gone; the GPADL comes back with the
-    /// error. Process context.
+    /// error.
+    ///
+    /// Context: process context only (`might_sleep()` is checked); in
+    /// atomic context the GPADL comes back with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK), nothing registered.
     pub fn register_receive_buffer(
         &self,
         pageset_id: u16,
         gpadl: Gpadl,
     ) -> core::result::Result<(), (Error, Gpadl)> {
+        if let Err(e) = self.check_may_sleep("register_receive_buffer") {
+            return Err((e, gpadl));
+        }
         kernel::task::might_sleep();
         if self.endpoint() != Endpoint::Client {
             return Err((EINVAL, gpadl));
@@ -328,9 +353,14 @@ impl Channel {
     ///
     /// `ENOENT` for an id not registered; `ETIMEDOUT` (or `ERESTARTSYS` on a
     /// signal) if packets still hold the buffer, which then stays
-    /// unregistering and may be asked for again. Process context; not from
-    /// a thread that itself holds such a packet.
+    /// unregistering and may be asked for again.
+    ///
+    /// Context: process context only (`might_sleep()` is checked), not from
+    /// a thread that itself holds such a packet; refused with
+    /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context, the buffer
+    /// left registered.
     pub fn unregister_receive_buffer(&self, pageset_id: u16, timeout: Delta) -> Result<Gpadl> {
+        self.check_may_sleep("unregister_receive_buffer")?;
         kernel::task::might_sleep();
         {
             let mut g = self.rx.lock();
@@ -424,6 +454,8 @@ impl Packet {
     ///
     /// `EINVAL` on a client, for a range outside `mapping`, or for ranges
     /// and data that do not fit the packet. As [`Packet::send`] otherwise.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
     pub fn send_transfer_pages(
         mut self,
         mapping: &GpadlMapping,

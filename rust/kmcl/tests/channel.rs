@@ -21,9 +21,10 @@ use super::harness::{
 };
 use crate::{
     channel::{
-        server_flags,
         Channel,
+        ChannelFlags,
         Endpoint,
+        ServerFlags,
         State, //
     },
     transport::{
@@ -55,7 +56,7 @@ mod tests {
         let rec = Recorder::new()?;
         let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
         c.init_set_client_context_size(24)?;
-        c.init_set_flags(crate::channel::CHANNEL_FLAG_IS_PIPE)?;
+        c.init_set_flags(ChannelFlags::IS_PIPE)?;
         c.init_set_friendly_name(c"kunit")?;
         c.init_set_maximum_external_data(8192, 2)?;
         c.init_set_maximum_packet_size(1024)?;
@@ -67,7 +68,7 @@ mod tests {
         c.init_set_packet_pool_size(8)?;
         c.init_set_incoming_slots(8)?;
         let s = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
-        s.init_set_server_flags(server_flags::LOOPBACK_OFFER | server_flags::OFFER_AS_PIPE)?;
+        s.init_set_server_flags(ServerFlags::LOOPBACK_OFFER | ServerFlags::OFFER_AS_PIPE)?;
         s.init_set_mmio_megabytes(1)?;
         s.init_set_target_interface_id(IFACE, INSTANCE)?;
         s.init_set_target_vtl(0)?;
@@ -83,21 +84,120 @@ mod tests {
         assert_eq!(c.init_set_maximum_packet_size(0), Err(EINVAL));
         assert_eq!(c.init_set_maximum_external_data(0, 1), Err(EINVAL));
         assert_eq!(c.init_set_maximum_external_data(4096, 0), Err(EINVAL));
-        assert_eq!(c.init_set_flags(0x2), Err(EINVAL));
+        // A flag KMCL does not define cannot be expressed.
+        assert_eq!(ChannelFlags::from_bits(0x2), None);
         assert_eq!(c.init_set_ring_buffer_page_count(1), Err(EINVAL));
         assert_eq!(c.init_set_target_pnp(Guid::NULL, None), Err(EINVAL));
         // Endpoint-specific setters on the wrong endpoint.
         assert_eq!(s.init_set_ring_buffer_page_count(4), Err(EINVAL));
         assert_eq!(s.init_set_target_pnp(IFACE, None), Err(EINVAL));
         assert_eq!(
-            c.init_set_server_flags(server_flags::LOOPBACK_OFFER),
+            c.init_set_server_flags(ServerFlags::LOOPBACK_OFFER),
             Err(EINVAL)
         );
         assert_eq!(c.init_set_mmio_megabytes(1), Err(EINVAL));
         assert_eq!(c.init_set_target_interface_id(IFACE, INSTANCE), Err(EINVAL));
         assert_eq!(c.init_set_target_vtl(0), Err(EINVAL));
-        assert_eq!(s.init_set_server_flags(0x20), Err(EINVAL));
+        assert_eq!(ServerFlags::from_bits(0x20), None);
         assert_eq!(s.init_set_target_vtl(3), Err(EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn builder_configures_a_disabled_channel_that_opens() -> Result {
+        let bus = LoopbackBus::new()?;
+        let srec = Recorder::new()?;
+        let crec = Recorder::new()?;
+        let mut s = Channel::builder(Endpoint::Server, &crate::THIS_MODULE)
+            .friendly_name(c"built-server")
+            .process_packet_callbacks(srec.clone())
+            .state_change_callbacks(srec.clone())
+            .vmbus_handle(Bus::Loopback(bus.clone()))
+            .server_flags(ServerFlags::LOOPBACK_OFFER)
+            .target_interface_id(IFACE, INSTANCE)
+            .build()?;
+        let mut c = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+            .friendly_name(c"built-client")
+            .maximum_packet_size(1024)
+            .packet_pool_size(8)
+            .process_packet_callbacks(crec.clone())
+            .state_change_callbacks(crec.clone())
+            .vmbus_handle(Bus::Loopback(bus.clone()))
+            .target_pnp(IFACE, Some(INSTANCE))
+            .build()?;
+        assert_eq!(s.state(), State::Disabled);
+        assert_eq!(c.state(), State::Disabled);
+        assert_eq!(c.friendly_name().as_str(), "built-client");
+        assert_eq!(s.interface_ids(), (IFACE, Some(INSTANCE)));
+        s.enable()?;
+        c.enable()?;
+        assert!(wait_for(5000, || c.state() == State::Started
+            && s.state() == State::Started));
+        // The settings took: a packet above the maximum is refused, the
+        // pool holds eight.
+        assert_eq!(c.packet_pool_available(), 8);
+        let mut resp = [0u8; 8];
+        let big = [0u8; 1032];
+        assert!(matches!(
+            c.send_synchronous_request(
+                &big,
+                crate::channel::outgoing::SendFlags::WAIT_FOR_COMPLETION,
+                &mut resp,
+                Some(kernel::time::Delta::from_millis(1000)),
+            ),
+            Err(e) if e == EINVAL
+        ));
+        c.disable()?;
+        s.disable()?;
+        Ok(())
+    }
+
+    #[test]
+    fn builder_reports_its_first_error() -> Result {
+        let rec = Recorder::new()?;
+        // A value out of range.
+        let r = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+            .maximum_packet_size(0)
+            .process_packet_callbacks(rec.clone())
+            .build();
+        assert!(matches!(r, Err(e) if e == EINVAL));
+        // A server setting on a client, after valid ones.
+        let r = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+            .process_packet_callbacks(rec.clone())
+            .target_pnp(IFACE, None)
+            .target_interface_id(IFACE, INSTANCE)
+            .build();
+        assert!(matches!(r, Err(e) if e == EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn flag_sets_carry_the_kmcl_bits_and_nothing_else() -> Result {
+        assert_eq!(ChannelFlags::IS_PIPE.bits(), 0x1);
+        assert_eq!(ChannelFlags::ALL.bits(), 0x1);
+        assert_eq!(
+            (ServerFlags::LOOPBACK_OFFER
+                | ServerFlags::ENUMERATE_DEVICE_INTERFACE
+                | ServerFlags::OFFER_AS_PIPE
+                | ServerFlags::FORCE_NEW_CHANNEL
+                | ServerFlags::TLNPI_PROVIDER_OFFER)
+                .bits(),
+            0x1f
+        );
+        assert_eq!(ServerFlags::ALL.bits(), 0x1f);
+        assert_eq!(crate::channel::GpadlFlags::READ_ONLY.bits(), 0x1);
+        // Every defined combination converts back; no other bit does.
+        assert_eq!(ServerFlags::from_bits(0x1f), Some(ServerFlags::ALL));
+        assert_eq!(ChannelFlags::from_bits(0), Some(ChannelFlags::NONE));
+        for bit in 5..32 {
+            assert_eq!(ServerFlags::from_bits(1 << bit), None);
+        }
+        for bit in 1..32 {
+            assert_eq!(ChannelFlags::from_bits(1 << bit), None);
+            assert_eq!(crate::channel::GpadlFlags::from_bits(1 << bit), None);
+        }
+        assert!(ServerFlags::ALL.contains(ServerFlags::OFFER_AS_PIPE));
+        assert!(!ServerFlags::LOOPBACK_OFFER.contains(ServerFlags::OFFER_AS_PIPE));
         Ok(())
     }
 
@@ -107,7 +207,7 @@ mod tests {
         let rec = Recorder::new()?;
         for ch in [&p.client, &p.server] {
             assert_eq!(ch.init_set_client_context_size(8), Err(EINVAL));
-            assert_eq!(ch.init_set_flags(0), Err(EINVAL));
+            assert_eq!(ch.init_set_flags(ChannelFlags::NONE), Err(EINVAL));
             assert_eq!(ch.init_set_friendly_name(c"x"), Err(EINVAL));
             assert_eq!(ch.init_set_maximum_external_data(4096, 1), Err(EINVAL));
             assert_eq!(ch.init_set_maximum_packet_size(64), Err(EINVAL));
@@ -123,7 +223,10 @@ mod tests {
         }
         assert_eq!(p.client.init_set_ring_buffer_page_count(4), Err(EINVAL));
         assert_eq!(p.client.init_set_target_pnp(IFACE, None), Err(EINVAL));
-        assert_eq!(p.server.init_set_server_flags(0), Err(EINVAL));
+        assert_eq!(
+            p.server.init_set_server_flags(ServerFlags::NONE),
+            Err(EINVAL)
+        );
         assert_eq!(p.server.init_set_mmio_megabytes(1), Err(EINVAL));
         assert_eq!(
             p.server.init_set_target_interface_id(IFACE, INSTANCE),
@@ -193,7 +296,7 @@ mod tests {
                 &[Ev::Opened, Ev::Started, Ev::PostStarted]
             );
         }
-        p.client.disable();
+        p.client.disable()?;
         assert_eq!(
             &p.crec.states()[..],
             &[
@@ -261,7 +364,7 @@ mod tests {
             }
             Ok(()) => return Err(EINVAL),
         };
-        s.disable();
+        s.disable()?;
         assert!(s.cleanup().is_ok());
         let _ = &mut p;
         Ok(())
@@ -270,12 +373,12 @@ mod tests {
     #[test]
     fn disable_blocks_until_torn_down() -> Result {
         let p = Pair::connected()?;
-        p.client.disable();
+        p.client.disable()?;
         assert_eq!(p.client.state(), State::Disabled);
         assert_eq!(p.crec.count(Ev::Closed), 1);
         assert!(wait_for(2000, || p.server.state() == State::Enabled));
         // Disabling twice is harmless.
-        p.client.disable();
+        p.client.disable()?;
         assert_eq!(p.crec.count(Ev::Closed), 1);
         Ok(())
     }
@@ -283,7 +386,7 @@ mod tests {
     #[test]
     fn peer_close_suspends_and_closes_the_client() -> Result {
         let p = Pair::connected()?;
-        p.server.disable();
+        p.server.disable()?;
         assert!(wait_for(2000, || p.client.state() == State::Disabled));
         assert_eq!(p.crec.count(Ev::Suspend), 1);
         assert_eq!(p.crec.count(Ev::Closed), 1);
@@ -294,7 +397,7 @@ mod tests {
     #[test]
     fn server_takes_a_new_client_after_close() -> Result {
         let p = Pair::connected()?;
-        p.client.disable();
+        p.client.disable()?;
         assert!(wait_for(2000, || p.server.state() == State::Enabled));
         let rec = Recorder::new()?;
         let mut c2 = harness::channel(&p.bus, Endpoint::Client, &rec)?;
@@ -302,7 +405,7 @@ mod tests {
         assert!(wait_for(3000, || c2.state() == State::Started
             && p.server.state() == State::Started));
         assert_eq!(p.srec.count(Ev::Opened), 2);
-        c2.disable();
+        c2.disable()?;
         Ok(())
     }
 
@@ -314,9 +417,9 @@ mod tests {
         c2.enable()?;
         settle(20);
         assert_eq!(c2.state(), State::Enabled);
-        p.client.disable();
+        p.client.disable()?;
         assert!(wait_for(3000, || c2.state() == State::Started));
-        c2.disable();
+        c2.disable()?;
         Ok(())
     }
 
@@ -346,7 +449,7 @@ mod tests {
         assert_eq!(other.state(), State::Enabled);
         p.client.enable()?;
         assert!(wait_for(3000, || p.client.state() == State::Started));
-        other.disable();
+        other.disable()?;
         Ok(())
     }
 

@@ -188,7 +188,7 @@ mod tests {
             .redelivering
             .load(Ordering::Relaxed)
             == 1));
-        p.server.disable();
+        p.server.disable()?;
         // Nothing of the driver runs once Disable has returned.
         assert_eq!(p.srec.redelivering.load(Ordering::Relaxed), 0);
         let calls = p.srec.received.load(Ordering::Relaxed);
@@ -212,7 +212,7 @@ mod tests {
         assert!(!slow.started.load(Ordering::Relaxed));
         p.server.start()?;
         assert!(wait_for(2000, || slow.started.load(Ordering::Relaxed)));
-        p.client.disable();
+        p.client.disable()?;
         assert!(slow.finished.load(Ordering::Relaxed));
         Ok(())
     }
@@ -231,7 +231,7 @@ mod tests {
         p.srec.mode.store(mode::HOLD, Ordering::Relaxed);
         harness::send_recorded(&p.client, b"held", SendFlags::WAIT_FOR_COMPLETION, &done)?;
         assert!(wait_for(2000, || p.srec.held() == 1));
-        p.client.disable();
+        p.client.disable()?;
         assert_eq!(done.count.load(Ordering::Relaxed), 3);
         assert_eq!(done.cancelled.load(Ordering::Relaxed), 1);
         assert_eq!(done.bh_off.load(Ordering::Relaxed), 3);
@@ -264,7 +264,7 @@ mod tests {
         assert!(wait_for(2000, || {
             p.srec.received.load(Ordering::Relaxed) == SENDS + 1
         }));
-        p.client.disable();
+        p.client.disable()?;
         assert_eq!(r.failed.load(Ordering::Relaxed), 0);
         assert_eq!(r.sent.load(Ordering::Relaxed), SENDS);
         assert!(r.deepest.load(Ordering::Relaxed) <= RECURSION_LIMIT);

@@ -19,13 +19,7 @@ use super::harness::{
     wait_for,
     Pair, //
 };
-use crate::channel::{
-    gpadl::{
-        GpadlMemory,
-        GPADL_READ_ONLY, //
-    },
-    Endpoint,
-};
+use crate::channel::{gpadl::GpadlMemory, Endpoint, GpadlFlags};
 
 fn buffer(len: usize, fill: u8) -> Result<KVVec<u8>> {
     let mut b = KVVec::with_capacity(len, GFP_KERNEL)?;
@@ -42,7 +36,7 @@ mod tests {
         let p = Pair::connected()?;
         let g = p
             .client
-            .create_gpadl_from_buffer(buffer(3 * 4096, 0x11)?, 0)?;
+            .create_gpadl_from_buffer(buffer(3 * 4096, 0x11)?, GpadlFlags::NONE)?;
         let m = p.server.map_gpadl(g.id())?;
         assert_eq!(m.len(), 3 * 4096);
         let mut head = [0u8; 16];
@@ -50,7 +44,11 @@ mod tests {
         assert_eq!(head, [0x11; 16]);
         m.write(5000, b"from the server")?;
         drop(m);
-        let mem = p.client.delete_gpadl(g).ok_or(EINVAL)?;
+        let mem = p
+            .client
+            .delete_gpadl(g)
+            .map_err(|(e, _)| e)?
+            .ok_or(EINVAL)?;
         match mem {
             GpadlMemory::Buffer(b) => assert_eq!(&b[5000..5015], b"from the server"),
             GpadlMemory::Pages(_) | GpadlMemory::Shared(_) => return Err(EINVAL),
@@ -69,7 +67,9 @@ mod tests {
             unsafe { pg.write_raw(fill.as_ptr(), 0, 4096)? };
             pages.push(pg, GFP_KERNEL)?;
         }
-        let g = p.client.create_gpadl_from_pages(pages, GPADL_READ_ONLY)?;
+        let g = p
+            .client
+            .create_gpadl_from_pages(pages, GpadlFlags::READ_ONLY)?;
         let m = p.server.map_gpadl(g.id())?;
         let mut b = [0u8; 2];
         m.read(4095, &mut b)?;
@@ -82,7 +82,9 @@ mod tests {
     #[test]
     fn one_mapping_at_a_time() -> Result {
         let p = Pair::connected()?;
-        let g = p.client.create_gpadl_from_buffer(buffer(4096, 0)?, 0)?;
+        let g = p
+            .client
+            .create_gpadl_from_buffer(buffer(4096, 0)?, GpadlFlags::NONE)?;
         let m = p.server.map_gpadl(g.id())?;
         assert!(matches!(p.server.map_gpadl(g.id()), Err(e) if e == EBUSY));
         p.server.unmap_gpadl(m);
@@ -94,7 +96,9 @@ mod tests {
     #[test]
     fn delete_blocks_while_the_server_has_it_mapped() -> Result {
         let p = Pair::connected()?;
-        let g = p.client.create_gpadl_from_buffer(buffer(4096, 0)?, 0)?;
+        let g = p
+            .client
+            .create_gpadl_from_buffer(buffer(4096, 0)?, GpadlFlags::NONE)?;
         let m = p.server.map_gpadl(g.id())?;
         let client = p.client.arc();
         let deleted = Arc::new(AtomicBool::new(false), GFP_KERNEL)?;
@@ -117,15 +121,13 @@ mod tests {
         assert!(matches!(p.server.map_gpadl(1234), Err(e) if e == ENOENT));
         assert!(matches!(p.client.map_gpadl(1), Err(e) if e == EINVAL));
         assert!(matches!(
-            p.server.create_gpadl_from_buffer(buffer(4096, 0)?, 0),
+            p.server.create_gpadl_from_buffer(buffer(4096, 0)?, GpadlFlags::NONE),
             Err(e) if e == EINVAL
         ));
+        // An unknown flag cannot be expressed.
+        assert_eq!(GpadlFlags::from_bits(0x2), None);
         assert!(matches!(
-            p.client.create_gpadl_from_buffer(buffer(4096, 0)?, 0x2),
-            Err(e) if e == EINVAL
-        ));
-        assert!(matches!(
-            p.client.create_gpadl_from_buffer(KVVec::new(), 0),
+            p.client.create_gpadl_from_buffer(KVVec::new(), GpadlFlags::NONE),
             Err(e) if e == EINVAL
         ));
         Ok(())
@@ -134,9 +136,9 @@ mod tests {
     #[test]
     fn gpadl_needs_an_open_channel() -> Result {
         let p = Pair::connected()?;
-        p.client.disable();
+        p.client.disable()?;
         assert!(matches!(
-            p.client.create_gpadl_from_buffer(buffer(4096, 0)?, 0),
+            p.client.create_gpadl_from_buffer(buffer(4096, 0)?, GpadlFlags::NONE),
             Err(e) if e == ENODEV
         ));
         Ok(())

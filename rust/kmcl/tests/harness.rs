@@ -481,9 +481,9 @@ impl Drop for Pair {
         self.crec.mode.store(mode::EMPTY, Ordering::Relaxed);
         self.srec.release_held();
         self.crec.release_held();
-        self.client.disable();
+        let _ = self.client.disable();
         self.srec.release_held();
-        self.server.disable();
+        let _ = self.server.disable();
         self.crec.release_held();
         sys::flush_work();
     }

@@ -107,7 +107,7 @@ fn expect_refused(bytes: &[u8]) -> Result<bool> {
     p.server.inject_raw(bytes)?;
     let ok = refused(&p);
     // A stopped queue still tears down cleanly.
-    p.client.disable();
+    p.client.disable()?;
     Ok(ok)
 }
 
@@ -127,7 +127,7 @@ fn expect_index_refused(value: u32) -> Result<bool> {
     let ok = wait_for(2000, || {
         p.client.rx.lock().failed && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
     }) && p.crec.received.load(Ordering::Relaxed) == 1;
-    p.client.disable();
+    p.client.disable()?;
     Ok(ok)
 }
 
@@ -372,7 +372,7 @@ mod tests {
         let failed = p.client.rx.lock().failed;
         let got = p.crec.received.load(Ordering::Relaxed);
         assert!(failed || got > 0);
-        p.client.disable();
+        p.client.disable()?;
         assert_eq!(p.client.state(), State::Disabled);
         Ok(())
     }
@@ -501,7 +501,7 @@ mod tests {
         );
         // Disable finishes everything queued, once each.
         let started = done.count.load(Ordering::Relaxed);
-        p.client.disable();
+        p.client.disable()?;
         let total = done.count.load(Ordering::Relaxed);
         assert_eq!(total - started, done.cancelled.load(Ordering::Relaxed));
         Ok(())
@@ -513,7 +513,7 @@ mod tests {
         p.server.enable()?;
         p.client.enable()?;
         // Withdraw the offer while the client may be opening.
-        p.server.disable();
+        p.server.disable()?;
         assert!(wait_for(3000, || matches!(
             p.client.state(),
             State::Disabled | State::Enabled
@@ -536,7 +536,7 @@ mod tests {
         while let Some(pkt) = p.srec.take_held() {
             pkt.fail();
         }
-        p.server.disable();
+        p.server.disable()?;
         assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == 8));
         settle(20);
         assert_eq!(done.count.load(Ordering::Relaxed), 8);
@@ -547,11 +547,13 @@ mod tests {
     #[test]
     fn close_before_gpadl_creation_is_enodev() -> Result {
         let p = Pair::connected()?;
-        p.server.disable();
+        p.server.disable()?;
         assert!(wait_for(2000, || p.client.state() == State::Disabled));
         let mut b = kernel::alloc::KVVec::new();
         b.resize(4096, 0, GFP_KERNEL)?;
-        assert!(matches!(p.client.create_gpadl_from_buffer(b, 0), Err(e) if e == ENODEV));
+        assert!(
+            matches!(p.client.create_gpadl_from_buffer(b, crate::channel::GpadlFlags::NONE), Err(e) if e == ENODEV)
+        );
         Ok(())
     }
 
@@ -560,7 +562,9 @@ mod tests {
         let p = Pair::connected()?;
         let mut b = kernel::alloc::KVVec::new();
         b.resize(4096, 7, GFP_KERNEL)?;
-        let g = p.client.create_gpadl_from_buffer(b, 0)?;
+        let g = p
+            .client
+            .create_gpadl_from_buffer(b, crate::channel::GpadlFlags::NONE)?;
         let m = p.server.map_gpadl(g.id())?;
         // The server goes away with the GPADL still mapped; the mapping
         // object keeps the memory reachable until it is dropped.
@@ -568,7 +572,7 @@ mod tests {
         let closed = Arc::new(AtomicBool::new(false), GFP_KERNEL)?;
         let c2 = closed.clone();
         crate::sys::wq().try_spawn(GFP_KERNEL, move || {
-            srv.disable();
+            let _ = srv.disable();
             c2.store(true, Ordering::Relaxed);
         })?;
         assert!(wait_for(2000, || closed.load(Ordering::Relaxed)));
@@ -576,7 +580,7 @@ mod tests {
         m.read(0, &mut x)?;
         assert_eq!(x, [7; 4]);
         drop(m);
-        assert!(p.client.delete_gpadl(g).is_some());
+        assert!(matches!(p.client.delete_gpadl(g), Ok(Some(_))));
         Ok(())
     }
 
@@ -586,10 +590,10 @@ mod tests {
         p.server.pause()?;
         let ctx = p.server.save_begin()?;
         // The client goes away in the middle of the save.
-        p.client.disable();
+        p.client.disable()?;
         assert!(wait_for(2000, || p.server.state() == State::Enabled));
         p.server.save_end(ctx);
-        p.server.disable();
+        p.server.disable()?;
         assert_eq!(p.server.state(), State::Disabled);
         Ok(())
     }
@@ -727,7 +731,7 @@ mod tests {
         assert_eq!(read_external(&held, &mut buf), (Ok(5000), Ok(()), 5000));
         // The sender goes away: its packet finishes and the routine frees
         // the pages. The receiver still holds its packet.
-        p.client.disable();
+        p.client.disable()?;
         assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == 1));
         buf.fill(0);
         let (copied, chunks, seen) = read_external(&held, &mut buf);
@@ -751,14 +755,16 @@ mod tests {
         let held = p.srec.take_held().ok_or(EINVAL)?;
         let mut seen = 0usize;
         let mut calls = 0u32;
+        let mut disabled = Ok(());
         let r = held.external_data().ok_or(EINVAL)?.for_each_chunk(|b| {
             if calls == 0 {
                 // The sender is disabled between two pieces of the read.
-                p.client.disable();
+                disabled = p.client.disable();
             }
             calls += 1;
             seen += b.len();
         });
+        assert_eq!(disabled, Ok(()));
         assert_eq!(r, Err(EACCES));
         assert!(seen > 0 && seen < 5000);
         assert_eq!(done.count.load(Ordering::Relaxed), 1);

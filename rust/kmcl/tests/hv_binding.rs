@@ -521,7 +521,7 @@ mod tests {
         // Two requestor slots per transaction slot of the channel.
         assert!(rqstor >= 2 * crate::channel::DEFAULT_PACKET_POOL);
         assert!(direct);
-        h.disable();
+        h.disable()?;
         assert!(!dev.is_open());
         // The channel goes back with hv_vmbus's settings for the next driver.
         assert_eq!(dev.open_params(), (0, 0, 0, false));
@@ -553,7 +553,7 @@ mod tests {
         let wire = packet::parse(&p, &LIMITS).map_err(|_| EIO)?.desc.trans_id;
         host.send(&completion_bytes(wire, b"ok"))?;
         assert!(wait_for(2000, || done.ok.load(Ordering::Relaxed) == 1));
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -573,7 +573,7 @@ mod tests {
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;
         assert_eq!(rec.count(Ev::Opened), 1);
         assert!(dev.is_open() && !other.is_open());
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         bus.remove(&o);
         Ok(())
@@ -589,7 +589,7 @@ mod tests {
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;
         assert!(two.is_open() && !one.is_open());
         assert_eq!(h.interface_ids(), (TYPE_A, Some(INST_2)));
-        h.disable();
+        h.disable()?;
         bus.remove(&d1);
         bus.remove(&d2);
         Ok(())
@@ -614,7 +614,7 @@ mod tests {
         bus.resume(&d);
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;
         assert_eq!(rec.count(Ev::PnpFailure), 1);
-        h.disable();
+        h.disable()?;
         assert_eq!(h.state(), State::Disabled);
         bus.remove(&d);
         Ok(())
@@ -629,7 +629,7 @@ mod tests {
         h.enable()?;
         // The open is under way (the callback is set first).
         assert!(wait_for(2000, || dev.has_callback()));
-        h.disable();
+        h.disable()?;
         assert_eq!(h.state(), State::Disabled);
         assert_eq!(rec.count(Ev::PnpFailure), 0);
         assert_eq!(rec.count(Ev::Opened), 0);
@@ -638,7 +638,7 @@ mod tests {
         // The device is free for the next Enable.
         h.enable()?;
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -672,11 +672,11 @@ mod tests {
         harness::settle(20);
         // One device, one user.
         assert_eq!(second.state(), State::Enabled);
-        h.disable();
+        h.disable()?;
         second.wait_for_state(State::Started, Delta::from_millis(2000))?;
         assert_eq!(rec2.count(Ev::Opened), 1);
         assert!(dev.is_open());
-        second.disable();
+        second.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -728,7 +728,7 @@ mod tests {
         let mut host = dev.host()?;
         host.send(&inband(7, 0, b"after resume")?)?;
         assert!(wait_for(2000, || rec.received.load(Ordering::Relaxed) == 1));
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -748,7 +748,7 @@ mod tests {
             bus.resume(&d);
             h.wait_for_state(State::Started, Delta::from_millis(2000))?;
         }
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -832,7 +832,7 @@ mod tests {
             done.resp_head.load(Ordering::Relaxed),
             u64::from_le_bytes(*b"mine\0\0\0\0")
         );
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -842,17 +842,19 @@ mod tests {
         let bus = bus()?;
         let (h, _rec, _dev, d) = opened(&bus)?;
         let _e = Errors::none(false);
-        let g = h.create_gpadl_from_buffer(pages_buffer(2)?, 0)?;
+        let g = h.create_gpadl_from_buffer(pages_buffer(2)?, crate::channel::GpadlFlags::NONE)?;
         assert_ne!(g.id(), 0);
-        let mem = h.delete_gpadl(g);
+        let mem = h.delete_gpadl(g).map_err(|(e, _)| e)?;
         assert!(
             matches!(mem, Some(crate::channel::gpadl::GpadlMemory::Buffer(ref b)) if b.len() == 8192)
         );
         // Linux shares whole pages only.
         let mut odd = KVVec::with_capacity(100, GFP_KERNEL)?;
         odd.resize(100, 0, GFP_KERNEL)?;
-        assert!(matches!(h.create_gpadl_from_buffer(odd, 0), Err(e) if e == EINVAL));
-        h.disable();
+        assert!(
+            matches!(h.create_gpadl_from_buffer(odd, crate::channel::GpadlFlags::NONE), Err(e) if e == EINVAL)
+        );
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -862,13 +864,15 @@ mod tests {
         let bus = bus()?;
         let (h, _rec, _dev, d) = opened(&bus)?;
         let _e = Errors::none(true);
-        let g = h.create_gpadl_from_buffer(pages_buffer(1)?, 0)?;
+        let g = h.create_gpadl_from_buffer(pages_buffer(1)?, crate::channel::GpadlFlags::NONE)?;
         // Re-encryption failed: the memory is neither freed nor returned.
-        assert!(h.delete_gpadl(g).is_none());
+        assert!(matches!(h.delete_gpadl(g), Ok(None)));
         // A failed establish that left the pages shared keeps them too.
         let _e = Errors::set(EIO, Some(EIO), true);
-        assert!(matches!(h.create_gpadl_from_buffer(pages_buffer(1)?, 0), Err(e) if e == EIO));
-        h.disable();
+        assert!(
+            matches!(h.create_gpadl_from_buffer(pages_buffer(1)?, crate::channel::GpadlFlags::NONE), Err(e) if e == EIO)
+        );
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -878,11 +882,13 @@ mod tests {
         let bus = bus()?;
         let (h, _rec, _dev, d) = opened(&bus)?;
         let _e = Errors::none(false);
-        let g = h.create_gpadl_from_buffer(pages_buffer(1)?, 0)?;
-        h.disable();
+        let g = h.create_gpadl_from_buffer(pages_buffer(1)?, crate::channel::GpadlFlags::NONE)?;
+        h.disable()?;
         // kmcl tore it down before the close; the memory comes back.
-        assert!(h.delete_gpadl(g).is_some());
-        assert!(matches!(h.create_gpadl_from_buffer(pages_buffer(1)?, 0), Err(e) if e == ENODEV));
+        assert!(matches!(h.delete_gpadl(g), Ok(Some(_))));
+        assert!(
+            matches!(h.create_gpadl_from_buffer(pages_buffer(1)?, crate::channel::GpadlFlags::NONE), Err(e) if e == ENODEV)
+        );
         bus.remove(&d);
         Ok(())
     }
@@ -897,13 +903,13 @@ mod tests {
         h.enable()?;
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;
         assert!(matches!(h.mmio_space(), Err(e) if e == ENXIO));
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         // An offer without MMIO has none to give.
         let (h, _rec, _dev, d) = opened(&bus)?;
         assert!(matches!(h.mmio_space(), Err(e) if e == ENOENT));
         assert!(h.set_interrupt_latency(100).is_ok());
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -913,17 +919,17 @@ mod tests {
         let bus = bus()?;
         let (dev, d) = offer(&bus, TYPE_A, INST_1, 0)?;
         let (mut h, _rec) = client(&bus, TYPE_A, None)?;
-        h.init_set_flags(crate::channel::CHANNEL_FLAG_IS_PIPE)?;
+        h.init_set_flags(crate::channel::ChannelFlags::IS_PIPE)?;
         assert!(matches!(h.enable(), Err(e) if e == EOPNOTSUPP));
         assert_eq!(h.state(), State::Disabled);
         assert!(!bus.is_targeted(&TYPE_A));
         assert!(!dev.is_open());
         // Without the flag the same client opens.
-        h.init_set_flags(0)?;
+        h.init_set_flags(crate::channel::ChannelFlags::NONE)?;
         h.enable()?;
         assert!(bus.is_targeted(&TYPE_A));
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;
-        h.disable();
+        h.disable()?;
         assert!(!bus.is_targeted(&TYPE_A));
         bus.remove(&d);
         Ok(())
@@ -939,7 +945,7 @@ mod tests {
         h.enable()?;
         harness::settle(20);
         assert_eq!(h.state(), State::Enabled);
-        h.disable();
+        h.disable()?;
         Ok(())
     }
 }

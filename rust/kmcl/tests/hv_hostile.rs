@@ -61,7 +61,7 @@ fn expect_refused(bytes: &[u8]) -> Result<bool> {
     let ok = wait_for(2000, || {
         h.rx.lock().failed && h.stats.malformed_packets.load(Ordering::Relaxed) == 1
     }) && rec.received.load(Ordering::Relaxed) == 0;
-    h.disable();
+    h.disable()?;
     bus.remove(&d);
     Ok(ok && !dev.is_open())
 }
@@ -75,7 +75,7 @@ fn expect_index_refused(value: u32) -> Result<bool> {
     // Outside the test function a failed assertion would panic the kernel:
     // report it as a refusal that did not happen instead.
     if !wait_for(2000, || rec.received.load(Ordering::Relaxed) == 1) {
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         return Ok(false);
     }
@@ -84,7 +84,7 @@ fn expect_index_refused(value: u32) -> Result<bool> {
     let ok = wait_for(2000, || {
         h.rx.lock().failed && h.stats.malformed_packets.load(Ordering::Relaxed) == 1
     }) && rec.received.load(Ordering::Relaxed) == 1;
-    h.disable();
+    h.disable()?;
     bus.remove(&d);
     Ok(ok)
 }
@@ -177,7 +177,7 @@ mod tests {
         settle(50);
         assert_eq!(rec.received.load(Ordering::Relaxed), 1);
         assert!(!h.rx.lock().failed);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -203,7 +203,7 @@ mod tests {
             .load(Ordering::Relaxed)
             == 3));
         assert_eq!(done.count.load(Ordering::Relaxed), 1);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -319,7 +319,7 @@ mod tests {
         assert_eq!(rec.received.load(Ordering::Relaxed), N as u32);
         assert_eq!(h.stats.malformed_packets.load(Ordering::Relaxed), 0);
         assert_eq!(h.stats.rejected_completions.load(Ordering::Relaxed), 0);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -339,7 +339,7 @@ mod tests {
         h.start()?;
         assert!(wait_for(2000, || rec.received.load(Ordering::Relaxed) == 1));
         assert_eq!(rec.count(Ev::Started), 2);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -366,7 +366,7 @@ mod tests {
             rec.release_held();
         }
         assert_eq!(rec.heads().as_slice(), &[0, 1, 2, 3, 4, 5]);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -386,7 +386,7 @@ mod tests {
             packet::parse(&p, &LIMITS).map_err(|_| EIO)?.kind,
             Kind::Completion
         );
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -406,7 +406,7 @@ mod tests {
         let pk = packet::parse(&p, &LIMITS).map_err(|_| EIO)?;
         assert_eq!((pk.kind, pk.desc.trans_id), (Kind::Completion, 9));
         assert_eq!(pk.payload, b"defer me");
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -427,7 +427,7 @@ mod tests {
         // time to arrive).
         let mut buf = [0u8; 64];
         assert!(matches!(host.reader.read(&mut buf), Ok(None)));
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -476,7 +476,7 @@ mod tests {
         // ProcessingComplete follows deliveries over hv too.
         host.send(&inband(1, 0, b"batch")?)?;
         assert!(wait_for(2000, || rec.batches().iter().sum::<u32>() == 1));
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -492,7 +492,7 @@ mod tests {
         let pk = packet::parse(&p, &LIMITS).map_err(|_| EIO)?;
         assert_eq!((pk.kind, pk.desc.trans_id), (Kind::InBand, 12));
         assert_eq!(pk.payload, b"reply to me\0\0\0\0\0");
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }

@@ -633,7 +633,7 @@ mod tests {
         let heads = rec.heads();
         assert_eq!(&heads[..], &[1, 2, 3]);
         assert_eq!(rec.in_softirq.load(Ordering::Relaxed), 3);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -677,7 +677,7 @@ mod tests {
             }
         }
         assert!(hits > 0);
-        h.disable();
+        h.disable()?;
         Ok(())
     }
 
@@ -696,7 +696,7 @@ mod tests {
         assert!(pk.completion_requested());
         // The requestor's id, not kmcl's generation-tagged one.
         assert_eq!(pk.desc.trans_id, 1);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -714,7 +714,7 @@ mod tests {
             done.resp_head.load(Ordering::Relaxed),
             u64::from_le_bytes(*b"answer!!")
         );
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -742,7 +742,7 @@ mod tests {
             .load(Ordering::Relaxed)
             == 4));
         assert_eq!(done.count.load(Ordering::Relaxed), 1);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -762,7 +762,7 @@ mod tests {
         assert_eq!(pk.kind, Kind::Completion);
         assert_eq!(pk.desc.trans_id, 0x99);
         assert_eq!(pk.payload, b"echo me!");
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -805,7 +805,7 @@ mod tests {
         }
         assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == sent as u32));
         assert!(done.order.1.load(Ordering::Relaxed));
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -820,7 +820,7 @@ mod tests {
         assert!(wait_for(2000, || ch.rx.lock().failed));
         assert_eq!(rec.received.load(Ordering::Relaxed), 0);
         assert_eq!(ch.stats.malformed_packets.load(Ordering::Relaxed), 1);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -858,7 +858,7 @@ mod tests {
         host.send(&ch, &completion_bytes(wire, b"synced!!"))?;
         assert!(wait_for(3000, || result.load(Ordering::Relaxed) != i32::MIN));
         assert_eq!(result.load(Ordering::Relaxed), 8);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -874,7 +874,7 @@ mod tests {
                 &done,
             )?;
         }
-        ch.disable();
+        ch.disable()?;
         assert_eq!(done.count.load(Ordering::Relaxed), 2);
         assert_eq!(done.cancelled.load(Ordering::Relaxed), 2);
         assert_eq!(rec.count(Ev::Closed), 1);
@@ -906,7 +906,7 @@ mod tests {
         assert_eq!((r.pfn(0), r.pfn(1)), (Some(0x1234), Some(0x1235)));
         host.send(&ch, &completion_bytes(pk.desc.trans_id, b""))?;
         assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == 1));
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -926,7 +926,7 @@ mod tests {
         let p = host.next()?;
         let pk = packet::parse(&p, &LIMITS).map_err(|_| EIO)?;
         assert!(harness::padded_eq(pk.payload, &data));
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 }

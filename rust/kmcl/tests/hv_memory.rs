@@ -186,7 +186,7 @@ mod tests {
             // One block for both rings, a power of two pages, none unused.
             assert_eq!(ring_block(&dev), (2 * per_ring, per_ring));
             assert_eq!(dev.open_params().0, (per_ring - 1) * 4096);
-            h.disable();
+            h.disable()?;
             // vmbus_free_ring() gave the block back.
             assert_eq!(ring_block(&dev), (0, 0));
         }
@@ -207,7 +207,7 @@ mod tests {
         assert_eq!(h.state(), State::Enabled);
         assert!(!dev.is_open() && !dev.has_callback());
         assert_eq!(ring_block(&dev), (0, 0));
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -228,13 +228,13 @@ mod tests {
         assert!(!dev.is_open() && !dev.has_callback());
         assert_eq!(ring_block(&dev), (0, 0));
         // Disabled and enabled again, it opens the device.
-        h.disable();
+        h.disable()?;
         assert_eq!(h.state(), State::Disabled);
         h.enable()?;
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;
         assert_eq!(ring_block(&dev), (8, 4));
         assert_eq!(log.count(), 1);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -246,8 +246,10 @@ mod tests {
         let _e = Errors::none(false);
         let alive = buffers_alive();
         let (n, _) = decrypted_gpadls();
-        assert!(matches!(h.create_gpadl_shared(0, 0), Err(e) if e == EINVAL));
-        let mut g = h.create_gpadl_shared(10000, 0)?;
+        assert!(
+            matches!(h.create_gpadl_shared(0, crate::channel::GpadlFlags::NONE), Err(e) if e == EINVAL)
+        );
+        let mut g = h.create_gpadl_shared(10000, crate::channel::GpadlFlags::NONE)?;
         assert_ne!(g.id(), 0);
         assert_eq!(buffers_alive(), alive + 1);
         // Whole pages, shared as a buffer the caller decrypted.
@@ -260,7 +262,7 @@ mod tests {
             }
             _ => return Err(EINVAL),
         }
-        let mem = h.delete_gpadl(g);
+        let mem = h.delete_gpadl(g).map_err(|(e, _)| e)?;
         match mem {
             Some(GpadlMemory::Shared(ref b)) => assert_eq!(&b[4096..4101], b"guest"),
             _ => return Err(EINVAL),
@@ -269,7 +271,7 @@ mod tests {
         assert_eq!(buffers_alive(), alive + 1);
         drop(mem);
         assert_eq!(buffers_alive(), alive);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -283,15 +285,17 @@ mod tests {
         let (n, _) = decrypted_gpadls();
         {
             let _f = Faults::allocs(0, 1);
-            assert!(matches!(h.create_gpadl_shared(4096, 0), Err(e) if e == ENOMEM));
+            assert!(
+                matches!(h.create_gpadl_shared(4096, crate::channel::GpadlFlags::NONE), Err(e) if e == ENOMEM)
+            );
             assert_eq!(decrypted_gpadls().0, n);
             assert_eq!(buffers_alive(), alive);
             // One failure only: the next allocation succeeds.
-            let g = h.create_gpadl_shared(4096, 0)?;
+            let g = h.create_gpadl_shared(4096, crate::channel::GpadlFlags::NONE)?;
             drop(h.delete_gpadl(g));
         }
         assert_eq!(buffers_alive(), alive);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -303,10 +307,12 @@ mod tests {
         let alive = buffers_alive();
         {
             let _e = Errors::set(EIO, Some(EIO), false);
-            assert!(matches!(h.create_gpadl_shared(2 * 4096, 0), Err(e) if e == EIO));
+            assert!(
+                matches!(h.create_gpadl_shared(2 * 4096, crate::channel::GpadlFlags::NONE), Err(e) if e == EIO)
+            );
         }
         assert_eq!(buffers_alive(), alive);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -317,17 +323,17 @@ mod tests {
         let (h, _rec, _dev, d) = opened(&bus)?;
         let _e = Errors::none(false);
         let alive = buffers_alive();
-        let shared = h.create_gpadl_shared(4096, 0)?;
-        let own = h.create_gpadl_from_buffer(pages_buffer(1)?, 0)?;
+        let shared = h.create_gpadl_shared(4096, crate::channel::GpadlFlags::NONE)?;
+        let own = h.create_gpadl_from_buffer(pages_buffer(1)?, crate::channel::GpadlFlags::NONE)?;
         {
             let _f = Faults::teardown(EIO);
             // The host may still map them: neither returned nor freed.
-            assert!(h.delete_gpadl(shared).is_none());
-            assert!(h.delete_gpadl(own).is_none());
+            assert!(matches!(h.delete_gpadl(shared), Ok(None)));
+            assert!(matches!(h.delete_gpadl(own), Ok(None)));
         }
         // Kept for good (kmemleak is told).
         assert_eq!(buffers_alive(), alive + 1);
-        h.disable();
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -338,14 +344,16 @@ mod tests {
         let (h, _rec, _dev, d) = opened(&bus)?;
         let _e = Errors::none(false);
         let alive = buffers_alive();
-        let g = h.create_gpadl_shared(4096, 0)?;
-        h.disable();
-        let mem = h.delete_gpadl(g);
+        let g = h.create_gpadl_shared(4096, crate::channel::GpadlFlags::NONE)?;
+        h.disable()?;
+        let mem = h.delete_gpadl(g).map_err(|(e, _)| e)?;
         assert!(matches!(mem, Some(GpadlMemory::Shared(ref b)) if b.len() == 4096));
         drop(mem);
         assert_eq!(buffers_alive(), alive);
         // No channel, no allocation.
-        assert!(matches!(h.create_gpadl_shared(4096, 0), Err(e) if e == ENODEV));
+        assert!(
+            matches!(h.create_gpadl_shared(4096, crate::channel::GpadlFlags::NONE), Err(e) if e == ENODEV)
+        );
         assert_eq!(buffers_alive(), alive);
         bus.remove(&d);
         Ok(())
@@ -355,7 +363,9 @@ mod tests {
     fn shared_gpadl_on_loopback_is_a_zeroed_buffer_the_server_maps() -> Result {
         let p = Pair::connected()?;
         let alive = buffers_alive();
-        let g = p.client.create_gpadl_shared(5000, 0)?;
+        let g = p
+            .client
+            .create_gpadl_shared(5000, crate::channel::GpadlFlags::NONE)?;
         // Not a buffer of hv_vmbus.
         assert_eq!(buffers_alive(), alive);
         let m = p.server.map_gpadl(g.id())?;
@@ -366,7 +376,7 @@ mod tests {
         m.write(10, b"srv")?;
         drop(m);
         match p.client.delete_gpadl(g) {
-            Some(GpadlMemory::Buffer(b)) => assert_eq!(&b[10..13], b"srv"),
+            Ok(Some(GpadlMemory::Buffer(b))) => assert_eq!(&b[10..13], b"srv"),
             _ => return Err(EINVAL),
         }
         Ok(())

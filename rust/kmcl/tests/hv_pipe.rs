@@ -31,10 +31,10 @@ use super::{
 use crate::{
     channel::{
         Channel,
+        ChannelFlags,
         ChannelHandle,
         Endpoint,
-        State,
-        CHANNEL_FLAG_IS_PIPE, //
+        State, //
     },
     wire::pipe,
 };
@@ -47,7 +47,7 @@ fn hv_client(pipe: bool) -> Result<(ChannelHandle, Arc<Recorder>, HostSide)> {
     h.init_set_state_change_callbacks(rec.clone())?;
     h.init_set_packet_pool_size(RQSTOR * 4)?;
     if pipe {
-        h.init_set_flags(CHANNEL_FLAG_IS_PIPE)?;
+        h.init_set_flags(ChannelFlags::IS_PIPE)?;
     }
     let host = TestChannel::new()?.open(&h)?;
     Ok((h, rec, host))
@@ -70,7 +70,7 @@ mod tests {
         assert_eq!(&rec.last_payload()[..], b"123456789");
         assert_eq!(rec.heads()[0], u64::from_le_bytes(*b"hello\0\0\0"));
         assert_eq!(ch.counters().malformed_packets, 0);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -80,7 +80,7 @@ mod tests {
         host.send(&ch, &inband(0, 0, &piped(pipe::TYPE_DATA, 4096, b"abc")?)?)?;
         assert!(wait_for(2000, || ch.counters().malformed_packets == 1));
         assert_eq!(rec.received.load(Ordering::Relaxed), 0);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -90,7 +90,7 @@ mod tests {
         host.send(&ch, &inband(0, 0, &piped(0, 3, b"abc")?)?)?;
         assert!(wait_for(2000, || ch.counters().malformed_packets == 1));
         assert_eq!(rec.received.load(Ordering::Relaxed), 0);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -100,7 +100,7 @@ mod tests {
         host.send(&ch, &inband(0, 0, b"")?)?;
         assert!(wait_for(2000, || ch.counters().malformed_packets == 1));
         assert_eq!(rec.received.load(Ordering::Relaxed), 0);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 
@@ -111,7 +111,7 @@ mod tests {
         host.send(&ch, &inband(0, 0, &raw)?)?;
         assert!(wait_for(2000, || rec.received.load(Ordering::Relaxed) == 1));
         assert_eq!(&rec.last_payload()[..], &raw[..]);
-        ch.disable();
+        ch.disable()?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 mod harness;
 
 mod channel;
+mod contexts;
 mod contract;
 mod gpadl;
 mod guid;

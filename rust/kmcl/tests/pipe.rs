@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Pipe mode over loopback: `CHANNEL_FLAG_IS_PIPE` clients and
+//! Pipe mode over loopback: `ChannelFlags::IS_PIPE` clients and
 //! `OFFER_AS_PIPE` servers, the pipe header on the wire, message mode, and
 //! a peer's bad headers.
 
@@ -18,11 +18,11 @@ use super::harness::{
 use crate::{
     channel::{
         pipe::pipe_mode,
-        server_flags,
         Channel,
+        ChannelFlags,
         Endpoint,
-        State,
-        CHANNEL_FLAG_IS_PIPE, //
+        ServerFlags,
+        State, //
     },
     wire::pipe,
 };
@@ -31,9 +31,9 @@ use crate::{
 /// the server by its offer flag.
 pub(super) fn as_pipe(ch: &Channel) -> Result {
     match ch.endpoint() {
-        Endpoint::Client => ch.init_set_flags(CHANNEL_FLAG_IS_PIPE),
+        Endpoint::Client => ch.init_set_flags(ChannelFlags::IS_PIPE),
         Endpoint::Server => {
-            ch.init_set_server_flags(server_flags::LOOPBACK_OFFER | server_flags::OFFER_AS_PIPE)
+            ch.init_set_server_flags(ServerFlags::LOOPBACK_OFFER | ServerFlags::OFFER_AS_PIPE)
         }
     }
 }

@@ -253,7 +253,7 @@ mod tests {
     fn send_fails_unless_open() -> Result {
         let p = Pair::connected()?;
         let pkt = p.client.packet_allocate()?;
-        p.client.disable();
+        p.client.disable()?;
         let e = match pkt.send(b"late", SendFlags::NONE) {
             Err(e) => e,
             Ok(()) => return Err(EINVAL),

@@ -212,7 +212,7 @@ mod tests {
         let state = save_in_chunks(&p.server, 64)?;
         // Two calls per packet: size query, then save.
         assert_eq!(&saver.calls.lock()[..], &[0, 8, 0, 8, 0, 8]);
-        p.server.disable();
+        p.server.disable()?;
         // The old instance's packet objects finished, once each.
         assert_eq!(done_old.cancelled.load(Ordering::Relaxed), 3);
         assert_eq!(done_old.count.load(Ordering::Relaxed), 3);
@@ -238,8 +238,8 @@ mod tests {
         // And traffic flows to the new instance.
         harness::send(&p.client, b"to s2", false)?;
         assert!(wait_for(2000, || rec.received.load(Ordering::Relaxed) == 1));
-        p.client.disable();
-        s2.disable();
+        p.client.disable()?;
+        s2.disable()?;
         Ok(())
     }
 

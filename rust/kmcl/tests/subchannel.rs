@@ -523,7 +523,7 @@ mod tests {
         let taker = Taker::new(&log, 4)?;
         let p = pair(&log, &taker)?;
         let subs = offer_n(&p, 2)?;
-        p.client.disable();
+        p.client.disable()?;
         assert!(subs_closed_first(&log, &[1, 2]));
         for i in 1..=2u16 {
             let (sub, rec) = taker.sub(i).ok_or(ENOENT)?;
@@ -556,7 +556,7 @@ mod tests {
         let p = pair(&log, &taker)?;
         let subs = offer_n(&p, 2)?;
         // The server withdraws sub-channel 1 first.
-        subs[0].0.disable();
+        subs[0].0.disable()?;
         let (sub1, rec1) = taker.sub(1).ok_or(ENOENT)?;
         assert!(wait_for(2000, || sub1.state() == State::Disabled));
         assert_eq!(rec1.count(Ev::Closed), 1);
@@ -572,7 +572,7 @@ mod tests {
         assert!(wait_for(2000, || rec2.held() == 1));
         // Then the primary goes: the remaining sub-channel closes first,
         // and the primary's teardown waits for it.
-        p.server.disable();
+        p.server.disable()?;
         harness::settle(50);
         assert_eq!(log.position(0, Ev::Suspend), None);
         rec2.mode.store(mode::EMPTY, Ordering::Relaxed);
@@ -623,7 +623,7 @@ mod tests {
         assert_eq!(h.state(), State::Enabled);
         taker.hold_disabled.store(0, Ordering::Relaxed);
         // The client closes: the server primary is no longer open.
-        p.client.disable();
+        p.client.disable()?;
         assert!(wait_for(2000, || p.server.state() == State::Enabled));
         let (mut h2, _rec2) = server_sub(&p)?;
         assert!(matches!(p.server.offer_subchannel(&mut h2), Err(e) if e == EINVAL));
@@ -713,11 +713,11 @@ mod tests {
         assert_eq!(h.counters().packets_received, 0);
         // A sub-channel closes on its own.
         let (sub1, _) = taker.sub(1).ok_or(ENOENT)?;
-        sub1.disable();
+        sub1.disable()?;
         assert!(!sc1.is_open());
         assert!(!sc1.has_callback());
         assert!(sc2.is_open());
-        h.disable();
+        h.disable()?;
         assert!(!sc2.is_open());
         bus.remove(&d);
         drop(h);
@@ -801,7 +801,7 @@ mod tests {
         log.reserve()?;
         let taker = Taker::new(&log, RING_PAGES)?;
         let (h, _rec, dev, d) = hv_primary(&bus, &log, &taker)?;
-        h.disable();
+        h.disable()?;
         // The sc-create callback went with the close.
         let sc = TestSub::new(&dev, 1)?;
         assert!(matches!(sc.offer(), Err(e) if e == ENOENT));
@@ -814,7 +814,7 @@ mod tests {
         sc.offer()?;
         assert!(!sc.is_open());
         // A handle kept past the callback has no offer to open.
-        h2.disable();
+        h2.disable()?;
         taker.hold_disabled.store(1, Ordering::Relaxed);
         let (mut h3, _rec3) = hv_binding::client(&bus, TYPE_A, None)?;
         h3.init_set_subchannel_callback(taker.clone())?;
@@ -824,7 +824,7 @@ mod tests {
         let (late, _) = taker.sub(1).ok_or(ENOENT)?;
         assert!(matches!(late.enable(), Err(e) if e == ENODEV));
         assert!(!sc.is_open());
-        h3.disable();
+        h3.disable()?;
         bus.remove(&d);
         drop(h);
         drop(h2);
@@ -867,7 +867,7 @@ mod tests {
         }
         assert!(in_order(&rec, 1, N));
         assert_eq!(rec.late_calls.load(Ordering::Relaxed), 0);
-        h.disable();
+        h.disable()?;
         assert!(!sc.is_open());
         bus.remove(&d);
         drop(h);

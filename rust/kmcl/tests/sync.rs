@@ -177,7 +177,7 @@ mod tests {
         settle(10);
         // returned before teardown.
         assert_eq!(result.load(Ordering::Relaxed), 1);
-        p.client.disable();
+        p.client.disable()?;
         assert!(wait_for(3000, || result.load(Ordering::Relaxed) != 1));
         assert_eq!(result.load(Ordering::Relaxed), ENODEV.to_errno());
         Ok(())
@@ -191,7 +191,7 @@ mod tests {
         assert!(wait_for(2000, || p.srec.received.load(Ordering::Relaxed) == 1));
         settle(10);
         assert_eq!(result.load(Ordering::Relaxed), 1);
-        p.server.disable();
+        p.server.disable()?;
         assert!(wait_for(3000, || result.load(Ordering::Relaxed) != 1));
         assert_eq!(result.load(Ordering::Relaxed), ENODEV.to_errno());
         Ok(())

@@ -137,7 +137,7 @@ mod tests {
             held_request(&p, &done)?;
         }
         p.srec.mode.store(mode::FAIL, Ordering::Relaxed);
-        p.client.disable();
+        p.client.disable()?;
         assert_eq!(done.count.load(Ordering::Relaxed), 3);
         assert_eq!(done.cancelled.load(Ordering::Relaxed), 3);
         // Late completions after the close reach nothing.
@@ -159,7 +159,7 @@ mod tests {
         while let Some(pkt) = p.srec.take_held() {
             pkt.fail();
         }
-        p.server.disable();
+        p.server.disable()?;
         assert!(wait_for(2000, || done.count.load(Ordering::Relaxed) == 3));
         assert_eq!(done.removed.load(Ordering::Relaxed), 3);
         settle(20);

@@ -243,7 +243,7 @@ mod tests {
         let c = ctx.clone();
         drop(ctx);
         assert!(super::super::harness::wait_for(2000, || p.srec.held() == 3));
-        p.client.disable();
+        p.client.disable()?;
         assert_eq!(c.cancelled.load(Ordering::Relaxed), 3);
         assert_eq!(c.seen(), 3);
         drop(c);

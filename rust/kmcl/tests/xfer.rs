@@ -131,7 +131,9 @@ fn refused(chan: &Channel, rec: &Recorder) -> bool {
 fn registered_pair(len: usize) -> Result<(Pair, u32)> {
     let p = Pair::connected()?;
     p.crec.mode.store(mode::HOLD, Ordering::Relaxed);
-    let g = p.client.create_gpadl_from_buffer(pattern(len, 1)?, 0)?;
+    let g = p
+        .client
+        .create_gpadl_from_buffer(pattern(len, 1)?, crate::channel::GpadlFlags::NONE)?;
     let id = g.id();
     p.client
         .register_receive_buffer(PAGESET, g)
@@ -148,14 +150,14 @@ fn expect_refused(bytes: &[u8]) -> Result<bool> {
     // Were it delivered after all, it would hold the teardown.
     p.crec.release_held();
     // A stopped queue still tears down, the registered buffer with it.
-    p.client.disable();
+    p.client.disable()?;
     Ok(ok)
 }
 
 /// The GPADL handed back by an unregister, deleted; whether its memory
 /// came back.
 fn delete(chan: &ChannelHandle, g: Gpadl) -> bool {
-    matches!(chan.delete_gpadl(g), Some(GpadlMemory::Buffer(_)))
+    matches!(chan.delete_gpadl(g), Ok(Some(GpadlMemory::Buffer(_))))
 }
 
 /// The bus, client, recorder and device of [`hv_registered`].
@@ -176,7 +178,7 @@ fn hv_registered() -> Result<HvClient> {
     let mut buf = pages_buffer(2)?;
     let pat = pattern(8192, 3)?;
     buf.copy_from_slice(&pat);
-    let g = h.create_gpadl_from_buffer(buf, 0)?;
+    let g = h.create_gpadl_from_buffer(buf, crate::channel::GpadlFlags::NONE)?;
     h.register_receive_buffer(PAGESET, g).map_err(|(e, _)| e)?;
     Ok((bus, h, rec, dev, d))
 }
@@ -192,7 +194,7 @@ struct RegisterInOpened {
 impl crate::channel::callbacks::StateChange for RegisterInOpened {
     fn opened(&self, channel: &Channel) -> Result {
         let r = channel
-            .create_gpadl_from_buffer(pattern(4096, 5)?, 0)
+            .create_gpadl_from_buffer(pattern(4096, 5)?, crate::channel::GpadlFlags::NONE)
             .and_then(|g| {
                 channel
                     .register_receive_buffer(PAGESET, g)
@@ -422,7 +424,7 @@ mod tests {
             let r = chan.unregister_receive_buffer(PAGESET, Delta::from_millis(5000));
             let v = match r {
                 Ok(g) => {
-                    let ok = matches!(chan.delete_gpadl(g), Some(GpadlMemory::Buffer(_)));
+                    let ok = matches!(chan.delete_gpadl(g), Ok(Some(GpadlMemory::Buffer(_))));
                     if ok {
                         0
                     } else {
@@ -458,7 +460,9 @@ mod tests {
     #[test]
     fn registration_refuses_duplicates_and_servers_and_returns_the_gpadl() -> Result {
         let (p, _) = registered_pair(4096)?;
-        let g = p.client.create_gpadl_from_buffer(pattern(4096, 2)?, 0)?;
+        let g = p
+            .client
+            .create_gpadl_from_buffer(pattern(4096, 2)?, crate::channel::GpadlFlags::NONE)?;
         let g = match p.client.register_receive_buffer(PAGESET, g) {
             Err((e, g)) if e == EEXIST => g,
             _ => return Err(EINVAL),
@@ -576,7 +580,7 @@ mod tests {
         settle(30);
         assert_eq!(drv.registered.load(Ordering::Relaxed), 1);
         assert_eq!(client.rx.lock().xfer.len(), 0);
-        client.disable();
+        client.disable()?;
         // Opened registers and succeeds: the first packet finds the buffer.
         drv.fail.store(false, Ordering::Relaxed);
         drv.registered.store(0, Ordering::Relaxed);
@@ -589,8 +593,8 @@ mod tests {
         let pkt = crec.take_held().ok_or(EINVAL)?;
         assert!(range_is(&pkt, 0, &pattern(4096, 5)?[4088..])?);
         pkt.complete(&[])?;
-        client.disable();
-        server.disable();
+        client.disable()?;
+        server.disable()?;
         assert_eq!(client.counters().malformed_packets, 0);
         Ok(())
     }
@@ -611,7 +615,8 @@ mod tests {
         server.enable()?;
         client.enable()?;
         client.wait_for_state(crate::channel::State::Started, Delta::from_millis(2000))?;
-        let g = client.create_gpadl_from_buffer(pattern(4096, 1)?, 0)?;
+        let g =
+            client.create_gpadl_from_buffer(pattern(4096, 1)?, crate::channel::GpadlFlags::NONE)?;
         let id = g.id();
         client
             .register_receive_buffer(PAGESET, g)
@@ -624,7 +629,7 @@ mod tests {
         let done = kernel::sync::Arc::new(core::sync::atomic::AtomicBool::new(false), GFP_KERNEL)?;
         let done2 = done.clone();
         crate::sys::wq().try_spawn(GFP_KERNEL, move || {
-            chan.disable();
+            let _ = chan.disable();
             done2.store(true, Ordering::Relaxed);
         })?;
         let ok = wait_for(3000, || done.load(Ordering::Relaxed));
@@ -633,7 +638,7 @@ mod tests {
         assert!(wait_for(3000, || done.load(Ordering::Relaxed)));
         assert!(ok);
         assert_eq!(client.rx.lock().xfer.len(), 0);
-        server.disable();
+        server.disable()?;
         Ok(())
     }
 
@@ -645,7 +650,9 @@ mod tests {
         assert!(wait_for(2000, || p.crec.held() == 1));
         let pkt = p.crec.take_held().ok_or(EINVAL)?;
         let chan = p.client.arc();
-        crate::sys::wq().try_spawn(GFP_KERNEL, move || chan.disable())?;
+        crate::sys::wq().try_spawn(GFP_KERNEL, move || {
+            let _ = chan.disable();
+        })?;
         settle(30);
         // The teardown waits for the packet, which still reads its buffer.
         assert_eq!(p.client.state(), crate::channel::State::Closing);
@@ -693,8 +700,8 @@ mod hv_tests {
         );
         assert!(harness::padded_eq(pk.payload, b"ack"));
         let g = h.unregister_receive_buffer(PAGESET, NO_WAIT)?;
-        assert!(h.delete_gpadl(g).is_some());
-        h.disable();
+        assert!(matches!(h.delete_gpadl(g), Ok(Some(_))));
+        h.disable()?;
         bus.remove(&d);
         Ok(())
     }
@@ -708,7 +715,7 @@ mod hv_tests {
             host.send(&xfer_raw(7, PAGESET, ranges.len() as u32, ranges, b"")?)?;
             let ok = refused(&h, &rec);
             rec.release_held();
-            h.disable();
+            h.disable()?;
             bus.remove(&d);
             assert!(ok);
         }
@@ -729,7 +736,7 @@ mod hv_tests {
             host.send(bytes)?;
             let ok = refused(&h, &rec);
             rec.release_held();
-            h.disable();
+            h.disable()?;
             bus.remove(&d);
             assert!(ok);
         }

@@ -167,7 +167,7 @@ impl HvBus {
     /// Pipe channels (hv_sock's offers, opened with a pipe mode) are not
     /// supported: `EOPNOTSUPP`.
     pub(crate) fn add_client(&self, chan: &Channel) -> Result {
-        if chan.flags() & crate::channel::CHANNEL_FLAG_IS_PIPE != 0 {
+        if chan.flags().contains(crate::channel::ChannelFlags::IS_PIPE) {
             return Err(EOPNOTSUPP);
         }
         // A sub-channel opens the offer it was handed, binding nothing.

@@ -73,6 +73,8 @@ static DEFAULT_BUS: core::sync::atomic::AtomicPtr<LoopbackBus> =
 
 /// The loopback bus that kmcl provides to every module: a server in one
 /// module and a client in another meet on it.
+///
+/// Context: any context.
 pub fn default_bus() -> Result<Arc<LoopbackBus>> {
     let p = DEFAULT_BUS.load(Ordering::Acquire);
     if p.is_null() {
@@ -133,6 +135,8 @@ fn matches(server: &Channel, client: &Channel) -> bool {
 
 impl LoopbackBus {
     /// A new, empty bus.
+    ///
+    /// Context: process context only: it allocates with `GFP_KERNEL`.
     pub fn new() -> Result<Arc<LoopbackBus>> {
         Arc::pin_init(
             pin_init!(LoopbackBus {
@@ -147,6 +151,8 @@ impl LoopbackBus {
     }
 
     /// Number of offers on the bus.
+    ///
+    /// Context: process context only: it takes a mutex.
     pub fn offer_count(&self) -> usize {
         self.inner.lock().offers.len()
     }
