@@ -6,7 +6,10 @@
 
 use core::sync::atomic::Ordering;
 
-use kernel::prelude::*;
+use kernel::{
+    prelude::*,
+    time::Delta, //
+};
 
 use super::harness::{
     self,
@@ -17,6 +20,7 @@ use super::harness::{
 };
 use crate::{
     channel::{
+        outgoing::SendFlags,
         pipe::pipe_mode,
         Channel,
         ChannelFlags,
@@ -183,6 +187,24 @@ mod tests {
         assert_eq!(p.server.init_set_pipe_mode(7), Err(EINVAL));
         p.up()?;
         assert_eq!(p.client.init_set_pipe_mode(pipe_mode::MESSAGE), Err(EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn pipe_synchronous_request_carries_the_header_and_gets_its_completion() -> Result {
+        let p = pipe_pair()?;
+        let mut resp = [0u8; 16];
+        let n = p.client.send_synchronous_request(
+            b"quest",
+            SendFlags::WAIT_FOR_COMPLETION,
+            &mut resp,
+            Some(Delta::from_millis(2000)),
+        )?;
+        // The server's driver saw the five bytes; its completion, which has
+        // no pipe header, came back padded as on a plain channel.
+        assert_eq!(&p.srec.last_payload()[..], b"quest");
+        assert!(harness::padded_eq(&resp[..n], b"quest"));
+        assert_eq!(malformed(&p.client) + malformed(&p.server), 0);
         Ok(())
     }
 
