@@ -147,6 +147,14 @@ impl Channel {
         drop(self.control.lock());
     }
 
+    /// Holds the channel's lifecycle mutex: no lifecycle step and no pass
+    /// of the control work runs until the guard is dropped. For the suites,
+    /// to line events up for one pass.
+    #[cfg(CONFIG_KUNIT)]
+    pub(crate) fn hold_lifecycle(&self) -> impl Sized + '_ {
+        self.control.lock()
+    }
+
     /// Attaches an open connection and moves to Opened.
     pub(crate) fn attach(&self, att: Attachment) -> Result {
         self.attach_or_return(att).map_err(|(e, att)| {

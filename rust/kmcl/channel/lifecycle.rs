@@ -450,7 +450,18 @@ impl Channel {
             self.close_subchannels();
         }
         let _c = self.control.lock();
-        let ev = core::mem::take(&mut self.inner.lock().events);
+        let ev = {
+            let mut g = self.inner.lock();
+            let ev = core::mem::take(&mut g.events);
+            // A peer close raised for a connection that is gone already (an
+            // open rolled back after the device left, say) closes nothing.
+            // Kept, it would close the connection that CONNECT below opens.
+            if g.att.is_none() {
+                ev & !event::PEER_CLOSED
+            } else {
+                ev
+            }
+        };
         if ev & event::CONNECT != 0 {
             let bus = self.inner.lock().cfg.bus.clone();
             if let Some(bus) = bus {

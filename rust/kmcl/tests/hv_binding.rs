@@ -796,6 +796,32 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_peer_close_does_not_close_the_next_connection() -> Result {
+        // A peer close raised for a connection that is gone (a suspend
+        // during a failing open) can still be pending when a resume lets
+        // the client connect again, so that one pass of the control work
+        // sees both. The close must not take the new connection down.
+        let bus = bus()?;
+        let (mut h, _rec) = client(&bus, TYPE_A, None)?;
+        h.enable()?;
+        assert_eq!(h.state(), State::Enabled);
+        let (dev, d) = {
+            let hold = h.hold_lifecycle();
+            h.peer_closed();
+            let offered = offer(&bus, TYPE_A, INST_1, 0);
+            drop(hold);
+            offered?
+        };
+        h.wait_for_state(State::Started, Delta::from_millis(2000))?;
+        harness::settle(50);
+        assert_eq!(h.state(), State::Started);
+        assert!(dev.is_open());
+        bus.remove(&d);
+        assert_eq!(h.state(), State::Disabled);
+        Ok(())
+    }
+
+    #[test]
     fn late_completion_of_a_timed_out_request_never_completes_another() -> Result {
         let bus = bus()?;
         let (h, _rec, dev, d) = opened(&bus)?;
