@@ -68,6 +68,7 @@ mod receive;
 mod routines;
 mod rx;
 pub(crate) mod save;
+mod send;
 mod send_queue;
 mod status;
 pub(crate) mod subchannel;

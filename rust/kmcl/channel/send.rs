@@ -1,0 +1,328 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A packet's sends: the encoding into the packet's buffer, the send
+//! straight from the caller's bytes when the ring has room, the
+//! transaction slot of a send that waits for its completion
+//! (`transactions.rs`), the hand-over to the send queue (`send_queue.rs`),
+//! and the completion's call of the driver's routine or typed context.
+
+use core::sync::atomic::Ordering;
+
+use kernel::prelude::*;
+
+use super::{
+    outgoing::{
+        ExternalRange,
+        Mdl,
+        Packet,
+        SendError,
+        SendFlags, //
+    },
+    send_queue::Queued,
+    transactions::{
+        transaction_id,
+        TxOwner, //
+    },
+};
+use crate::{
+    sys,
+    transport::OutPacket,
+    wire::packet::{
+        self,
+        RangeSpec, //
+    },
+};
+
+impl Packet {
+    /// Sends `data` (`VmbPacketSend`). With
+    /// [`SendFlags::WAIT_FOR_COMPLETION`] the transaction ends when the
+    /// peer's completion arrives; without it, when the packet enters the
+    /// ring. A full ring queues the packet; it is sent in order when space
+    /// frees. Callable from any context.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
+    #[doc(alias = "VmbPacketSend")]
+    pub fn send(self, data: &[u8], flags: SendFlags) -> core::result::Result<(), SendError> {
+        self.send_encoded(data, &[], None, flags)
+    }
+
+    /// Sends `data` with external memory given as page frame numbers
+    /// (`VmbPacketSendWithExternalPfns`). Requires
+    /// [`SendFlags::WAIT_FOR_COMPLETION`].
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
+    #[doc(alias = "VmbPacketSendWithExternalPfns")]
+    pub fn send_with_external_pfns(
+        self,
+        data: &[u8],
+        ranges: &[ExternalRange<'_>],
+        flags: SendFlags,
+    ) -> core::result::Result<(), SendError> {
+        if ranges.is_empty() {
+            return Err(SendError {
+                error: EINVAL,
+                packet: self,
+            });
+        }
+        self.send_encoded(data, ranges, None, flags)
+    }
+
+    /// Sends `data` with the memory of `mdl` described to the peer
+    /// (`VmbPacketSendWithExternalMdl`). The packet owns `mdl` until the
+    /// completion routine takes it back with [`Packet::take_mdl`]. Requires
+    /// [`SendFlags::WAIT_FOR_COMPLETION`].
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
+    #[doc(alias = "VmbPacketSendWithExternalMdl")]
+    pub fn send_with_external_mdl(
+        self,
+        data: &[u8],
+        mdl: Mdl,
+        flags: SendFlags,
+    ) -> core::result::Result<(), SendError> {
+        self.send_encoded(data, &[], Some(mdl), flags)
+    }
+
+    fn send_encoded(
+        mut self,
+        data: &[u8],
+        ranges: &[RangeSpec<'_>],
+        mdl: Option<Mdl>,
+        flags: SendFlags,
+    ) -> core::result::Result<(), SendError> {
+        let mdl_range;
+        let ranges = match &mdl {
+            Some(m) => {
+                mdl_range = [m.range()];
+                &mdl_range[..]
+            }
+            None => ranges,
+        };
+        if ranges.is_empty() && mdl.is_none() && !flags.contains(SendFlags::WAIT_FOR_COMPLETION) {
+            // A one-way packet that goes back to its pool once written: no
+            // one can read its payload again, so it goes into the ring from
+            // `data` when the ring has room now.
+            let packet = match self.send_direct(data) {
+                Ok(()) => return Ok(()),
+                Err(packet) => packet,
+            };
+            self = packet;
+        }
+        let r = self.encode(data, ranges, flags);
+        // The packet owns the MDL from here on, whatever happens.
+        self.get_mut().mdl = mdl;
+        match r {
+            Ok(()) => self.submit_encoded(),
+            Err(error) => Err(SendError {
+                error,
+                packet: self,
+            }),
+        }
+    }
+
+    /// Encodes descriptor, ranges and payload into the packet's buffer.
+    fn encode(&mut self, data: &[u8], ranges: &[RangeSpec<'_>], flags: SendFlags) -> Result {
+        let wait = flags.contains(SendFlags::WAIT_FOR_COMPLETION);
+        if !ranges.is_empty() && !wait {
+            return Err(EINVAL);
+        }
+        // The channel's limits are checked at submission, under the lock
+        // that takes anyway; the buffer bounds what can be encoded.
+        let inner = self.get_mut();
+        let flag_bits = if wait {
+            packet::FLAG_COMPLETION_REQUESTED
+        } else {
+            0
+        };
+        // The transaction id is patched in when the send takes its slot.
+        let off = if ranges.is_empty() {
+            match packet::encode_simple(packet::TYPE_DATA_INBAND, flag_bits, 0, data.len()) {
+                Some(d) if inner.buf.len() >= d.len8 as usize * 8 => {
+                    inner.buf[..16].copy_from_slice(&d.encode());
+                    16
+                }
+                _ => return Err(EINVAL),
+            }
+        } else {
+            packet::encode_gpa_direct(&mut inner.buf, flag_bits, 0, ranges, data.len())
+                .ok_or(EINVAL)?
+        };
+        let total = off + packet::align8(data.len());
+        if total > inner.buf.len() {
+            return Err(EINVAL);
+        }
+        inner.buf[off..off + data.len()].copy_from_slice(data);
+        inner.buf[off + data.len()..total].fill(0);
+        inner.len = total;
+        inner.wait = wait;
+        inner.payload_len = data.len();
+        inner.range_count = ranges.len();
+        inner.offset = off;
+        inner.ty = if ranges.is_empty() {
+            packet::TYPE_DATA_INBAND
+        } else {
+            packet::TYPE_DATA_GPA_DIRECT
+        };
+        Ok(())
+    }
+
+    /// The last send by its parts, in the packet's buffer, as the transport
+    /// takes it. (The descriptor in the buffer serves [`Packet::wire_bytes`]
+    /// and saved states; the transport builds its own.)
+    pub(super) fn out(&self) -> OutPacket<'_> {
+        let i = self.get();
+        let (flags, trans_id) = if i.wait {
+            (packet::FLAG_COMPLETION_REQUESTED, i.trans_id)
+        } else {
+            (0, 0)
+        };
+        OutPacket {
+            ty: i.ty,
+            flags,
+            trans_id,
+            ranges: i.buf.get(packet::DESCRIPTOR_SIZE..i.offset).unwrap_or(&[]),
+            payload: i.buf.get(i.offset..i.offset + i.payload_len).unwrap_or(&[]),
+        }
+    }
+
+    /// Writes a one-way in-band packet into the ring straight from `data`,
+    /// without copying it into the packet, when nothing can read the
+    /// packet's payload afterwards (no routine, typed completion or MDL, a
+    /// pool packet, which goes back to its pool at once) and the ring takes
+    /// it now. Otherwise (the packet must queue, or the send fails) nothing
+    /// was sent and the packet is handed back for the encoded send, which
+    /// copies the payload and answers as it always does.
+    fn send_direct(mut self, data: &[u8]) -> core::result::Result<(), Packet> {
+        let inner = self.get_mut();
+        if !inner.recyclable() {
+            return Err(self);
+        }
+        match packet::encode_simple(packet::TYPE_DATA_INBAND, 0, 0, data.len()) {
+            Some(d) if inner.buf.len() >= d.len8 as usize * 8 => {}
+            _ => return Err(self),
+        }
+        // The packet's reference keeps the channel alive until the end of
+        // this send, once the packet is back in the pool.
+        let Some(chan) = inner.chan.take() else {
+            return Err(self);
+        };
+        let mut g = chan.tx.lock();
+        let out = OutPacket::simple(packet::TYPE_DATA_INBAND, 0, 0, data);
+        let signal = if g.gate.send.is_ok() && data.len() <= g.max_packet_size as usize {
+            chan.write_now(&mut g, &out).ok().flatten()
+        } else {
+            None
+        };
+        let Some(signal) = signal else {
+            drop(g);
+            self.get_mut().chan = Some(chan);
+            return Err(self);
+        };
+        chan.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+        if let Some(mut b) = self.into_box() {
+            // Nothing of an earlier send is left to read in the pool.
+            b.len = 0;
+            g.recycle(b);
+        }
+        drop(g);
+        if signal {
+            chan.signal_peer();
+        }
+        Ok(())
+    }
+
+    /// Takes a transaction slot if needed and hands the packet to the ring.
+    pub(super) fn submit_encoded(mut self) -> core::result::Result<(), SendError> {
+        let chan = self.channel().arc();
+        let wait = self.get().wait;
+        let mut g = chan.tx.lock();
+        let within = {
+            let i = self.get();
+            i.payload_len <= g.max_packet_size as usize && i.range_count <= g.max_ext_chain as usize
+        };
+        if let Err(e) = g.gate.send.and(if within { Ok(()) } else { Err(EINVAL) }) {
+            drop(g);
+            return Err(SendError {
+                error: e,
+                packet: self,
+            });
+        }
+        let item = if wait {
+            let Some(slot) = g.free_slots.pop() else {
+                drop(g);
+                return Err(SendError {
+                    error: EBUSY,
+                    packet: self,
+                });
+            };
+            let gen = g.slots[slot as usize].gen;
+            let id = transaction_id(slot, gen);
+            let inner = self.get_mut();
+            inner.trans_id = id;
+            inner.buf[8..16].copy_from_slice(&id.to_le_bytes());
+            if let Some(mdl) = inner.mdl.as_mut() {
+                // Before the packet can reach the ring: from here on the
+                // peer may read the pages (loopback).
+                mdl.lend(g.link.as_ref().and_then(|l| l.lending()), id);
+            }
+            let s = &mut g.slots[slot as usize];
+            s.since = sys::jiffies();
+            s.owner = Some(TxOwner::Packet(self));
+            Queued::Tx { slot, gen }
+        } else {
+            Queued::Oneway(self)
+        };
+        match chan.submit(&mut g, item) {
+            Ok(s) => {
+                chan.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+                // The routine runs after this send returns, never inside it;
+                // a packet without one goes back to its pool now.
+                let schedule = match s.written {
+                    Some(Queued::Oneway(p)) if p.get().recyclable() => {
+                        if let Some(b) = p.into_box() {
+                            g.recycle(b);
+                        }
+                        false
+                    }
+                    Some(Queued::Oneway(p)) => g.routines.push(p),
+                    _ => false,
+                };
+                drop(g);
+                if s.signal {
+                    chan.signal_peer();
+                }
+                if schedule {
+                    chan.schedule_routines();
+                }
+                Ok(())
+            }
+            Err((e, item)) => {
+                let p = match item {
+                    Queued::Oneway(p) => Some(p),
+                    Queued::Tx { slot, .. } => g.free_slot(slot),
+                    Queued::Completion { .. } => None,
+                };
+                drop(g);
+                match p {
+                    Some(packet) => Err(SendError { error: e, packet }),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Ends the transaction: calls the typed completion or the completion
+    /// routine, or frees.
+    pub(crate) fn complete_routine(self, status: Result, response: &[u8]) {
+        // A reference of its own: the packet, and with it the packet's
+        // reference, may be freed inside the call.
+        if let Some(context) = self.get().context.clone() {
+            context.completed(self, status, response);
+            return;
+        }
+        match self.get().routine {
+            Some(r) => r(self, status, response),
+            None => drop(self),
+        }
+    }
+}
