@@ -4,7 +4,7 @@
 //!
 //! It opens the primary channel of the sample NIC interface (queue 0), asks
 //! the NIC VSP for sub-channels in the sample's protocol (described in
-//! `nic_vsp.rs`) and opens each one offered as a queue with its own
+//! `nic_proto.rs`) and opens each one offered as a queue with its own
 //! callbacks and target CPU. Each queue has a receive buffer of its own:
 //! kmcl allocates it and shares it by GPADL on the primary (GPADLs belong
 //! to the primary), the queue's channel registers it under page-set id
@@ -57,6 +57,24 @@ use kmcl::{
     SubchannelOffer, //
 };
 
+#[path = "nic_proto.rs"]
+mod proto;
+
+use proto::{
+    build_frame,
+    check_frame,
+    le_u32,
+    MSG_FRAME,
+    MSG_RECEIVE_BUFFER,
+    MSG_RX,
+    MSG_SUBCHANNEL_REQUEST,
+    MSG_TRANSMIT,
+    NIC_TYPE,
+    SLOTS,
+    SLOT_SIZE,
+    STATUS_OK, //
+};
+
 module! {
     type: NicVsc,
     name: "nic_vsc",
@@ -68,19 +86,6 @@ module! {
 /// This module: the owner of its channels.
 static THIS_MODULE: ThisModule = <NicVsc as kernel::ModuleMetadata>::THIS_MODULE;
 
-// The protocol, as nic_vsp.rs describes it.
-const NIC_TYPE: Guid = Guid::from_str_const("7d1e5a0c-3b2f-4e8a-9c6d-5f4a3b2c1d0e");
-const MSG_SUBCHANNEL_REQUEST: u32 = 1;
-const MSG_RECEIVE_BUFFER: u32 = 2;
-const MSG_TRANSMIT: u32 = 3;
-const MSG_FRAME: u32 = 4;
-const MSG_RX: u32 = 5;
-const STATUS_OK: u32 = 0;
-const SLOT_SIZE: usize = 512;
-const SLOTS: usize = 16;
-const FRAME_HEADER: usize = 16;
-const FRAME_MIN_PAYLOAD: usize = 48;
-
 /// The page-set id of every queue's receive buffer (each channel has its
 /// own registry).
 const PAGESET: u16 = 0xcafe;
@@ -89,60 +94,6 @@ const BUFFER_LEN: usize = SLOTS * SLOT_SIZE;
 /// GPA-direct sends in flight on a queue at most.
 const TX_BATCH: u32 = 32;
 const TIMEOUT_MS: u32 = 10_000;
-
-/// The length of frame `seq`, header included: 64 to 512 bytes.
-fn frame_len(seq: u32) -> usize {
-    let span = SLOT_SIZE - FRAME_HEADER - FRAME_MIN_PAYLOAD + 1;
-    FRAME_HEADER + FRAME_MIN_PAYLOAD + (seq as usize).wrapping_mul(13) % span
-}
-
-/// FNV-1a, 32 bits.
-fn fnv1a(mut h: u32, bytes: &[u8]) -> u32 {
-    for b in bytes {
-        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
-    }
-    h
-}
-
-/// Writes frame `seq` of `queue` into `buf`; returns its length.
-fn build_frame(queue: u16, seq: u32, buf: &mut [u8; SLOT_SIZE]) -> usize {
-    let n = frame_len(seq);
-    let payload = n - FRAME_HEADER;
-    buf[0..2].copy_from_slice(&queue.to_le_bytes());
-    buf[2..4].fill(0);
-    buf[4..8].copy_from_slice(&seq.to_le_bytes());
-    buf[8..12].copy_from_slice(&(payload as u32).to_le_bytes());
-    for (i, b) in buf[FRAME_HEADER..n].iter_mut().enumerate() {
-        *b = (seq.wrapping_mul(31) as usize + i * 7 + usize::from(queue)) as u8;
-    }
-    let sum = fnv1a(fnv1a(0x811c_9dc5, &buf[0..12]), &buf[FRAME_HEADER..n]);
-    buf[12..16].copy_from_slice(&sum.to_le_bytes());
-    n
-}
-
-fn le_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn le_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// Checks a frame's length and checksum; returns its queue and sequence
-/// number. `EBADMSG` for a frame that is not intact.
-fn check_frame(f: &[u8]) -> Result<(u16, u32)> {
-    let queue = le_u16(f, 0).ok_or(EBADMSG)?;
-    let seq = le_u32(f, 4).ok_or(EBADMSG)?;
-    let payload = le_u32(f, 8).ok_or(EBADMSG)? as usize;
-    let sum = le_u32(f, 12).ok_or(EBADMSG)?;
-    if FRAME_HEADER + payload != f.len() || f.len() != frame_len(seq) {
-        return Err(EBADMSG);
-    }
-    if fnv1a(fnv1a(0x811c_9dc5, &f[0..12]), &f[FRAME_HEADER..]) != sum {
-        return Err(EBADMSG);
-    }
-    Ok((queue, seq))
-}
 
 /// The CPU of queue `q`: one each, as far as there are CPUs.
 fn queue_cpu(q: u16) -> u32 {
