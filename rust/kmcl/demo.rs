@@ -72,15 +72,16 @@ fn endpoint(
     cb: &Arc<Echo>,
     name: &CStr,
 ) -> Result<ChannelHandle> {
-    let mut h = Channel::allocate(e, &crate::THIS_MODULE)?;
-    h.init_set_friendly_name(name)?;
-    h.init_set_process_packet_callbacks(cb.clone())?;
-    h.init_set_state_change_callbacks(cb.clone())?;
-    h.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-    match e {
-        Endpoint::Server => h.init_set_target_interface_id(DEMO_TYPE, DEMO_INSTANCE)?,
-        Endpoint::Client => h.init_set_target_pnp(DEMO_TYPE, None)?,
+    let b = Channel::builder(e, &crate::THIS_MODULE)
+        .friendly_name(name)
+        .process_packet_callbacks(cb.clone())
+        .state_change_callbacks(cb.clone())
+        .vmbus_handle(Bus::Loopback(bus.clone()));
+    let mut h = match e {
+        Endpoint::Server => b.target_interface_id(DEMO_TYPE, DEMO_INSTANCE),
+        Endpoint::Client => b.target_pnp(DEMO_TYPE, None),
     }
+    .build()?;
     h.enable()?;
     Ok(h)
 }

@@ -74,6 +74,7 @@ pub use channel::{
     xfer::TransferPages,
     Channel,
     ChannelBuilder,
+    ChannelDriver,
     ChannelFlags,
     ChannelHandle,
     Counters,

@@ -94,11 +94,9 @@ fn open(instance: u8) -> Result<ChannelHandle> {
 fn open_on(bus: Bus, instance: u8) -> Result<ChannelHandle> {
     let mut inst = [0u8; 16];
     inst[15] = instance;
-    let cb = Arc::new(Client, GFP_KERNEL)?;
     let mut h = Channel::builder(Endpoint::Client, &THIS_MODULE)
         .friendly_name(c"echo-vsc")
-        .process_packet_callbacks(cb.clone())
-        .state_change_callbacks(cb)
+        .driver(Client)
         .vmbus_handle(bus)
         .target_pnp(ECHO_TYPE, Some(Guid(inst)))
         .build()?;

@@ -15,10 +15,7 @@ use core::sync::atomic::{
     Ordering, //
 };
 
-use kernel::{
-    prelude::*,
-    sync::Arc, //
-};
+use kernel::prelude::*;
 
 use kmcl::{
     loopback,
@@ -83,19 +80,11 @@ impl ProcessPacket for Echo {
 impl StateChange for Echo {}
 
 struct EchoVsp {
-    echo: Arc<Echo>,
     servers: KVec<ChannelHandle>,
 }
 
 impl kernel::Module for EchoVsp {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let echo = Arc::new(
-            Echo {
-                requests: AtomicU64::new(0),
-                external_bytes: AtomicU64::new(0),
-            },
-            GFP_KERNEL,
-        )?;
         let bus = loopback::default_bus()?;
         let mut servers = KVec::new();
         for instance in 1..=3u8 {
@@ -103,8 +92,10 @@ impl kernel::Module for EchoVsp {
             inst[15] = instance;
             let mut h = Channel::builder(Endpoint::Server, &THIS_MODULE)
                 .friendly_name(c"echo-vsp")
-                .process_packet_callbacks(echo.clone())
-                .state_change_callbacks(echo.clone())
+                .driver(Echo {
+                    requests: AtomicU64::new(0),
+                    external_bytes: AtomicU64::new(0),
+                })
                 .vmbus_handle(Bus::Loopback(bus.clone()))
                 .target_interface_id(ECHO_TYPE, Guid(inst))
                 .build()?;
@@ -113,21 +104,26 @@ impl kernel::Module for EchoVsp {
             servers.push(h, GFP_KERNEL)?;
         }
         pr_info!("offering the echo interface (3 instances)\n");
-        Ok(EchoVsp { echo, servers })
+        Ok(EchoVsp { servers })
     }
 }
 
 impl Drop for EchoVsp {
     fn drop(&mut self) {
+        let (mut requests, mut external_bytes) = (0, 0);
         for s in self.servers.iter() {
             if let Err(e) = s.disable() {
                 pr_err!("disable failed: {:?}\n", e);
             }
+            if let Some(echo) = s.data::<Echo>() {
+                requests += echo.requests.load(Ordering::Relaxed);
+                external_bytes += echo.external_bytes.load(Ordering::Relaxed);
+            }
         }
         pr_info!(
             "served {} requests, {} bytes of external data\n",
-            self.echo.requests.load(Ordering::Relaxed),
-            self.echo.external_bytes.load(Ordering::Relaxed)
+            requests,
+            external_bytes
         );
     }
 }

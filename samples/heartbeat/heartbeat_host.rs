@@ -16,10 +16,7 @@ use core::sync::atomic::{
     Ordering, //
 };
 
-use kernel::{
-    prelude::*,
-    sync::Arc, //
-};
+use kernel::prelude::*;
 
 use kmcl::{
     ic::{
@@ -147,59 +144,51 @@ impl StateChange for Host {
     }
 }
 
-/// One offer of the heartbeat interface and its state.
-struct Offer {
-    host: Arc<Host>,
-    chan: ChannelHandle,
-}
-
-impl Offer {
-    fn new(instance: Guid) -> Result<Offer> {
-        let host = Arc::new(
-            Host {
-                versions: AtomicU32::new(0),
-                negotiated: AtomicBool::new(false),
-                seq: AtomicU64::new(0),
-                answered: AtomicU64::new(0),
-                bad: AtomicU32::new(0),
-            },
-            GFP_KERNEL,
-        )?;
-        let mut chan = Channel::builder(Endpoint::Server, &THIS_MODULE)
-            .friendly_name(c"heartbeat-host")
-            .process_packet_callbacks(host.clone())
-            .state_change_callbacks(host.clone())
-            .vmbus_handle(Bus::Loopback(loopback::default_bus()?))
-            .target_interface_id(HEARTBEAT, instance)
-            .build()?;
-        chan.enable()?;
-        Ok(Offer { host, chan })
-    }
+/// One offer of the heartbeat interface; its [`Host`] state is the
+/// channel's driver data.
+fn offer(instance: Guid) -> Result<ChannelHandle> {
+    let mut chan = Channel::builder(Endpoint::Server, &THIS_MODULE)
+        .friendly_name(c"heartbeat-host")
+        .driver(Host {
+            versions: AtomicU32::new(0),
+            negotiated: AtomicBool::new(false),
+            seq: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            bad: AtomicU32::new(0),
+        })
+        .vmbus_handle(Bus::Loopback(loopback::default_bus()?))
+        .target_interface_id(HEARTBEAT, instance)
+        .build()?;
+    chan.enable()?;
+    Ok(chan)
 }
 
 struct HeartbeatHost {
-    offers: [Offer; 2],
+    offers: [ChannelHandle; 2],
 }
 
 impl kernel::Module for HeartbeatHost {
     fn init(_module: &'static ThisModule) -> Result<Self> {
         Ok(HeartbeatHost {
-            offers: [Offer::new(INSTANCES[0])?, Offer::new(INSTANCES[1])?],
+            offers: [offer(INSTANCES[0])?, offer(INSTANCES[1])?],
         })
     }
 }
 
 impl Drop for HeartbeatHost {
     fn drop(&mut self) {
-        for o in &self.offers {
-            if let Err(e) = o.chan.disable() {
+        for chan in &self.offers {
+            if let Err(e) = chan.disable() {
                 pr_err!("disable failed: {:?}\n", e);
             }
+            let Some(host) = chan.data::<Host>() else {
+                continue;
+            };
             pr_info!(
                 "negotiated: {}; heartbeats answered correctly: {}; bad answers: {}\n",
-                o.host.negotiated.load(Ordering::Relaxed),
-                o.host.answered.load(Ordering::Relaxed),
-                o.host.bad.load(Ordering::Relaxed)
+                host.negotiated.load(Ordering::Relaxed),
+                host.answered.load(Ordering::Relaxed),
+                host.bad.load(Ordering::Relaxed)
             );
         }
     }

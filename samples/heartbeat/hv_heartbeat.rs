@@ -17,7 +17,6 @@ use kernel::{
     new_condvar, new_spinlock_irq,
     prelude::*,
     sync::{
-        Arc,
         CondVar,
         CondVarTimeoutResult,
         SpinLockIrq, //
@@ -120,14 +119,11 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn new() -> Result<Arc<Heartbeat>> {
-        Arc::pin_init(
-            pin_init!(Heartbeat {
-                stats <- new_spinlock_irq!(Stats::default(), "hv_heartbeat::Heartbeat::stats"),
-                changed <- new_condvar!("hv_heartbeat::Heartbeat::changed"),
-            }),
-            GFP_KERNEL,
-        )
+    fn new() -> impl PinInit<Heartbeat> {
+        pin_init!(Heartbeat {
+            stats <- new_spinlock_irq!(Stats::default(), "hv_heartbeat::Heartbeat::stats"),
+            changed <- new_condvar!("hv_heartbeat::Heartbeat::changed"),
+        })
     }
 
     fn update(&self, f: impl FnOnce(&mut Stats)) {
@@ -185,12 +181,12 @@ impl ProcessPacket for Heartbeat {
 
 impl StateChange for Heartbeat {}
 
-/// Opens the heartbeat channel with `hb` as its driver.
-fn open(hb: &Arc<Heartbeat>, vmbus: bool) -> Result<ChannelHandle> {
+/// Opens a heartbeat channel, with a [`Heartbeat`] of its own as its
+/// driver.
+fn open(vmbus: bool) -> Result<ChannelHandle> {
     let mut builder = Channel::builder(Endpoint::Client, &THIS_MODULE)
         .friendly_name(c"hv-heartbeat")
-        .process_packet_callbacks(hb.clone())
-        .state_change_callbacks(hb.clone())
+        .driver(Heartbeat::new())
         .ring_buffer_page_count(4)
         .target_pnp(HEARTBEAT, None);
     if !vmbus {
@@ -203,14 +199,12 @@ fn open(hb: &Arc<Heartbeat>, vmbus: bool) -> Result<ChannelHandle> {
 
 struct HvHeartbeat {
     chan: ChannelHandle,
-    hb: Arc<Heartbeat>,
 }
 
 impl kernel::Module for HvHeartbeat {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let hb = Heartbeat::new()?;
-        let chan = open(&hb, module_parameters::vmbus.value())?;
-        Ok(HvHeartbeat { chan, hb })
+        let chan = open(module_parameters::vmbus.value())?;
+        Ok(HvHeartbeat { chan })
     }
 }
 
@@ -219,7 +213,10 @@ impl Drop for HvHeartbeat {
         if let Err(e) = self.chan.disable() {
             pr_err!("disable failed: {:?}\n", e);
         }
-        let s = self.hb.stats();
+        let Some(hb) = self.chan.data::<Heartbeat>() else {
+            return;
+        };
+        let s = hb.stats();
         let v = s.negotiated;
         pr_info!(
             "negotiated framework {}.{} heartbeat {}.{}; answered {} heartbeats, refused {} messages\n",
@@ -295,8 +292,8 @@ mod tests {
         // second instance for this suite; it starts as soon as the channel
         // opens and sends 20 heartbeats, each after the previous answer
         // checked out.
-        let hb = Heartbeat::new()?;
-        let ch = open(&hb, false)?;
+        let ch = open(false)?;
+        let hb = ch.data::<Heartbeat>().ok_or(EINVAL)?;
         let s = hb.wait_beats(20, Delta::from_millis(10_000));
         let beats = s.map(|s| s.beats).unwrap_or(0);
         assert_eq!(beats, 20);

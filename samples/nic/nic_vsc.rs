@@ -41,6 +41,7 @@ use kmcl::{
     loopback,
     Bus,
     Channel,
+    ChannelBuilder,
     ChannelHandle,
     Endpoint,
     Gpadl,
@@ -278,16 +279,18 @@ struct Queues {
 
 impl Queues {
     /// Opens an offered sub-channel as the next queue.
-    fn take(&self, mut sub: ChannelHandle) -> Result {
+    fn take(&self, sub: ChannelBuilder) -> Result {
         let mut list = self.list.lock();
         let number = u16::try_from(list.len()).map_err(|_| EINVAL)?;
         if u32::from(number) >= self.wanted.load(Ordering::Relaxed) {
             return Err(ENOSPC);
         }
         let q = Queue::new(number)?;
-        sub.init_set_friendly_name(c"nic-vsc-queue")?;
-        sub.init_set_process_packet_callbacks(q.clone())?;
-        sub.init_set_state_change_callbacks(q.clone())?;
+        let mut sub = sub
+            .friendly_name(c"nic-vsc-queue")
+            .process_packet_callbacks(q.clone())
+            .state_change_callbacks(q.clone())
+            .build()?;
         sub.set_target_cpu(queue_cpu(number))?;
         list.reserve(1, GFP_KERNEL)?;
         sub.enable()?;
@@ -304,7 +307,7 @@ impl Queues {
 }
 
 impl SubchannelOffer for Queues {
-    fn subchannel_offered(&self, _primary: &Channel, sub: ChannelHandle) {
+    fn subchannel_offered(&self, _primary: &Channel, sub: ChannelBuilder) {
         // A refused offer's handle is dropped, which refuses it.
         if self.take(sub).is_err() {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -332,13 +335,14 @@ impl Nic {
             GFP_KERNEL,
         )?;
         let q0 = Queue::new(0)?;
-        let h = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
-        h.init_set_friendly_name(c"nic-vsc")?;
-        h.init_set_process_packet_callbacks(q0.clone())?;
-        h.init_set_state_change_callbacks(q0.clone())?;
-        h.init_set_subchannel_callback(queues.clone())?;
-        h.init_set_vmbus_handle(bus)?;
-        h.init_set_target_pnp(NIC_TYPE, Some(Guid(inst)))?;
+        let h = Channel::builder(Endpoint::Client, &THIS_MODULE)
+            .friendly_name(c"nic-vsc")
+            .process_packet_callbacks(q0.clone())
+            .state_change_callbacks(q0.clone())
+            .subchannel_callback(queues.clone())
+            .vmbus_handle(bus)
+            .target_pnp(NIC_TYPE, Some(Guid(inst)))
+            .build()?;
         h.set_target_cpu(0)?;
         queues.list.lock().push(
             QueueEntry {
@@ -647,15 +651,16 @@ mod tests {
         let mut inst = [0u8; 16];
         inst[15] = 1;
         let cb = Arc::new(Grudging, GFP_KERNEL)?;
-        let mut server = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
-        server.init_set_process_packet_callbacks(cb.clone())?;
-        server.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-        server.init_set_target_interface_id(NIC_TYPE, Guid(inst))?;
+        let mut server = Channel::builder(Endpoint::Server, &THIS_MODULE)
+            .process_packet_callbacks(cb.clone())
+            .vmbus_handle(Bus::Loopback(bus.clone()))
+            .target_interface_id(NIC_TYPE, Guid(inst))
+            .build()?;
         server.enable()?;
         let sub = || -> Result<ChannelHandle> {
-            let s = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
-            s.init_set_process_packet_callbacks(cb.clone())?;
-            Ok(s)
+            Channel::builder(Endpoint::Server, &THIS_MODULE)
+                .process_packet_callbacks(cb.clone())
+                .build()
         };
         // No client: the primary is not open.
         assert!(matches!(server.offer_subchannel(&mut sub()?), Err(e) if e == EINVAL));

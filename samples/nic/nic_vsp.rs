@@ -322,10 +322,11 @@ impl Instance {
     ) -> Result {
         let q = VspQueue::new(queue)?;
         let cb = Arc::new(SubQueue(q.clone()), GFP_KERNEL)?;
-        let mut h = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
-        h.init_set_friendly_name(c"nic-vsp-queue")?;
-        h.init_set_process_packet_callbacks(cb.clone())?;
-        h.init_set_state_change_callbacks(cb)?;
+        let mut h = Channel::builder(Endpoint::Server, &THIS_MODULE)
+            .friendly_name(c"nic-vsp-queue")
+            .process_packet_callbacks(cb.clone())
+            .state_change_callbacks(cb)
+            .build()?;
         subs.reserve(1, GFP_KERNEL)?;
         // The sub-channel index grows over the primary's connections; the
         // queue number is the order of the offer.
@@ -419,12 +420,13 @@ impl kernel::Module for NicVsp {
             let mut inst = [0u8; 16];
             inst[15] = instance;
             let cb = Instance::new()?;
-            let mut h = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
-            h.init_set_friendly_name(c"nic-vsp")?;
-            h.init_set_process_packet_callbacks(cb.clone())?;
-            h.init_set_state_change_callbacks(cb.clone())?;
-            h.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-            h.init_set_target_interface_id(NIC_TYPE, Guid(inst))?;
+            let mut h = Channel::builder(Endpoint::Server, &THIS_MODULE)
+                .friendly_name(c"nic-vsp")
+                .process_packet_callbacks(cb.clone())
+                .state_change_callbacks(cb.clone())
+                .vmbus_handle(Bus::Loopback(bus.clone()))
+                .target_interface_id(NIC_TYPE, Guid(inst))
+                .build()?;
             h.set_incoming_processing_at_passive(true);
             h.enable()?;
             servers.push((h, cb), GFP_KERNEL)?;

@@ -47,12 +47,10 @@ impl StateChange for World {}
 
 /// Connects a pair on `bus` and returns (client, server).
 fn connect(bus: &Arc<LoopbackBus>) -> Result<(ChannelHandle, ChannelHandle)> {
-    let cb = Arc::new(World, GFP_KERNEL)?;
     let mut ends = KVec::new();
     for e in [Endpoint::Server, Endpoint::Client] {
         let builder = Channel::builder(e, &THIS_MODULE)
-            .process_packet_callbacks(cb.clone())
-            .state_change_callbacks(cb.clone())
+            .driver(World)
             .vmbus_handle(Bus::Loopback(bus.clone()));
         let mut h = match e {
             Endpoint::Server => builder.target_interface_id(HELLO, Guid::NULL),

@@ -310,18 +310,18 @@ impl Pair {
         )?;
         let mut ends = KVec::new();
         for e in [Endpoint::Server, Endpoint::Client] {
-            let mut h = Channel::allocate(e, &THIS_MODULE)?;
-            h.init_set_process_packet_callbacks(sink.clone())?;
-            h.init_set_state_change_callbacks(sink.clone())?;
-            h.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-            h.init_set_packet_pool_size(256)?;
-            match e {
-                Endpoint::Server => h.init_set_target_interface_id(BENCH_TYPE, Guid::NULL)?,
-                Endpoint::Client => {
-                    h.init_set_ring_buffer_page_count(RING_PAGES as u32)?;
-                    h.init_set_target_pnp(BENCH_TYPE, None)?;
-                }
+            let b = Channel::builder(e, &THIS_MODULE)
+                .process_packet_callbacks(sink.clone())
+                .state_change_callbacks(sink.clone())
+                .vmbus_handle(Bus::Loopback(bus.clone()))
+                .packet_pool_size(256);
+            let mut h = match e {
+                Endpoint::Server => b.target_interface_id(BENCH_TYPE, Guid::NULL),
+                Endpoint::Client => b
+                    .ring_buffer_page_count(RING_PAGES as u32)
+                    .target_pnp(BENCH_TYPE, None),
             }
+            .build()?;
             h.set_incoming_processing_at_passive(passive);
             h.enable()?;
             ends.push(h, GFP_KERNEL)?;
@@ -847,10 +847,11 @@ impl HvWay {
             },
             GFP_KERNEL,
         )?;
-        let client = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
-        client.init_set_process_packet_callbacks(sink.clone())?;
-        client.init_set_state_change_callbacks(sink.clone())?;
-        client.init_set_packet_pool_size(1024)?;
+        let client = Channel::builder(Endpoint::Client, &THIS_MODULE)
+            .process_packet_callbacks(sink.clone())
+            .state_change_callbacks(sink.clone())
+            .packet_pool_size(1024)
+            .build()?;
         let chan = CChan::new(false)?;
         // SAFETY: the host ends are dropped in `drop` before the channel is
         // disabled, which frees the channel.

@@ -178,20 +178,23 @@ fn open_pair() -> Result<Pair> {
     let bus = LoopbackBus::new()?;
     let srx = Receiver::new()?;
     let crx = Receiver::new()?;
-    let mut server = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
-    let mut client = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
-    for (h, rx) in [(&mut server, &srx), (&mut client, &crx)] {
-        h.init_set_process_packet_callbacks(rx.clone())?;
-        h.init_set_state_change_callbacks(rx.clone())?;
-        h.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-        h.init_set_client_context_size(8)?;
-        h.init_set_packet_pool_size(32)?;
-    }
-    server.init_set_friendly_name(c"stress-server")?;
-    client.init_set_friendly_name(c"stress-client")?;
-    server.init_set_target_interface_id(STRESS_TYPE, Guid::NULL)?;
-    client.init_set_target_pnp(STRESS_TYPE, None)?;
-    client.init_set_ring_buffer_page_count(3)?;
+    let end = |e, rx: &Arc<Receiver>| {
+        Channel::builder(e, &THIS_MODULE)
+            .process_packet_callbacks(rx.clone())
+            .state_change_callbacks(rx.clone())
+            .vmbus_handle(Bus::Loopback(bus.clone()))
+            .client_context_size(8)
+            .packet_pool_size(32)
+    };
+    let mut server = end(Endpoint::Server, &srx)
+        .friendly_name(c"stress-server")
+        .target_interface_id(STRESS_TYPE, Guid::NULL)
+        .build()?;
+    let mut client = end(Endpoint::Client, &crx)
+        .friendly_name(c"stress-client")
+        .target_pnp(STRESS_TYPE, None)
+        .ring_buffer_page_count(3)
+        .build()?;
     server.enable()?;
     client.enable()?;
     server.set_transaction_quota(2)?;

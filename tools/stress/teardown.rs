@@ -576,28 +576,28 @@ fn open_pair(
     shared: &Arc<Shared>,
     bus: &Arc<LoopbackBus>,
 ) -> Result<(ChannelHandle, ChannelHandle)> {
-    let mut server = Channel::allocate(Endpoint::Server, &THIS_MODULE)?;
-    let mut client = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
-    for (h, side) in [(&mut server, SERVER), (&mut client, CLIENT)] {
-        let peer = Arc::new(
-            Peer {
+    let end = |e, side| {
+        Channel::builder(e, &THIS_MODULE)
+            .driver(Peer {
                 shared: shared.clone(),
                 side,
-            },
-            GFP_KERNEL,
-        )?;
-        h.init_set_process_packet_callbacks(peer.clone())?;
-        h.init_set_state_change_callbacks(peer)?;
-        h.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-        h.init_set_client_context_size(8)?;
-        h.init_set_packet_pool_size(32)?;
+            })
+            .vmbus_handle(Bus::Loopback(bus.clone()))
+            .client_context_size(8)
+            .packet_pool_size(32)
+    };
+    let mut server = end(Endpoint::Server, SERVER)
+        .friendly_name(c"stress-teardown-server")
+        .target_interface_id(STRESS_TYPE, Guid::NULL)
+        .build()?;
+    let mut client = end(Endpoint::Client, CLIENT)
+        .friendly_name(c"stress-teardown-client")
+        .target_pnp(STRESS_TYPE, None)
+        .ring_buffer_page_count(3)
+        .build()?;
+    for h in [&server, &client] {
         h.set_transaction_quota(2)?;
     }
-    server.init_set_friendly_name(c"stress-teardown-server")?;
-    client.init_set_friendly_name(c"stress-teardown-client")?;
-    server.init_set_target_interface_id(STRESS_TYPE, Guid::NULL)?;
-    client.init_set_target_pnp(STRESS_TYPE, None)?;
-    client.init_set_ring_buffer_page_count(3)?;
     server.set_incoming_processing_at_passive(true);
     server.enable()?;
     client.enable()?;

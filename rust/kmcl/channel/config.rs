@@ -139,10 +139,9 @@ impl Channel {
     /// Size of the per-incoming-packet scratch area
     /// (`VmbChannelInitSetClientContextSize`).
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbChannelInitSetClientContextSize")]
-    pub fn init_set_client_context_size(&self, size: u32) -> Result {
+    pub(crate) fn init_set_client_context_size(&self, size: u32) -> Result {
         if size > 4096 {
             return Err(EINVAL);
         }
@@ -154,10 +153,9 @@ impl Channel {
     /// Channel flags (`VmbChannelInitSetFlags`): a [`ChannelFlags`] set,
     /// which holds only flags KMCL defines.
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbChannelInitSetFlags")]
-    pub fn init_set_flags(&self, flags: ChannelFlags) -> Result {
+    pub(crate) fn init_set_flags(&self, flags: ChannelFlags) -> Result {
         init_setter!(self, g, {
             g.cfg.flags = flags;
         })
@@ -166,11 +164,10 @@ impl Channel {
     /// Name for debugging and debugfs (`VmbChannelInitSetFriendlyName`): at
     /// most [`FRIENDLY_NAME_MAX`] bytes of UTF-8.
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbChannelInitSetFriendlyName")]
-    pub fn init_set_friendly_name(&self, name: &CStr) -> Result {
-        let b = name.to_str().map_err(|_| EINVAL)?.as_bytes();
+    pub(crate) fn init_set_friendly_name(&self, name: &[u8]) -> Result {
+        let b = core::str::from_utf8(name).map_err(|_| EINVAL)?.as_bytes();
         if b.len() > FRIENDLY_NAME_MAX {
             return Err(EINVAL);
         }
@@ -184,10 +181,9 @@ impl Channel {
     /// Largest external data a packet may describe: total bytes and number of
     /// ranges, both above zero (`VmbChannelInitSetMaximumExternalData`).
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbChannelInitSetMaximumExternalData")]
-    pub fn init_set_maximum_external_data(&self, size: u32, chain_length: u32) -> Result {
+    pub(crate) fn init_set_maximum_external_data(&self, size: u32, chain_length: u32) -> Result {
         if size == 0 || chain_length == 0 || chain_length > 64 {
             return Err(EINVAL);
         }
@@ -200,10 +196,9 @@ impl Channel {
     /// Largest payload a send may ever carry, above zero
     /// (`VmbChannelInitSetMaximumPacketSize`).
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbChannelInitSetMaximumPacketSize")]
-    pub fn init_set_maximum_packet_size(&self, size: u32) -> Result {
+    pub(crate) fn init_set_maximum_packet_size(&self, size: u32) -> Result {
         if size == 0 || size > 1 << 20 {
             return Err(EINVAL);
         }
@@ -214,10 +209,9 @@ impl Channel {
 
     /// Packet callbacks (`VmbChannelInitSetProcessPacketCallbacks`).
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbChannelInitSetProcessPacketCallbacks")]
-    pub fn init_set_process_packet_callbacks(&self, cb: Arc<dyn ProcessPacket>) -> Result {
+    pub(crate) fn init_set_process_packet_callbacks(&self, cb: Arc<dyn ProcessPacket>) -> Result {
         init_setter!(self, g, {
             g.cfg.process = Some(cb);
         })
@@ -225,10 +219,9 @@ impl Channel {
 
     /// State callbacks (`VmbChannelInitSetStateChangeCallbacks`).
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbChannelInitSetStateChangeCallbacks")]
-    pub fn init_set_state_change_callbacks(&self, cb: Arc<dyn StateChange>) -> Result {
+    pub(crate) fn init_set_state_change_callbacks(&self, cb: Arc<dyn StateChange>) -> Result {
         init_setter!(self, g, {
             g.cfg.state_cb = Some(cb);
         })
@@ -237,9 +230,8 @@ impl Channel {
     /// Number of preallocated packet objects (a kmcl addition: KMCL's pool
     /// grows on demand, kmcl's is fixed so that sends never allocate).
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
-    pub fn init_set_packet_pool_size(&self, count: u32) -> Result {
+    /// Context: any context (it takes the channel's control spinlock).
+    pub(crate) fn init_set_packet_pool_size(&self, count: u32) -> Result {
         if count == 0 || count > 4096 {
             return Err(EINVAL);
         }
@@ -251,9 +243,8 @@ impl Channel {
     /// Number of preallocated incoming packet slots, the upper bound of the
     /// transaction quota (a kmcl addition, for the same reason).
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
-    pub fn init_set_incoming_slots(&self, count: u32) -> Result {
+    /// Context: any context (it takes the channel's control spinlock).
+    pub(crate) fn init_set_incoming_slots(&self, count: u32) -> Result {
         if count == 0 || count > 4096 {
             return Err(EINVAL);
         }
@@ -265,10 +256,9 @@ impl Channel {
     /// The VMBus instance to use (`VmbServerChannelInitSetVmbusHandle`). kmcl
     /// accepts it on clients too, to pick a loopback bus.
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbServerChannelInitSetVmbusHandle")]
-    pub fn init_set_vmbus_handle(&self, bus: Bus) -> Result {
+    pub(crate) fn init_set_vmbus_handle(&self, bus: Bus) -> Result {
         init_setter!(self, g, {
             g.cfg.bus = Some(bus);
         })
@@ -277,10 +267,9 @@ impl Channel {
     /// Ring size in pages per direction, control page included, at least 2
     /// (`VmbClientChannelInitSetRingBufferPageCount`). Client only.
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbClientChannelInitSetRingBufferPageCount")]
-    pub fn init_set_ring_buffer_page_count(&self, pages: u32) -> Result {
+    pub(crate) fn init_set_ring_buffer_page_count(&self, pages: u32) -> Result {
         if self.endpoint != Endpoint::Client || !(2..=1024).contains(&pages) {
             return Err(EINVAL);
         }
@@ -293,10 +282,13 @@ impl Channel {
     /// (`VmbClientChannelInitSetTargetPnp`). PnP failures reach
     /// [`StateChange::pnp_failure`]. Client only.
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbClientChannelInitSetTargetPnp")]
-    pub fn init_set_target_pnp(&self, interface_type: Guid, instance: Option<Guid>) -> Result {
+    pub(crate) fn init_set_target_pnp(
+        &self,
+        interface_type: Guid,
+        instance: Option<Guid>,
+    ) -> Result {
         if self.endpoint != Endpoint::Client || interface_type.is_null() {
             return Err(EINVAL);
         }
@@ -309,10 +301,9 @@ impl Channel {
     /// Server flags (`VmbServerChannelInitSetFlags`): a [`ServerFlags`]
     /// set. Server only (`EINVAL`).
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbServerChannelInitSetFlags")]
-    pub fn init_set_server_flags(&self, flags: ServerFlags) -> Result {
+    pub(crate) fn init_set_server_flags(&self, flags: ServerFlags) -> Result {
         if self.endpoint != Endpoint::Server {
             return Err(EINVAL);
         }
@@ -324,10 +315,9 @@ impl Channel {
     /// MMIO space to reserve for the device, in MiB
     /// (`VmbServerChannelInitSetMmioMegabytes`). Server only.
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbServerChannelInitSetMmioMegabytes")]
-    pub fn init_set_mmio_megabytes(&self, megabytes: u32) -> Result {
+    pub(crate) fn init_set_mmio_megabytes(&self, megabytes: u32) -> Result {
         if self.endpoint != Endpoint::Server || megabytes > 64 {
             return Err(EINVAL);
         }
@@ -339,10 +329,12 @@ impl Channel {
     /// Per-packet save/restore callbacks
     /// (`VmbServerChannelInitSetSaveRestorePacketCallbacks`). Server only.
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbServerChannelInitSetSaveRestorePacketCallbacks")]
-    pub fn init_set_save_restore_packet_callbacks(&self, cb: Arc<dyn SaveRestorePacket>) -> Result {
+    pub(crate) fn init_set_save_restore_packet_callbacks(
+        &self,
+        cb: Arc<dyn SaveRestorePacket>,
+    ) -> Result {
         if self.endpoint != Endpoint::Server {
             return Err(EINVAL);
         }
@@ -354,10 +346,13 @@ impl Channel {
     /// The interface type and instance of the offer
     /// (`VmbServerChannelInitSetTargetInterfaceId`). Server only.
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbServerChannelInitSetTargetInterfaceId")]
-    pub fn init_set_target_interface_id(&self, interface_type: Guid, instance: Guid) -> Result {
+    pub(crate) fn init_set_target_interface_id(
+        &self,
+        interface_type: Guid,
+        instance: Guid,
+    ) -> Result {
         if self.endpoint != Endpoint::Server || interface_type.is_null() {
             return Err(EINVAL);
         }
@@ -370,10 +365,9 @@ impl Channel {
     /// The VTL the offer is made to (`VmbServerChannelInitSetTargetVtl`).
     /// Server only; 0 to 2.
     ///
-    /// Context: any context (it takes the channel's control spinlock); a driver
-    /// calls it in process context before Enable.
+    /// Context: any context (it takes the channel's control spinlock).
     #[doc(alias = "VmbServerChannelInitSetTargetVtl")]
-    pub fn init_set_target_vtl(&self, vtl: u8) -> Result {
+    pub(crate) fn init_set_target_vtl(&self, vtl: u8) -> Result {
         if self.endpoint != Endpoint::Server || vtl > 2 {
             return Err(EINVAL);
         }

@@ -88,7 +88,7 @@ macro_rules! flag_set {
 
 flag_set! {
     /// Channel flags (`VmbChannelInitSetFlags`), for
-    /// [`Channel::init_set_flags`](super::Channel::init_set_flags).
+    /// [`ChannelBuilder::flags`](super::ChannelBuilder::flags).
     ///
     /// # Examples
     ///
@@ -110,7 +110,7 @@ flag_set! {
 
 flag_set! {
     /// Server channel flags (`VMBUS_SERVER_CHANNEL_FLAGS`), for
-    /// [`Channel::init_set_server_flags`](super::Channel::init_set_server_flags).
+    /// [`ChannelBuilder::server_flags`](super::ChannelBuilder::server_flags).
     ///
     /// # Examples
     ///

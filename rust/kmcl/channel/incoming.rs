@@ -101,7 +101,8 @@ impl IncomingPacket {
     }
 
     /// The per-packet scratch area of the size set with
-    /// [`Channel::init_set_client_context_size`], zeroed for each packet.
+    /// [`ChannelBuilder::client_context_size`](super::ChannelBuilder::client_context_size),
+    /// zeroed for each packet.
     ///
     /// Context: any context, ProcessPacket and completion context included.
     pub fn context(&mut self) -> &mut [u8] {

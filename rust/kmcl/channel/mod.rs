@@ -3,10 +3,10 @@
 //! KMCL channels: allocation, init setters, and the lifecycle.
 //!
 //! A [`Channel`] is one endpoint of a VMBus channel, a client (VSC) or a
-//! server (VSP). It is allocated Disabled with [`Channel::allocate`], which
-//! returns the owning [`ChannelHandle`], configured with the `init_set_*`
-//! setters (valid only while Disabled), and brought up with
-//! [`Channel::enable`], which returns at once. The rest happens in process
+//! server (VSP). It is configured with a [`ChannelBuilder`] from
+//! [`Channel::builder`], whose `build` returns the owning, Disabled
+//! [`ChannelHandle`], and brought up with [`Channel::enable`], which
+//! returns at once. The rest happens in process
 //! context on kmcl's workqueue: a server offers, a client finds the offer and
 //! opens it, and both run their state callbacks:
 //!
@@ -21,6 +21,7 @@
 //! provides the rings and signalling.
 
 use core::{
+    any::Any,
     mem::ManuallyDrop,
     sync::atomic::{
         AtomicU32,
@@ -76,7 +77,10 @@ mod sync;
 mod transactions;
 pub(crate) mod xfer;
 
-pub use builder::ChannelBuilder;
+pub use builder::{
+    ChannelBuilder,
+    ChannelDriver, //
+};
 pub use config::FriendlyName;
 pub(crate) use config::{
     Config,
@@ -311,7 +315,7 @@ impl_has_work! {
     impl HasWork<Self, 3> for Channel { self.routine_work }
 }
 
-/// The owner of a channel, returned by [`Channel::allocate`].
+/// The owner of a channel, returned by [`ChannelBuilder::build`].
 ///
 /// Dropping it disables the channel if needed (blocking, process context)
 /// and frees it, as [`ChannelHandle::cleanup`] does for a Disabled channel.
@@ -322,6 +326,11 @@ impl_has_work! {
 pub struct ChannelHandle {
     chan: ManuallyDrop<Arc<Channel>>,
     status: ManuallyDrop<Option<status::StatusFile>>,
+    /// The driver's data of [`ChannelBuilder::driver`], one of the
+    /// references the channel holds (its configuration holds the others,
+    /// as callbacks); dropped with the handle, after the channel dropped
+    /// its own.
+    data: ManuallyDrop<Option<Arc<dyn Any + Send + Sync>>>,
 }
 
 impl core::ops::Deref for ChannelHandle {
@@ -357,6 +366,22 @@ impl ChannelHandle {
     pub fn arc(&self) -> Arc<Channel> {
         Arc::clone(&self.chan)
     }
+
+    /// The driver's data given to [`ChannelBuilder::driver`], if it is a
+    /// `D`; `None` for a channel built without one or with another type.
+    /// The same value the callbacks get as `&self`.
+    ///
+    /// Context: any context.
+    #[inline]
+    pub fn data<D: 'static>(&self) -> Option<&D> {
+        let data: &(dyn Any + Send + Sync) = (*self.data).as_deref()?;
+        data.downcast_ref::<D>()
+    }
+
+    pub(crate) fn set_data(&mut self, data: Option<Arc<dyn Any + Send + Sync>>) {
+        let old = core::mem::replace(&mut *self.data, data);
+        drop(old);
+    }
 }
 
 impl Drop for ChannelHandle {
@@ -371,9 +396,10 @@ impl Drop for ChannelHandle {
         }
         self.chan.drop_driver_callbacks();
         owners::remove(&self.chan);
-        // SAFETY: `drop` runs once, and neither field is used after this.
+        // SAFETY: `drop` runs once, and no field is used after this.
         unsafe {
             ManuallyDrop::drop(&mut self.status);
+            ManuallyDrop::drop(&mut self.data);
             ManuallyDrop::drop(&mut self.chan);
         }
     }
@@ -389,8 +415,10 @@ impl Channel {
     ///
     /// Context: process context only: it allocates with `GFP_KERNEL` and takes
     /// a mutex.
-    #[doc(alias = "VmbChannelAllocate")]
-    pub fn allocate(endpoint: Endpoint, module: &'static ThisModule) -> Result<ChannelHandle> {
+    pub(crate) fn allocate(
+        endpoint: Endpoint,
+        module: &'static ThisModule,
+    ) -> Result<ChannelHandle> {
         let chan = Arc::pin_init(
             try_pin_init!(Channel {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -433,6 +461,7 @@ impl Channel {
         Ok(ChannelHandle {
             chan: ManuallyDrop::new(chan),
             status: ManuallyDrop::new(None),
+            data: ManuallyDrop::new(None),
         })
     }
 

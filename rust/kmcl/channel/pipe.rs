@@ -20,7 +20,8 @@ use super::{
 };
 use crate::wire::pipe;
 
-/// Pipe modes of [`Channel::init_set_pipe_mode`] (`VMBUS_PIPE_TYPE_*`).
+/// Pipe modes of [`ChannelBuilder::pipe_mode`](super::ChannelBuilder::pipe_mode)
+/// (`VMBUS_PIPE_TYPE_*`).
 pub mod pipe_mode {
     /// Byte mode: a stream, whose packet boundaries need not be kept. Not
     /// implemented: `EOPNOTSUPP`.
@@ -60,7 +61,7 @@ impl Channel {
     /// Disabled (else `EINVAL`): [`pipe_mode::MESSAGE`], the default, is
     /// the only one implemented; [`pipe_mode::BYTE`] fails with
     /// `EOPNOTSUPP`, any other value with `EINVAL`.
-    pub fn init_set_pipe_mode(&self, mode: u32) -> Result {
+    pub(crate) fn init_set_pipe_mode(&self, mode: u32) -> Result {
         if self.inner.lock().state != State::Disabled {
             return Err(EINVAL);
         }

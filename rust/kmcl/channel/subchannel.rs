@@ -7,7 +7,7 @@
 //! - A client primary names a [`SubchannelOffer`] callback before Enable.
 //!   For each sub-channel offer of its open connection, kmcl allocates a
 //!   Disabled client channel bound to that offer, owned by the primary's
-//!   module, and hands its [`ChannelHandle`] to the callback. The driver
+//!   module, and hands a [`ChannelBuilder`] over it to the callback. The driver
 //!   sets its callbacks, quota, ring size and target CPU and enables it
 //!   before the callback returns; kmcl opens it before the offer's caller
 //!   (hv_vmbus's offer work, or the loopback server) gets control back.
@@ -29,6 +29,7 @@ use kernel::{
 use super::{
     owners,
     Channel,
+    ChannelBuilder,
     ChannelHandle,
     Endpoint,
     State, //
@@ -40,18 +41,19 @@ use crate::transport::{
 
 /// What a client primary's driver is told of each sub-channel offer.
 pub trait SubchannelOffer: Send + Sync {
-    /// The peer offered a sub-channel of `primary`. `subchannel` is a
+    /// The peer offered a sub-channel of `primary`. `subchannel` builds a
     /// Disabled client channel bound to the offer, with the primary's
-    /// interface ids and bus; [`Channel::subchannel_index`] tells which one
-    /// it is. To use it, set its callbacks (and quota, ring size, target
-    /// CPU as wanted), call `enable()`, and keep the handle; dropping it
-    /// refuses the offer.
+    /// interface ids, bus and ring size;
+    /// [`ChannelBuilder::subchannel_index`] tells which one it is. To use
+    /// it, give it a driver (and a ring size as wanted), build it, set its
+    /// quota and target CPU as wanted, call `enable()`, and keep the
+    /// handle; dropping the builder or the handle refuses the offer.
     ///
     /// Process context: hv_vmbus's offer work, or on loopback the thread
     /// of the server's [`Channel::offer_subchannel`]. The sub-channel opens
     /// (Opened, Started, PostStarted) after this returns, before the
     /// offer's caller gets control back.
-    fn subchannel_offered(&self, primary: &Channel, subchannel: ChannelHandle);
+    fn subchannel_offered(&self, primary: &Channel, subchannel: ChannelBuilder);
 }
 
 /// A channel's sub-channel state, under `Channel::subs`.
@@ -111,7 +113,10 @@ impl Channel {
     /// offers are left unopened.
     ///
     /// Context: process context only: it takes a mutex.
-    pub fn init_set_subchannel_callback(&self, callback: Arc<dyn SubchannelOffer>) -> Result {
+    pub(crate) fn init_set_subchannel_callback(
+        &self,
+        callback: Arc<dyn SubchannelOffer>,
+    ) -> Result {
         if self.endpoint != Endpoint::Client || self.state() != State::Disabled {
             return Err(EINVAL);
         }
@@ -272,7 +277,7 @@ impl Channel {
             s.offer = Some(offer);
         }
         let chan = sub.arc();
-        callback.subchannel_offered(self, sub);
+        callback.subchannel_offered(self, ChannelBuilder::for_subchannel(sub));
         // Enabled in the callback: on the primary's list first, so that a
         // teardown of the primary from now on closes it.
         let registered = chan.state() != State::Disabled && {

@@ -57,7 +57,7 @@ mod tests {
         let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
         c.init_set_client_context_size(24)?;
         c.init_set_flags(ChannelFlags::IS_PIPE)?;
-        c.init_set_friendly_name(c"kunit")?;
+        c.init_set_friendly_name(b"kunit")?;
         c.init_set_maximum_external_data(8192, 2)?;
         c.init_set_maximum_packet_size(1024)?;
         c.init_set_process_packet_callbacks(rec.clone())?;
@@ -208,7 +208,7 @@ mod tests {
         for ch in [&p.client, &p.server] {
             assert_eq!(ch.init_set_client_context_size(8), Err(EINVAL));
             assert_eq!(ch.init_set_flags(ChannelFlags::NONE), Err(EINVAL));
-            assert_eq!(ch.init_set_friendly_name(c"x"), Err(EINVAL));
+            assert_eq!(ch.init_set_friendly_name(b"x"), Err(EINVAL));
             assert_eq!(ch.init_set_maximum_external_data(4096, 1), Err(EINVAL));
             assert_eq!(ch.init_set_maximum_packet_size(64), Err(EINVAL));
             assert_eq!(

@@ -48,6 +48,7 @@ use crate::{
         callbacks::StateChange,
         subchannel::SubchannelOffer,
         Channel,
+        ChannelBuilder,
         ChannelHandle,
         Endpoint,
         State, //
@@ -213,19 +214,21 @@ impl Taker {
         self.subs.lock().len()
     }
 
-    fn take(&self, primary: &Channel, mut sub: ChannelHandle) -> Result {
+    fn take(&self, primary: &Channel, sub: ChannelBuilder) -> Result {
         let index = sub.subchannel_index();
         let rec = Recorder::new()?;
-        sub.init_set_process_packet_callbacks(rec.clone())?;
-        sub.init_set_state_change_callbacks(Arc::new(
-            Tagged {
-                tag: index,
-                log: self.log.clone(),
-                rec: rec.clone(),
-            },
-            GFP_KERNEL,
-        )?)?;
-        sub.init_set_ring_buffer_page_count(self.ring_base + u32::from(index))?;
+        let mut sub = sub
+            .process_packet_callbacks(rec.clone())
+            .state_change_callbacks(Arc::new(
+                Tagged {
+                    tag: index,
+                    log: self.log.clone(),
+                    rec: rec.clone(),
+                },
+                GFP_KERNEL,
+            )?)
+            .ring_buffer_page_count(self.ring_base + u32::from(index))
+            .build()?;
         sub.set_transaction_quota(u32::from(index) + 1)?;
         assert_eq!(sub.interface_ids(), primary.interface_ids());
         assert_eq!(sub.endpoint(), Endpoint::Client);
@@ -241,7 +244,7 @@ impl Taker {
 }
 
 impl SubchannelOffer for Taker {
-    fn subchannel_offered(&self, primary: &Channel, subchannel: ChannelHandle) {
+    fn subchannel_offered(&self, primary: &Channel, subchannel: ChannelBuilder) {
         self.offers.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.take(primary, subchannel) {
             pr_err!("subchannel test: taking an offer failed: {:?}\n", e);

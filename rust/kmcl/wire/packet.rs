@@ -120,11 +120,13 @@ pub struct GpaRange<'a> {
 
 impl<'a> GpaRange<'a> {
     /// Number of page frame numbers.
+    #[inline]
     pub fn pfn_count(&self) -> usize {
         self.pfns.len() / 8
     }
 
     /// Page frame number `i`.
+    #[inline]
     pub fn pfn(&self, i: usize) -> Option<u64> {
         let b = self.pfns.get(i * 8..i * 8 + 8)?;
         let mut w = [0u8; 8];
@@ -177,6 +179,7 @@ fn u32_at(b: &[u8], i: usize) -> Option<u32> {
 }
 
 /// Splits one range off `rest`; `None` if it does not fit.
+#[inline]
 fn split_range(rest: &[u8]) -> Option<(GpaRange<'_>, &[u8])> {
     let byte_count = u32_at(rest, 0)?;
     let byte_offset = u32_at(rest, 4)?;
@@ -196,6 +199,7 @@ fn split_range(rest: &[u8]) -> Option<(GpaRange<'_>, &[u8])> {
 impl<'a> Iterator for GpaRangeIter<'a> {
     type Item = GpaRange<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<GpaRange<'a>> {
         if self.left == 0 {
             return None;

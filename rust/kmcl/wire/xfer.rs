@@ -54,6 +54,7 @@ pub struct XferRange {
 
 impl XferRange {
     /// The end of the range, one past its last byte, without overflow.
+    #[inline]
     pub fn end(&self) -> u64 {
         u64::from(self.byte_offset) + u64::from(self.byte_count)
     }

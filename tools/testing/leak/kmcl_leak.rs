@@ -70,12 +70,13 @@ impl kernel::Module for KmclLeak {
         let mut inst = [0u8; 16];
         inst[15] = 3;
         let cb = Arc::new(Client, GFP_KERNEL)?;
-        let mut h = Channel::allocate(Endpoint::Client, &THIS_MODULE)?;
-        h.init_set_friendly_name(c"leak")?;
-        h.init_set_process_packet_callbacks(cb.clone())?;
-        h.init_set_state_change_callbacks(cb)?;
-        h.init_set_vmbus_handle(Bus::Loopback(loopback::default_bus()?))?;
-        h.init_set_target_pnp(ECHO_TYPE, Some(Guid(inst)))?;
+        let mut h = Channel::builder(Endpoint::Client, &THIS_MODULE)
+            .friendly_name(c"leak")
+            .process_packet_callbacks(cb.clone())
+            .state_change_callbacks(cb)
+            .vmbus_handle(Bus::Loopback(loopback::default_bus()?))
+            .target_pnp(ECHO_TYPE, Some(Guid(inst)))
+            .build()?;
         h.enable()?;
         h.wait_for_state(State::Started, Delta::from_millis(5000))?;
         let mut resp = [0u8; 8];
