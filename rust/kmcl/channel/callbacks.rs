@@ -24,7 +24,10 @@ pub trait ProcessPacket: Send + Sync {
     ///
     /// Runs in softirq context (bottom halves disabled, as for completion
     /// routines), or in process context when the channel processes incoming
-    /// packets at passive level or the packet was deferred.
+    /// packets at passive level or the packet was deferred. Either way it
+    /// must not pause, start or disable its own channel: those wait for
+    /// it, and fail with `EWOULDBLOCK` (softirq) or `EDEADLK` (process
+    /// context) here.
     #[doc(alias = "EvtVmbChannelProcessPacket")]
     fn process_packet(&self, channel: &Channel, packet: IncomingPacket);
 

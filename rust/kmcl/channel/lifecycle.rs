@@ -34,8 +34,9 @@ impl Channel {
     ///
     /// Context: process context only (`might_sleep()` is checked); refused
     /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context and with
-    /// `EDEADLK` from a state callback of this channel, where the state
-    /// cannot change until the callback returns.
+    /// `EDEADLK` from a state callback or a process-context ProcessPacket
+    /// of this channel, where the state cannot change until the callback
+    /// returns.
     pub fn wait_for_state(&self, state: State, timeout: kernel::time::Delta) -> Result {
         self.check_lifecycle_call("wait_for_state")?;
         // State changes wake the condition variable; the timeout only bounds
@@ -61,19 +62,26 @@ impl Channel {
         Err(super::EWOULDBLOCK)
     }
 
-    /// Refuses, with `EDEADLK`, a call that would wait for the state
-    /// callback of this channel that the caller runs in.
+    /// Refuses, with `EDEADLK`, a call that would wait for the callback of
+    /// this channel that the caller runs in: a state callback, or a
+    /// ProcessPacket in process context (a lifecycle step waits for every
+    /// delivered packet, or for the step that runs it).
     fn check_not_in_callback(&self, what: &str) -> Result {
         let me = Task::current_raw() as usize;
-        if self.inner.lock().in_callback == me {
-            pr_err!(
-                "channel {}: {} called from inside its own state callback; refused\n",
-                self.id,
-                what
-            );
-            return Err(EDEADLK);
-        }
-        Ok(())
+        let which = if self.inner.lock().in_callback == me {
+            "state callback"
+        } else if self.in_passive_work() {
+            "ProcessPacket"
+        } else {
+            return Ok(());
+        };
+        pr_err!(
+            "channel {}: {} called from inside its own {}; refused\n",
+            self.id,
+            what,
+            which
+        );
+        Err(EDEADLK)
     }
 
     /// The checks of a lifecycle call: it sleeps, and it waits for the
@@ -89,7 +97,8 @@ impl Channel {
     ///
     /// Context: process context only (`might_sleep()` is checked); refused
     /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context and with
-    /// `EDEADLK` from a state callback of this channel. `EINVAL` when the
+    /// `EDEADLK` from a state callback or a process-context ProcessPacket
+    /// of this channel. `EINVAL` when the
     /// channel is not Disabled or lacks packet callbacks or a target.
     #[doc(alias = "VmbChannelEnable")]
     pub fn enable(&self) -> Result {
@@ -167,8 +176,8 @@ impl Channel {
     /// before it does anything, with one line logged:
     /// [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context (a
     /// ProcessPacket in softirq context, a completion routine, a spinlock
-    /// held), `EDEADLK` from one of the channel's own state callbacks,
-    /// which it would wait for.
+    /// held), `EDEADLK` from one of the channel's own state callbacks or
+    /// from its ProcessPacket in process context, which it would wait for.
     #[doc(alias = "VmbChannelDisable")]
     pub fn disable(&self) -> Result {
         self.check_lifecycle_call("disable")?;
@@ -218,7 +227,8 @@ impl Channel {
     ///
     /// Context: process context only (`might_sleep()` is checked); refused
     /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context and with
-    /// `EDEADLK` from a state callback of this channel.
+    /// `EDEADLK` from a state callback or a process-context ProcessPacket
+    /// of this channel.
     #[doc(alias = "VmbChannelPause")]
     pub fn pause(&self) -> Result {
         self.check_lifecycle_call("pause")?;
@@ -238,7 +248,8 @@ impl Channel {
     ///
     /// Context: process context only (`might_sleep()` is checked); refused
     /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context and with
-    /// `EDEADLK` from a state callback of this channel.
+    /// `EDEADLK` from a state callback or a process-context ProcessPacket
+    /// of this channel.
     #[doc(alias = "VmbChannelStart")]
     pub fn start(&self) -> Result {
         self.check_lifecycle_call("start")?;

@@ -26,6 +26,7 @@ use core::{
     sync::atomic::{
         AtomicU32,
         AtomicU64,
+        AtomicUsize,
         Ordering, //
     },
 };
@@ -305,7 +306,11 @@ pub struct Channel {
     /// Threads waiting on `cond`: a state change wakes it only when some
     /// thread waits, so the packet paths pay no wake-up.
     waiters: AtomicU32,
-    pointer: core::sync::atomic::AtomicUsize,
+    /// The task running the channel's passive work (ProcessPacket in
+    /// process context), 0 when none: only that work item sets it, around
+    /// its run, and a work item never runs twice at once.
+    passive_task: AtomicUsize,
+    pointer: AtomicUsize,
 }
 
 impl_has_work! {
@@ -453,7 +458,8 @@ impl Channel {
                 current: AtomicU64::new(0),
                 inline: AtomicU64::new(0),
                 waiters: AtomicU32::new(0),
-                pointer: core::sync::atomic::AtomicUsize::new(0),
+                passive_task: AtomicUsize::new(0),
+                pointer: AtomicUsize::new(0),
             }),
             GFP_KERNEL,
         )?;
@@ -549,7 +555,10 @@ impl WorkItem<1> for Channel {
     type Pointer = Arc<Channel>;
 
     fn run(this: Arc<Channel>) {
+        let me = kernel::task::Task::current_raw() as usize;
+        this.passive_task.store(me, Ordering::Relaxed);
         this.run_passive();
+        this.passive_task.store(0, Ordering::Relaxed);
     }
 }
 
@@ -594,6 +603,13 @@ impl ChannelHandle {
 pub(crate) type LockGuard<'a, T> = Guard<'a, T, SpinLockIrqBackend>;
 
 impl Channel {
+    /// Whether the calling task runs this channel's passive work, inside
+    /// which ProcessPacket runs in process context.
+    pub(crate) fn in_passive_work(&self) -> bool {
+        let me = kernel::task::Task::current_raw() as usize;
+        self.passive_task.load(Ordering::Relaxed) == me
+    }
+
     /// Wakes the threads waiting on the channel's condition variable (a
     /// state change they wait for happened); does nothing when none waits.
     ///

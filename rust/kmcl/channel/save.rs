@@ -113,7 +113,8 @@ impl Channel {
     ///
     /// Context: process context only (`might_sleep()` is checked); refused
     /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context and with
-    /// `EDEADLK` from a state callback of this channel.
+    /// `EDEADLK` from a state callback or a process-context ProcessPacket
+    /// of this channel.
     #[doc(alias = "VmbChannelSaveBegin")]
     pub fn save_begin(&self) -> Result<SaveContext> {
         self.check_lifecycle_call("save_begin")?;
@@ -219,8 +220,8 @@ impl Channel {
     ///
     /// Context: process context only (`might_sleep()` is checked); refused
     /// with [`EWOULDBLOCK`](super::EWOULDBLOCK) in atomic context and with
-    /// `EDEADLK` from a state callback of this channel, the chunk not
-    /// taken.
+    /// `EDEADLK` from a state callback or a process-context ProcessPacket
+    /// of this channel, the chunk not taken.
     #[doc(alias = "VmbChannelRestoreFromBuffer")]
     pub fn restore_from_buffer(&self, chunk: &[u8]) -> Result<RestoreStatus> {
         self.check_lifecycle_call("restore_from_buffer")?;

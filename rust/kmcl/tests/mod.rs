@@ -16,6 +16,7 @@ mod hv_hostile;
 mod hv_interop;
 mod hv_memory;
 mod hv_pipe;
+mod passive;
 mod pipe;
 mod receive;
 mod send;
