@@ -30,8 +30,8 @@
 //! ```
 //! use kernel::prelude::*;
 //! use kmcl::{
-//!     channel::{Channel, Endpoint},
 //!     testing::{self, RingField, Rings},
+//!     Channel, Endpoint,
 //! };
 //!
 //! /// A host whose write index points outside the ring: the VSC must stop

@@ -55,9 +55,17 @@ if [ "$dep_fail" != 0 ]; then
 	exit 1
 fi
 
-step "documentation (Sphinx and rustdoc, warnings are errors)"
+step "documentation (Sphinx and rustdoc, warnings are errors; every example compiles)"
 sphinx-build -q -W -b html "$top/Documentation" "$top/build/docs"
 "$here/rustdoc.sh"
+doclog=$(mktemp)
+if ! "$here/doctests.sh" >"$doclog" 2>&1; then
+	cat "$doclog"
+	echo "a rustdoc example does not compile" >&2
+	exit 1
+fi
+grep 'test result' "$doclog"
+rm -f "$doclog"
 
 step "rustfmt --check"
 "$here/rustfmt.sh" --check

@@ -135,9 +135,13 @@ pub(crate) struct Settings {
 ///         .driver(Counter { seen: AtomicU32::new(0) })
 ///         .build()?;
 ///     ch.enable()?;
-///     let seen = ch.data::<Counter>().map(|c| c.seen.load(Ordering::Relaxed));
-///     pr_info!("{:?} packets so far\n", seen);
 ///     Ok(ch)
+/// }
+///
+/// /// The packets `ch`'s driver saw so far.
+/// fn seen(ch: &ChannelHandle) -> u32 {
+///     ch.data::<Counter>()
+///         .map_or(0, |c| c.seen.load(Ordering::Relaxed))
 /// }
 /// ```
 #[must_use = "a builder does nothing until `build`"]

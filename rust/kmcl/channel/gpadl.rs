@@ -44,6 +44,32 @@ pub enum GpadlBytes<'a> {
 /// A GPADL created by a client. Dropping it deletes it (blocking): drop it
 /// in process context only, or delete it with [`Channel::delete_gpadl`],
 /// which refuses atomic context.
+///
+/// # Examples
+///
+/// A buffer shared with the peer, filled, its id announced, and taken back:
+///
+/// ```
+/// use kernel::{alloc::KVVec, prelude::*};
+/// use kmcl::{Channel, GpadlBytes, GpadlFlags, SendFlags};
+///
+/// fn share(channel: &Channel) -> Result {
+///     let mut buf = KVVec::new();
+///     buf.extend_from_slice(&[0u8; 8192], GFP_KERNEL)?;
+///     let mut gpadl = channel.create_gpadl_from_buffer(buf, GpadlFlags::NONE)?;
+///     if let Some(GpadlBytes::Buffer(bytes)) = gpadl.memory() {
+///         bytes[..4].copy_from_slice(b"kmcl");
+///     }
+///     let id = gpadl.id().to_le_bytes();
+///     channel
+///         .packet_allocate()?
+///         .send(&id, SendFlags::WAIT_FOR_COMPLETION)
+///         .map_err(|e| e.error)?;
+///     // Back to this driver once the peer no longer maps it.
+///     let _buffer = channel.delete_gpadl(gpadl).map_err(|(e, _)| e)?;
+///     Ok(())
+/// }
+/// ```
 pub struct Gpadl {
     id: u32,
     backing: Option<GpadlBacking>,

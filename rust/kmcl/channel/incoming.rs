@@ -39,6 +39,38 @@ pub const PROCESS_PACKET_FLAG_EXTERNAL_DATA: u32 = 0x1;
 /// (`VmbChannelPacketDeferToPassive`). Dropping it unfinished is a driver bug:
 /// kmcl logs it and completes the packet with an empty payload, so that the
 /// peer is not left waiting.
+///
+/// # Examples
+///
+/// A ProcessPacket that answers short requests at once, fails empty ones,
+/// and defers the rest to process context:
+///
+/// ```
+/// use kernel::prelude::*;
+/// use kmcl::{Channel, IncomingPacket, ProcessPacket};
+///
+/// struct Server;
+///
+/// impl ProcessPacket for Server {
+///     fn process_packet(&self, _channel: &Channel, packet: IncomingPacket) {
+///         match packet.data().len() {
+///             0 => packet.fail(),
+///             1..=64 => {
+///                 let mut answer = [0u8; 64];
+///                 let n = packet.data().len();
+///                 answer[..n].copy_from_slice(packet.data());
+///                 let _ = packet.complete(&answer[..n]);
+///             }
+///             // Redelivered in process context, where it may sleep.
+///             _ => {
+///                 if let Err(refused) = packet.defer_to_passive() {
+///                     refused.0.fail();
+///                 }
+///             }
+///         }
+///     }
+/// }
+/// ```
 #[must_use = "an incoming packet must be completed, failed or deferred"]
 pub struct IncomingPacket {
     pub(super) chan: Arc<Channel>,

@@ -234,6 +234,29 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 /// Reached as `&Channel` from its [`ChannelHandle`], from callbacks, and from
 /// packets ([`outgoing::Packet::channel`]).
 ///
+/// # Examples
+///
+/// A synchronous request, from process context:
+///
+/// ```
+/// use kernel::{prelude::*, time::Delta};
+/// use kmcl::{Channel, SendFlags};
+///
+/// fn version(channel: &Channel) -> Result<u32> {
+///     let mut answer = [0u8; 4];
+///     let n = channel.send_synchronous_request(
+///         b"version?",
+///         SendFlags::WAIT_FOR_COMPLETION,
+///         &mut answer,
+///         Some(Delta::from_millis(1000)),
+///     )?;
+///     if n != answer.len() {
+///         return Err(EPROTO);
+///     }
+///     Ok(u32::from_le_bytes(answer))
+/// }
+/// ```
+///
 /// # Locks
 ///
 /// - `control` (mutex): one lifecycle step at a time (Enable, Disable,
@@ -328,6 +351,41 @@ impl_has_work! {
 /// Its fields are dropped by its `Drop` impl, inside kmcl: the drop glue a
 /// driver's module instantiates for a handle calls that one exported
 /// function and reaches no internal of kmcl.
+///
+/// # Examples
+///
+/// A module that keeps its channel's handle, reads its driver's data and
+/// closes it on unload:
+///
+/// ```
+/// use core::sync::atomic::{AtomicU64, Ordering};
+/// use kernel::prelude::*;
+/// use kmcl::{Channel, ChannelHandle, IncomingPacket, ProcessPacket, StateChange};
+///
+/// struct Counter(AtomicU64);
+///
+/// impl ProcessPacket for Counter {
+///     fn process_packet(&self, _channel: &Channel, packet: IncomingPacket) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///         let _ = packet.complete(&[]);
+///     }
+/// }
+///
+/// impl StateChange for Counter {}
+///
+/// struct MyModule {
+///     chan: ChannelHandle,
+/// }
+///
+/// impl Drop for MyModule {
+///     fn drop(&mut self) {
+///         // Disable waits for every callback; the counter is final then.
+///         let _ = self.chan.disable();
+///         let _seen = self.chan.data::<Counter>().map(|c| c.0.load(Ordering::Relaxed));
+///         // Dropping `chan` frees the channel and the `Counter`.
+///     }
+/// }
+/// ```
 pub struct ChannelHandle {
     chan: ManuallyDrop<Arc<Channel>>,
     status: ManuallyDrop<Option<status::StatusFile>>,

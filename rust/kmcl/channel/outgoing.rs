@@ -129,6 +129,25 @@ impl PacketInner {
 /// caller memory with [`Packet::initialize`]. Sending consumes it; the
 /// completion routine gets it back. Dropping it frees it
 /// (`VmbPacketFree`): a pool packet goes back to the pool.
+///
+/// # Examples
+///
+/// A one-way send, then a send whose completion the peer answers, waited
+/// for with every other send of the channel:
+///
+/// ```
+/// use kernel::{prelude::*, time::Delta};
+/// use kmcl::{Channel, SendFlags};
+///
+/// fn notify_then_ask(channel: &Channel) -> Result {
+///     let p = channel.packet_allocate()?;
+///     p.send(b"notify", SendFlags::NONE).map_err(|e| e.error)?;
+///     let p = channel.packet_allocate()?;
+///     p.send(b"ask", SendFlags::WAIT_FOR_COMPLETION)
+///         .map_err(|e| e.error)?;
+///     channel.wait_sends_finished(Delta::from_millis(1000))
+/// }
+/// ```
 pub struct Packet {
     inner: Option<KBox<PacketInner>>,
 }
