@@ -50,7 +50,8 @@ pub use channel::{
         GpadlBytes,
         GpadlMapping,
         GpadlMemory,
-        MmioSpace, //
+        MmioSpace,
+        SharedBytes, //
     },
     incoming::{
         DeferError,

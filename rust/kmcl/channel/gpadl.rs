@@ -27,19 +27,104 @@ use crate::transport::memory::{
 };
 
 /// The bytes of a GPADL's memory while it is shared (`Gpadl::memory`).
-///
 /// A view, not the memory: the host (or a loopback server) may map the
 /// memory until the GPADL is deleted, so nothing here can free, grow,
-/// shrink or replace it. The bytes can be read and written; the host may
-/// write them at any time too.
+/// shrink or replace it.
 pub enum GpadlBytes<'a> {
     /// A virtually contiguous buffer ([`GpadlMemory::Buffer`]).
-    Buffer(&'a mut [u8]),
+    Buffer(SharedBytes<'a>),
     /// Pages ([`GpadlMemory::Pages`]).
     Pages(&'a [Page]),
     /// A buffer kmcl allocated for sharing ([`GpadlMemory::Shared`]).
-    Shared(&'a mut [u8]),
+    Shared(SharedBytes<'a>),
 }
+
+/// Bytes shared with the peer, read and written by copy.
+///
+/// The peer may read and write them at any time while the GPADL exists,
+/// so no Rust reference to them is ever formed: a `&[u8]` or `&mut [u8]`
+/// would promise that nothing else changes them. [`SharedBytes::read`] and
+/// [`SharedBytes::write`] copy, as a driver in C copies to and from such a
+/// buffer; bytes the peer changes during a copy come out as either value.
+///
+/// # Invariants
+///
+/// `ptr` is valid for reads and writes of `len` bytes for `'a`, which
+/// borrows the [`Gpadl`] (mutably) that owns the memory; every byte of it
+/// is initialised. Within this process only this value and the peer's
+/// copies reach those bytes while it lives.
+pub struct SharedBytes<'a> {
+    ptr: core::ptr::NonNull<u8>,
+    len: usize,
+    _gpadl: core::marker::PhantomData<&'a mut [u8]>,
+}
+
+impl<'a> SharedBytes<'a> {
+    fn new(bytes: &'a mut [u8]) -> Self {
+        // INVARIANT: from a unique borrow of the memory for `'a`, which the
+        // GPADL owns and keeps initialised.
+        Self {
+            len: bytes.len(),
+            ptr: core::ptr::NonNull::from(bytes).cast(),
+            _gpadl: core::marker::PhantomData,
+        }
+    }
+
+    /// The length in bytes.
+    ///
+    /// Context: any context.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes.
+    ///
+    /// Context: any context.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies the bytes at `pos` into `dst`; `EINVAL` (nothing copied) if
+    /// they run past the end.
+    ///
+    /// Context: any context.
+    #[inline]
+    pub fn read(&self, pos: usize, dst: &mut [u8]) -> Result {
+        if pos.checked_add(dst.len()).is_none_or(|end| end > self.len) {
+            return Err(EINVAL);
+        }
+        // SAFETY: `pos + dst.len() <= len`, so the source is within the
+        // bytes `ptr` is valid for (type invariant); `dst` is a distinct
+        // buffer of the caller, and any byte is a valid `u8`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(pos), dst.as_mut_ptr(), dst.len())
+        };
+        Ok(())
+    }
+
+    /// Copies `src` into the bytes at `pos`; `EINVAL` (nothing copied) if
+    /// it runs past the end.
+    ///
+    /// Context: any context.
+    #[inline]
+    pub fn write(&mut self, pos: usize, src: &[u8]) -> Result {
+        if pos.checked_add(src.len()).is_none_or(|end| end > self.len) {
+            return Err(EINVAL);
+        }
+        // SAFETY: as in `read`, the destination within the bytes `ptr` is
+        // valid for writes, and `src` a distinct buffer of the caller.
+        unsafe {
+            core::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(pos), src.len())
+        };
+        Ok(())
+    }
+}
+
+// SAFETY: `SharedBytes` is a copying view of memory a `Gpadl` owns, with no
+// thread affinity.
+unsafe impl Send for SharedBytes<'_> {}
 
 /// A GPADL created by a client. Dropping it deletes it (blocking): drop it
 /// in process context only, or delete it with [`Channel::delete_gpadl`],
@@ -57,8 +142,8 @@ pub enum GpadlBytes<'a> {
 ///     let mut buf = KVVec::new();
 ///     buf.extend_from_slice(&[0u8; 8192], GFP_KERNEL)?;
 ///     let mut gpadl = channel.create_gpadl_from_buffer(buf, GpadlFlags::NONE)?;
-///     if let Some(GpadlBytes::Buffer(bytes)) = gpadl.memory() {
-///         bytes[..4].copy_from_slice(b"kmcl");
+///     if let Some(GpadlBytes::Buffer(mut bytes)) = gpadl.memory() {
+///         bytes.write(0, b"kmcl")?;
 ///     }
 ///     let id = gpadl.id().to_le_bytes();
 ///     channel
@@ -92,9 +177,9 @@ impl Gpadl {
     /// Context: any context.
     pub fn memory(&mut self) -> Option<GpadlBytes<'_>> {
         Some(match self.mem.as_mut()? {
-            GpadlMemory::Buffer(b) => GpadlBytes::Buffer(b.as_mut_slice()),
+            GpadlMemory::Buffer(b) => GpadlBytes::Buffer(SharedBytes::new(b.as_mut_slice())),
             GpadlMemory::Pages(p) => GpadlBytes::Pages(p.as_slice()),
-            GpadlMemory::Shared(b) => GpadlBytes::Shared(b),
+            GpadlMemory::Shared(b) => GpadlBytes::Shared(SharedBytes::new(b)),
         })
     }
 

@@ -255,10 +255,20 @@ mod tests {
         // Whole pages, shared as a buffer the caller decrypted.
         assert_eq!(decrypted_gpadls(), (n + 1, 3 * 4096));
         match g.memory() {
-            Some(GpadlBytes::Shared(b)) => {
+            Some(GpadlBytes::Shared(mut b)) => {
                 assert_eq!(b.len(), 3 * 4096);
-                assert!(b.iter().all(|&x| x == 0));
-                b[4096..4101].copy_from_slice(b"guest");
+                let mut page = [0xffu8; 4096];
+                for pos in (0..3 * 4096).step_by(4096) {
+                    b.read(pos, &mut page)?;
+                    assert!(page.iter().all(|&x| x == 0));
+                }
+                // Past the end: refused, nothing copied.
+                assert_eq!(b.read(3 * 4096 - 4, &mut [0u8; 5]), Err(EINVAL));
+                assert_eq!(b.write(usize::MAX, b"x"), Err(EINVAL));
+                b.write(4096, b"guest")?;
+                let mut back = [0u8; 5];
+                b.read(4096, &mut back)?;
+                assert_eq!(&back, b"guest");
             }
             _ => return Err(EINVAL),
         }
