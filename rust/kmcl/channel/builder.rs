@@ -89,8 +89,9 @@ pub(crate) struct Settings {
     pub(crate) mmio_megabytes: Option<u32>,
     pub(crate) target_interface_id: Option<(Guid, Guid)>,
     pub(crate) target_vtl: Option<u8>,
-    /// The first error of a setter, reported by `build`.
-    pub(crate) error: Option<Error>,
+    /// The first error of a setter and the setter's name, reported by
+    /// `build`.
+    pub(crate) error: Option<(Error, &'static str)>,
 }
 
 /// A channel being configured, returned by [`Channel::builder`]
@@ -200,9 +201,9 @@ impl ChannelBuilder {
     }
 
     #[inline]
-    fn fail(mut self, e: Error) -> Self {
+    fn fail(mut self, e: Error, setting: &'static str) -> Self {
         if self.settings.error.is_none() {
-            self.settings.error = Some(e);
+            self.settings.error = Some((e, setting));
         }
         self
     }
@@ -244,7 +245,7 @@ impl ChannelBuilder {
                 s.state = Some(d.clone());
                 s.data = Some(d);
             }),
-            Err(e) => self.fail(e),
+            Err(e) => self.fail(e, "driver"),
         }
     }
 
@@ -298,7 +299,7 @@ impl ChannelBuilder {
     pub fn friendly_name(self, name: &CStr) -> Self {
         let b = name.to_bytes();
         if b.len() > FRIENDLY_NAME_MAX {
-            return self.fail(EINVAL);
+            return self.fail(EINVAL, "friendly_name");
         }
         let mut buf = [0u8; FRIENDLY_NAME_MAX];
         buf[..b.len()].copy_from_slice(b);
@@ -470,70 +471,107 @@ impl ChannelHandle {
             target_vtl,
             error,
         } = settings;
-        if let Some(e) = error {
-            return Err(e);
+        if let Some((e, setting)) = error {
+            return refused(self, setting, Err(e));
         }
         let c: &Channel = self;
         if let Some(v) = client_context_size {
-            c.init_set_client_context_size(v)?;
+            refused(c, "client_context_size", c.init_set_client_context_size(v))?;
         }
         if let Some(v) = flags {
-            c.init_set_flags(v)?;
+            refused(c, "flags", c.init_set_flags(v))?;
         }
         if let Some((buf, len)) = friendly_name {
-            c.init_set_friendly_name(&buf[..len])?;
+            refused(c, "friendly_name", c.init_set_friendly_name(&buf[..len]))?;
         }
         if let Some((size, chain)) = maximum_external_data {
-            c.init_set_maximum_external_data(size, chain)?;
+            refused(
+                c,
+                "maximum_external_data",
+                c.init_set_maximum_external_data(size, chain),
+            )?;
         }
         if let Some(v) = maximum_packet_size {
-            c.init_set_maximum_packet_size(v)?;
+            refused(c, "maximum_packet_size", c.init_set_maximum_packet_size(v))?;
         }
         if let Some(v) = packet_pool_size {
-            c.init_set_packet_pool_size(v)?;
+            refused(c, "packet_pool_size", c.init_set_packet_pool_size(v))?;
         }
         if let Some(v) = incoming_slots {
-            c.init_set_incoming_slots(v)?;
+            refused(c, "incoming_slots", c.init_set_incoming_slots(v))?;
         }
         if let Some(v) = pipe_mode {
-            c.init_set_pipe_mode(v)?;
+            refused(c, "pipe_mode", c.init_set_pipe_mode(v))?;
         }
         if let Some(v) = bus {
-            c.init_set_vmbus_handle(v)?;
+            refused(c, "vmbus_handle", c.init_set_vmbus_handle(v))?;
         }
         if let Some(v) = ring_buffer_page_count {
-            c.init_set_ring_buffer_page_count(v)?;
+            refused(
+                c,
+                "ring_buffer_page_count",
+                c.init_set_ring_buffer_page_count(v),
+            )?;
         }
         if let Some((ty, instance)) = target_pnp {
-            c.init_set_target_pnp(ty, instance)?;
+            refused(c, "target_pnp", c.init_set_target_pnp(ty, instance))?;
         }
         if let Some(v) = server_flags {
-            c.init_set_server_flags(v)?;
+            refused(c, "server_flags", c.init_set_server_flags(v))?;
         }
         if let Some(v) = mmio_megabytes {
-            c.init_set_mmio_megabytes(v)?;
+            refused(c, "mmio_megabytes", c.init_set_mmio_megabytes(v))?;
         }
         if let Some((ty, instance)) = target_interface_id {
-            c.init_set_target_interface_id(ty, instance)?;
+            refused(
+                c,
+                "target_interface_id",
+                c.init_set_target_interface_id(ty, instance),
+            )?;
         }
         if let Some(v) = target_vtl {
-            c.init_set_target_vtl(v)?;
+            refused(c, "target_vtl", c.init_set_target_vtl(v))?;
         }
         if let Some(v) = save_restore {
-            c.init_set_save_restore_packet_callbacks(v)?;
+            refused(
+                c,
+                "save_restore_packet_callbacks",
+                c.init_set_save_restore_packet_callbacks(v),
+            )?;
         }
         if let Some(v) = subchannel {
-            c.init_set_subchannel_callback(v)?;
+            refused(c, "subchannel_callback", c.init_set_subchannel_callback(v))?;
         }
         if let Some(v) = state {
-            c.init_set_state_change_callbacks(v)?;
+            refused(
+                c,
+                "state_change_callbacks",
+                c.init_set_state_change_callbacks(v),
+            )?;
         }
         if let Some(v) = process {
-            c.init_set_process_packet_callbacks(v)?;
+            refused(
+                c,
+                "process_packet_callbacks",
+                c.init_set_process_packet_callbacks(v),
+            )?;
         }
         if data.is_some() {
             self.set_data(data);
         }
         Ok(())
     }
+}
+
+/// Logs which setting `r` of the builder of `c` refused, and passes `r` on.
+fn refused(c: &Channel, setting: &str, r: Result) -> Result {
+    if let Err(e) = r {
+        pr_err!(
+            "channel {}: builder setting {} refused: {:?}\n",
+            c.id(),
+            setting,
+            e
+        );
+    }
+    r
 }
