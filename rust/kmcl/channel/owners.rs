@@ -4,7 +4,7 @@
 //! that has gone.
 //!
 //! Every [`ChannelHandle`](super::ChannelHandle) is recorded here with the
-//! module that allocated it, from [`Channel::allocate`] until the handle is
+//! module that built it, from [`ChannelBuilder::build`](super::ChannelBuilder::build) until the handle is
 //! dropped. A module that drops its handles in its exit, as it should,
 //! leaves nothing behind. One that leaked a handle (forgot it, or lost it on
 //! an error path) would leave kmcl holding callbacks into code about to be
