@@ -440,8 +440,10 @@ impl Channel {
         drop(left);
         self.inner.lock().opened = false;
         let mut r = self.rx.lock();
-        r.drop_deferred();
+        let keep = r.drop_deferred();
         r.failed = false;
+        drop(r);
+        drop(keep);
     }
 
     pub(super) fn handle_events(&self) {

@@ -11,7 +11,10 @@ use kernel::{
 };
 
 use super::{
-    incoming::IncomingPacket,
+    incoming::{
+        ChannelRef,
+        IncomingPacket, //
+    },
     rx::RxState,
     Channel,
     LockGuard,
@@ -168,11 +171,15 @@ impl Channel {
             g.process.clone()
         };
         let Some(cb) = cb else {
-            self.rx.lock().delivering = false;
+            let keep = self.rx.lock().stop_delivering();
+            drop(keep);
             return;
         };
-        self.drain_passes(&*cb);
+        let keep = self.drain_passes(&*cb);
         self.wake_waiters();
+        // The caller's `&self` stands for another reference: this is never
+        // the channel's last.
+        drop(keep);
     }
 
     /// The passes of [`Channel::drain`]: each reads until the ring is empty
@@ -180,13 +187,18 @@ impl Channel {
     /// ProcessingComplete for what it delivered. After the last pass the
     /// drain leaves, unless an interrupt came meanwhile. A pass that
     /// delivered nothing leaves in the same trip through the receive lock
-    /// that ends it.
-    fn drain_passes(&self, cb: &dyn super::callbacks::ProcessPacket) {
+    /// that ends it. Returns the channel's reference on itself for its
+    /// packets if none is left (`RxState::keep`), for the caller to drop.
+    fn drain_passes(
+        &self,
+        cb: &dyn super::callbacks::ProcessPacket,
+    ) -> Option<Arc<Channel>> {
         let mut batch = 0u32;
         let mut since_commit = 0u32;
         // The buffer of a completion just handled, back to the free slots
         // under the next packet's lock.
         let mut spare = None;
+        let mut keep = None;
         loop {
             let stop = self.drain_one(cb, &mut batch, &mut spare);
             since_commit += 1;
@@ -217,7 +229,7 @@ impl Channel {
                 let next = if more {
                     Next::Read
                 } else if batch == 0 {
-                    self.leave_or_again(&mut g)
+                    self.leave_or_again(&mut g, &mut keep)
                 } else {
                     Next::Complete
                 };
@@ -230,19 +242,21 @@ impl Channel {
                 Next::Read => {}
                 Next::Complete => {
                     cb.processing_complete(self, core::mem::take(&mut batch));
-                    if self.leave_or_again(&mut self.rx.lock()) == Next::Done {
-                        return;
+                    if self.leave_or_again(&mut self.rx.lock(), &mut keep) == Next::Done {
+                        return keep;
                     }
                 }
-                Next::Done => return,
+                Next::Done => return keep,
             }
         }
     }
 
     /// At the end of a pass, with the receive lock held: an interrupt that
     /// came while the pass ran found the ring being drained, so look again
-    /// ([`Next::Read`]); otherwise stop delivering ([`Next::Done`]).
-    fn leave_or_again(&self, g: &mut RxState) -> Next {
+    /// ([`Next::Read`]); otherwise stop delivering ([`Next::Done`]), and,
+    /// with no packet left, move the channel's reference on itself for its
+    /// packets to `keep`.
+    fn leave_or_again(&self, g: &mut RxState, keep: &mut Option<Arc<Channel>>) -> Next {
         if core::mem::take(&mut g.drain_again) && g.enabled && !g.failed {
             if let Some(link) = g.link.as_mut() {
                 link.begin_read();
@@ -250,7 +264,7 @@ impl Channel {
             }
         }
         self.current.store(0, Ordering::Relaxed);
-        g.delivering = false;
+        *keep = g.stop_delivering();
         Next::Done
     }
 
@@ -365,6 +379,11 @@ impl Channel {
             return None;
         }
         g.outstanding += 1;
+        // The packet reaches the channel through `keep`, set while it is
+        // counted (`ChannelRef`); the drain's other packets share it.
+        if g.keep.is_none() {
+            g.keep = Some(self.arc());
+        }
         let seq = g.next_seq;
         g.next_seq += 1;
         self.current.store(seq, Ordering::Relaxed);
@@ -378,7 +397,9 @@ impl Channel {
         let raw = (buf.as_mut_ptr(), buf.len(), buf.capacity());
         self.inline.store(seq, Ordering::Relaxed);
         let pkt = IncomingPacket {
-            chan: self.arc(),
+            // SAFETY: the packet was counted in `outstanding`, and `keep`
+            // set, under the receive lock just released.
+            chan: unsafe { ChannelRef::new(self) },
             buf: Some(buf),
             len: n,
             payload_offset,
