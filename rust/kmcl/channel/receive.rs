@@ -189,10 +189,7 @@ impl Channel {
     /// delivered nothing leaves in the same trip through the receive lock
     /// that ends it. Returns the channel's reference on itself for its
     /// packets if none is left (`RxState::keep`), for the caller to drop.
-    fn drain_passes(
-        &self,
-        cb: &dyn super::callbacks::ProcessPacket,
-    ) -> Option<Arc<Channel>> {
+    fn drain_passes(&self, cb: &dyn super::callbacks::ProcessPacket) -> Option<Arc<Channel>> {
         let mut batch = 0u32;
         let mut since_commit = 0u32;
         // The buffer of a completion just handled, back to the free slots
