@@ -273,7 +273,9 @@ impl Channel {
         spare: &mut Option<Spare>,
     ) -> Option<Stop> {
         let mut g = self.rx.lock();
-        if let Some(b) = spare.take() {
+        // A buffer handed back is the next packet's, as it would be from
+        // the free slots, which it goes back to if the drain stops.
+        let back = spare.take().map(|b| {
             if b.finished {
                 g.outstanding -= 1;
                 // This drain reads on: no kick needed.
@@ -281,23 +283,23 @@ impl Channel {
                     g.stalled = false;
                 }
             }
-            g.put_buf(b.buf);
-        }
+            b.buf
+        });
         // The previous packet's ProcessPacket has returned.
         self.current.store(0, Ordering::Relaxed);
         // `enabled` is cleared under the control lock when the channel
         // leaves Started: it stands for the state check.
-        if !g.enabled || g.failed {
-            return Some(Stop::Blocked);
-        }
-        if g.outstanding >= g.quota {
-            if !g.stalled {
+        if !g.enabled || g.failed || g.outstanding >= g.quota {
+            if let Some(b) = back {
+                g.put_buf(b);
+            }
+            if g.enabled && !g.failed && !g.stalled {
                 g.stalled = true;
                 self.stats.quota_stalls.fetch_add(1, Ordering::Relaxed);
             }
             return Some(Stop::Blocked);
         }
-        let Some(mut buf) = g.take_buf() else {
+        let Some(mut buf) = back.or_else(|| g.take_buf()) else {
             g.stalled = true;
             self.stats.quota_stalls.fetch_add(1, Ordering::Relaxed);
             return Some(Stop::Blocked);
@@ -386,8 +388,10 @@ impl Channel {
         self.current.store(seq, Ordering::Relaxed);
         drop(g);
         self.stats.packets_received.fetch_add(1, Ordering::Relaxed);
-        let len = buf.len();
-        buf[len - ctx..].fill(0);
+        if ctx != 0 {
+            let len = buf.len();
+            buf[len - ctx..].fill(0);
+        }
         *batch += 1;
         // Where the buffer is, for a finish inside ProcessPacket that hands
         // it back through `inline`.
