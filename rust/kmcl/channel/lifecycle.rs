@@ -404,7 +404,12 @@ impl Channel {
             rx.passive = r.passive;
             *r = rx;
         }
-        *self.tx.lock() = tx;
+        {
+            let mut t = self.tx.lock();
+            // Whether the handle still lives is not state of one Enable.
+            tx.pool_refs = t.pool_refs;
+            *t = tx;
+        }
         g.state = State::Enabled;
         g.peer_gone = false;
         g.disabling = false;
