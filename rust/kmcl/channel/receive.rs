@@ -185,9 +185,9 @@ impl Channel {
     /// The passes of [`Channel::drain`]: each reads until the ring is empty
     /// or delivery blocks, publishes the read index, unmasks, then calls
     /// ProcessingComplete for what it delivered. After the last pass the
-    /// drain leaves, unless an interrupt came meanwhile. A pass that
-    /// delivered nothing leaves in the same trip through the receive lock
-    /// that ends it. Returns the channel's reference on itself for its
+    /// drain leaves, unless an interrupt came meanwhile. A pass ends under
+    /// the hold of the receive lock that found the ring empty or delivery
+    /// blocked, and one that delivered nothing leaves in it too. Returns the channel's reference on itself for its
     /// packets if none is left (`RxState::keep`), for the caller to drop.
     fn drain_passes(&self, cb: &dyn super::callbacks::ProcessPacket) -> Option<Arc<Channel>> {
         let mut batch = 0u32;
@@ -199,7 +199,7 @@ impl Channel {
         loop {
             let stop = self.drain_one(cb, &mut batch, &mut spare);
             since_commit += 1;
-            let Some(stop) = stop else {
+            let Some((stop, held)) = stop else {
                 if since_commit >= COMMIT_EVERY {
                     since_commit = 0;
                     let signal = self.rx.lock().link.as_mut().is_some_and(|l| l.commit());
@@ -211,7 +211,9 @@ impl Channel {
             };
             since_commit = 0;
             let (signal, next) = {
-                let mut g = self.rx.lock();
+                // The lock hold that stopped the pass ends it, unless it
+                // was given up to log a refusal.
+                let mut g = held.unwrap_or_else(|| self.rx.lock());
                 let mut signal = false;
                 let mut more = false;
                 if let Some(link) = g.link.as_mut() {
@@ -265,13 +267,14 @@ impl Channel {
         Next::Done
     }
 
-    /// Reads and handles one packet. `None`: go on.
+    /// Reads and handles one packet. `None`: go on; otherwise why the pass
+    /// stops, with the receive lock still held unless it was given up.
     fn drain_one(
         &self,
         cb: &dyn super::callbacks::ProcessPacket,
         batch: &mut u32,
         spare: &mut Option<Spare>,
-    ) -> Option<Stop> {
+    ) -> Option<(Stop, Option<LockGuard<'_, RxState>>)> {
         let mut g = self.rx.lock();
         // A buffer handed back is the next packet's, as it would be from
         // the free slots, which it goes back to if the drain stops.
@@ -297,12 +300,12 @@ impl Channel {
                 g.stalled = true;
                 self.stats.quota_stalls.fetch_add(1, Ordering::Relaxed);
             }
-            return Some(Stop::Blocked);
+            return Some((Stop::Blocked, Some(g)));
         }
         let Some(mut buf) = back.or_else(|| g.take_buf()) else {
             g.stalled = true;
             self.stats.quota_stalls.fetch_add(1, Ordering::Relaxed);
-            return Some(Stop::Blocked);
+            return Some((Stop::Blocked, Some(g)));
         };
         let ctx = g.ctx_size;
         let limits = g.limits;
@@ -315,12 +318,12 @@ impl Channel {
             Ok(Some(n)) => n,
             Ok(None) => {
                 g.put_buf(buf);
-                return Some(Stop::Empty);
+                return Some((Stop::Empty, Some(g)));
             }
             Err(e) => {
                 g.put_buf(buf);
                 self.refuse_incoming(g, "incoming ring refused", &e);
-                return Some(Stop::Blocked);
+                return Some((Stop::Blocked, None));
             }
         };
         let parsed = packet::parse(&buf[..n], &limits).and_then(|p| {
@@ -343,7 +346,7 @@ impl Channel {
             Err(e) => {
                 g.put_buf(buf);
                 self.refuse_incoming(g, "malformed packet from the peer", &e);
-                return Some(Stop::Blocked);
+                return Some((Stop::Blocked, None));
             }
         };
         // Pipe mode (channel/pipe.rs): an in-band packet's pipe header is
@@ -355,7 +358,7 @@ impl Channel {
             Err(e) => {
                 g.put_buf(buf);
                 self.refuse_incoming(g, "malformed pipe header from the peer", &e);
-                return Some(Stop::Blocked);
+                return Some((Stop::Blocked, None));
             }
         };
         if is_completion {
