@@ -5,6 +5,7 @@
 
 use core::{
     mem::ManuallyDrop,
+    ptr::NonNull,
     sync::atomic::Ordering, //
 };
 
@@ -30,6 +31,51 @@ use crate::{
 /// Flag of [`super::callbacks::ProcessPacket::process_packet`]: the packet
 /// references external data (`VMBUS_CHANNEL_PROCESS_PACKET_FLAGS`).
 pub const PROCESS_PACKET_FLAG_EXTERNAL_DATA: u32 = 0x1;
+
+/// The channel an incoming packet arrived on, reached without a reference
+/// count of the packet's own.
+///
+/// # Invariants
+///
+/// Points to a live [`Channel`] from the packet's delivery until its finish
+/// lets go of it: a packet is counted in the channel's `rx.outstanding`
+/// from its delivery (where the drain also makes `rx.keep` hold a strong
+/// reference) until its finish hands it back to the drain inside
+/// ProcessPacket, after which it no longer reaches the channel, or lowers
+/// the count under the receive lock, taking a strong reference of its own
+/// for what follows; a teardown's `drop_deferred` lowers it for packets
+/// that it drops, and `rx.keep` is dropped only when the count is zero
+/// (`RxState::keep`).
+pub(super) struct ChannelRef(NonNull<Channel>);
+
+// SAFETY: a `ChannelRef` only gives out `&Channel`, and `Channel` is `Send`
+// and `Sync`.
+unsafe impl Send for ChannelRef {}
+
+// SAFETY: as for `Send`.
+unsafe impl Sync for ChannelRef {}
+
+impl ChannelRef {
+    /// The reference of a packet being delivered on `chan`.
+    ///
+    /// # Safety
+    ///
+    /// The packet is counted in `chan.rx.outstanding` and `rx.keep` is set,
+    /// under the same hold of the receive lock.
+    pub(super) unsafe fn new(chan: &Channel) -> Self {
+        Self(NonNull::from(chan))
+    }
+}
+
+impl core::ops::Deref for ChannelRef {
+    type Target = Channel;
+
+    fn deref(&self) -> &Channel {
+        // SAFETY: by the type's invariants the channel is alive while the
+        // packet can still reach it.
+        unsafe { self.0.as_ref() }
+    }
+}
 
 /// An incoming packet handed to ProcessPacket (`VMBPACKETCOMPLETION`).
 ///
@@ -73,7 +119,7 @@ pub const PROCESS_PACKET_FLAG_EXTERNAL_DATA: u32 = 0x1;
 /// ```
 #[must_use = "an incoming packet must be completed, failed or deferred"]
 pub struct IncomingPacket {
-    pub(super) chan: Arc<Channel>,
+    pub(super) chan: ChannelRef,
     pub(super) buf: Option<KVec<u8>>,
     pub(super) len: usize,
     pub(super) payload_offset: usize,
@@ -204,12 +250,11 @@ impl IncomingPacket {
     /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbChannelPacketFail")]
     pub fn fail(mut self) {
-        let chan = self.chan.clone();
         pr_warn!(
             "channel {}: packet failed by the driver; incoming queue stopped\n",
-            chan.id()
+            self.chan.id()
         );
-        chan.rx.lock().failed = true;
+        self.chan.rx.lock().failed = true;
         let _ = self.finish_with(None);
     }
 
@@ -221,7 +266,9 @@ impl IncomingPacket {
     /// elsewhere the packet comes back with an error.
     #[doc(alias = "VmbChannelPacketDeferToPassive")]
     pub fn defer_to_passive(self) -> core::result::Result<(), DeferError> {
-        let chan = self.chan.clone();
+        // Taken before the packet goes to the deferred queue, where it no
+        // longer belongs to this call.
+        let chan = self.chan.arc();
         {
             let mut g = chan.rx.lock();
             if chan.current.load(Ordering::Relaxed) != self.seq || self.seq == 0 {
@@ -299,12 +346,22 @@ impl IncomingPacket {
         }
         let mut kick = false;
         let mut signal = false;
-        {
+        let hold = {
             let mut g = chan.rx.lock();
             let _ =
                 chan.current
                     .compare_exchange(self.seq, 0, Ordering::Relaxed, Ordering::Relaxed);
             g.outstanding -= 1;
+            // The packet leaves the count that keeps the channel alive for
+            // it (`ChannelRef`): what follows reaches the channel through a
+            // reference of its own, the channel's `keep` itself if this was
+            // the last packet and no drain runs.
+            let hold = if g.outstanding == 0 && !g.delivering {
+                g.keep.take()
+            } else {
+                None
+            };
+            let hold = hold.unwrap_or_else(|| chan.arc());
             // Under the lock, which an unregister waiting for it holds.
             drop(self.xfer.take());
             if g.stalled && g.outstanding < g.quota {
@@ -350,7 +407,9 @@ impl IncomingPacket {
             if let Some(b) = back {
                 g.put_buf(b);
             }
-        }
+            hold
+        };
+        let chan: &Channel = &hold;
         if signal {
             chan.signal_peer();
         }

@@ -415,7 +415,12 @@ impl Channel {
             rx.passive = r.passive;
             *r = rx;
         }
-        *self.tx.lock() = tx;
+        {
+            let mut t = self.tx.lock();
+            // Whether the handle still lives is not state of one Enable.
+            tx.pool_refs = t.pool_refs;
+            *t = tx;
+        }
         g.state = State::Enabled;
         g.peer_gone = false;
         g.disabling = false;
@@ -451,8 +456,10 @@ impl Channel {
         drop(left);
         self.inner.lock().opened = false;
         let mut r = self.rx.lock();
-        r.drop_deferred();
+        let keep = r.drop_deferred();
         r.failed = false;
+        drop(r);
+        drop(keep);
     }
 
     pub(super) fn handle_events(&self) {

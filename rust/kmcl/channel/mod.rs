@@ -458,6 +458,7 @@ impl Drop for ChannelHandle {
             let _ = self.chan.disable();
         }
         self.chan.drop_driver_callbacks();
+        self.chan.drop_pool_refs();
         owners::remove(&self.chan);
         // SAFETY: `drop` runs once, and no field is used after this.
         unsafe {

@@ -369,8 +369,18 @@ impl Drop for Packet {
         // driver code.
         let context = inner.context.take();
         if inner.origin == Origin::Pool {
-            if let Some(chan) = inner.chan.take() {
-                chan.tx.lock().recycle(inner);
+            if let Some(chan) = inner.chan.as_deref() {
+                // SAFETY: the packet's reference keeps the channel alive
+                // until the packet is in the pool, under the send lock; from
+                // there on the pool keeps the reference, or `left` holds it,
+                // until the lock is released: taking the packet out of the
+                // pool, or the pool's references away, takes the lock after
+                // this hold of it.
+                let chan = unsafe { &*core::ptr::from_ref(chan) };
+                let mut g = chan.tx.lock();
+                let left = g.recycle(inner);
+                drop(g);
+                drop(left);
             }
         }
         drop(context);

@@ -11,7 +11,10 @@ use kernel::{
 };
 
 use super::{
-    incoming::IncomingPacket,
+    incoming::{
+        ChannelRef,
+        IncomingPacket, //
+    },
     rx::RxState,
     Channel,
     LockGuard,
@@ -168,29 +171,35 @@ impl Channel {
             g.process.clone()
         };
         let Some(cb) = cb else {
-            self.rx.lock().delivering = false;
+            let keep = self.rx.lock().stop_delivering();
+            drop(keep);
             return;
         };
-        self.drain_passes(&*cb);
+        let keep = self.drain_passes(&*cb);
         self.wake_waiters();
+        // The caller's `&self` stands for another reference: this is never
+        // the channel's last.
+        drop(keep);
     }
 
     /// The passes of [`Channel::drain`]: each reads until the ring is empty
     /// or delivery blocks, publishes the read index, unmasks, then calls
     /// ProcessingComplete for what it delivered. After the last pass the
-    /// drain leaves, unless an interrupt came meanwhile. A pass that
-    /// delivered nothing leaves in the same trip through the receive lock
-    /// that ends it.
-    fn drain_passes(&self, cb: &dyn super::callbacks::ProcessPacket) {
+    /// drain leaves, unless an interrupt came meanwhile. A pass ends under
+    /// the hold of the receive lock that found the ring empty or delivery
+    /// blocked, and one that delivered nothing leaves in it too. Returns the channel's reference on itself for its
+    /// packets if none is left (`RxState::keep`), for the caller to drop.
+    fn drain_passes(&self, cb: &dyn super::callbacks::ProcessPacket) -> Option<Arc<Channel>> {
         let mut batch = 0u32;
         let mut since_commit = 0u32;
         // The buffer of a completion just handled, back to the free slots
         // under the next packet's lock.
         let mut spare = None;
+        let mut keep = None;
         loop {
             let stop = self.drain_one(cb, &mut batch, &mut spare);
             since_commit += 1;
-            let Some(stop) = stop else {
+            let Some((stop, held)) = stop else {
                 if since_commit >= COMMIT_EVERY {
                     since_commit = 0;
                     let signal = self.rx.lock().link.as_mut().is_some_and(|l| l.commit());
@@ -202,7 +211,9 @@ impl Channel {
             };
             since_commit = 0;
             let (signal, next) = {
-                let mut g = self.rx.lock();
+                // The lock hold that stopped the pass ends it, unless it
+                // was given up to log a refusal.
+                let mut g = held.unwrap_or_else(|| self.rx.lock());
                 let mut signal = false;
                 let mut more = false;
                 if let Some(link) = g.link.as_mut() {
@@ -217,7 +228,7 @@ impl Channel {
                 let next = if more {
                     Next::Read
                 } else if batch == 0 {
-                    self.leave_or_again(&mut g)
+                    self.leave_or_again(&mut g, &mut keep)
                 } else {
                     Next::Complete
                 };
@@ -230,19 +241,21 @@ impl Channel {
                 Next::Read => {}
                 Next::Complete => {
                     cb.processing_complete(self, core::mem::take(&mut batch));
-                    if self.leave_or_again(&mut self.rx.lock()) == Next::Done {
-                        return;
+                    if self.leave_or_again(&mut self.rx.lock(), &mut keep) == Next::Done {
+                        return keep;
                     }
                 }
-                Next::Done => return,
+                Next::Done => return keep,
             }
         }
     }
 
     /// At the end of a pass, with the receive lock held: an interrupt that
     /// came while the pass ran found the ring being drained, so look again
-    /// ([`Next::Read`]); otherwise stop delivering ([`Next::Done`]).
-    fn leave_or_again(&self, g: &mut RxState) -> Next {
+    /// ([`Next::Read`]); otherwise stop delivering ([`Next::Done`]), and,
+    /// with no packet left, move the channel's reference on itself for its
+    /// packets to `keep`.
+    fn leave_or_again(&self, g: &mut RxState, keep: &mut Option<Arc<Channel>>) -> Next {
         if core::mem::take(&mut g.drain_again) && g.enabled && !g.failed {
             if let Some(link) = g.link.as_mut() {
                 link.begin_read();
@@ -250,19 +263,22 @@ impl Channel {
             }
         }
         self.current.store(0, Ordering::Relaxed);
-        g.delivering = false;
+        *keep = g.stop_delivering();
         Next::Done
     }
 
-    /// Reads and handles one packet. `None`: go on.
+    /// Reads and handles one packet. `None`: go on; otherwise why the pass
+    /// stops, with the receive lock still held unless it was given up.
     fn drain_one(
         &self,
         cb: &dyn super::callbacks::ProcessPacket,
         batch: &mut u32,
         spare: &mut Option<Spare>,
-    ) -> Option<Stop> {
+    ) -> Option<(Stop, Option<LockGuard<'_, RxState>>)> {
         let mut g = self.rx.lock();
-        if let Some(b) = spare.take() {
+        // A buffer handed back is the next packet's, as it would be from
+        // the free slots, which it goes back to if the drain stops.
+        let back = spare.take().map(|b| {
             if b.finished {
                 g.outstanding -= 1;
                 // This drain reads on: no kick needed.
@@ -270,26 +286,26 @@ impl Channel {
                     g.stalled = false;
                 }
             }
-            g.put_buf(b.buf);
-        }
+            b.buf
+        });
         // The previous packet's ProcessPacket has returned.
         self.current.store(0, Ordering::Relaxed);
         // `enabled` is cleared under the control lock when the channel
         // leaves Started: it stands for the state check.
-        if !g.enabled || g.failed {
-            return Some(Stop::Blocked);
-        }
-        if g.outstanding >= g.quota {
-            if !g.stalled {
+        if !g.enabled || g.failed || g.outstanding >= g.quota {
+            if let Some(b) = back {
+                g.put_buf(b);
+            }
+            if g.enabled && !g.failed && !g.stalled {
                 g.stalled = true;
                 self.stats.quota_stalls.fetch_add(1, Ordering::Relaxed);
             }
-            return Some(Stop::Blocked);
+            return Some((Stop::Blocked, Some(g)));
         }
-        let Some(mut buf) = g.take_buf() else {
+        let Some(mut buf) = back.or_else(|| g.take_buf()) else {
             g.stalled = true;
             self.stats.quota_stalls.fetch_add(1, Ordering::Relaxed);
-            return Some(Stop::Blocked);
+            return Some((Stop::Blocked, Some(g)));
         };
         let ctx = g.ctx_size;
         let limits = g.limits;
@@ -302,12 +318,12 @@ impl Channel {
             Ok(Some(n)) => n,
             Ok(None) => {
                 g.put_buf(buf);
-                return Some(Stop::Empty);
+                return Some((Stop::Empty, Some(g)));
             }
             Err(e) => {
                 g.put_buf(buf);
                 self.refuse_incoming(g, "incoming ring refused", &e);
-                return Some(Stop::Blocked);
+                return Some((Stop::Blocked, None));
             }
         };
         let parsed = packet::parse(&buf[..n], &limits).and_then(|p| {
@@ -330,7 +346,7 @@ impl Channel {
             Err(e) => {
                 g.put_buf(buf);
                 self.refuse_incoming(g, "malformed packet from the peer", &e);
-                return Some(Stop::Blocked);
+                return Some((Stop::Blocked, None));
             }
         };
         // Pipe mode (channel/pipe.rs): an in-band packet's pipe header is
@@ -342,7 +358,7 @@ impl Channel {
             Err(e) => {
                 g.put_buf(buf);
                 self.refuse_incoming(g, "malformed pipe header from the peer", &e);
-                return Some(Stop::Blocked);
+                return Some((Stop::Blocked, None));
             }
         };
         if is_completion {
@@ -365,20 +381,29 @@ impl Channel {
             return None;
         }
         g.outstanding += 1;
+        // The packet reaches the channel through `keep`, set while it is
+        // counted (`ChannelRef`); the drain's other packets share it.
+        if g.keep.is_none() {
+            g.keep = Some(self.arc());
+        }
         let seq = g.next_seq;
         g.next_seq += 1;
         self.current.store(seq, Ordering::Relaxed);
         drop(g);
         self.stats.packets_received.fetch_add(1, Ordering::Relaxed);
-        let len = buf.len();
-        buf[len - ctx..].fill(0);
+        if ctx != 0 {
+            let len = buf.len();
+            buf[len - ctx..].fill(0);
+        }
         *batch += 1;
         // Where the buffer is, for a finish inside ProcessPacket that hands
         // it back through `inline`.
         let raw = (buf.as_mut_ptr(), buf.len(), buf.capacity());
         self.inline.store(seq, Ordering::Relaxed);
         let pkt = IncomingPacket {
-            chan: self.arc(),
+            // SAFETY: the packet was counted in `outstanding`, and `keep`
+            // set, under the receive lock just released.
+            chan: unsafe { ChannelRef::new(self) },
             buf: Some(buf),
             len: n,
             payload_offset,

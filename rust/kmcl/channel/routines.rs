@@ -199,21 +199,30 @@ impl Channel {
         while let Some(mut b) = list.take() {
             list = b.next.take();
             // Not the last reference: the caller borrows the channel.
-            g.recycle(b);
+            drop(g.recycle(b));
         }
     }
 }
 
 impl TxState {
     /// Puts a finished pool packet back into the pool, as dropping it
-    /// would; its reference to the channel must not be the last one.
-    pub(super) fn recycle(&mut self, mut b: KBox<PacketInner>) {
+    /// would. The packet keeps its reference to the channel in the pool
+    /// while `pool_refs` says so, for its next allocation; otherwise, or if
+    /// the pool does not take the packet back, the reference is returned,
+    /// for the caller to drop once the send lock is released (or under it,
+    /// if it is not the last one).
+    #[must_use = "the channel's reference, if the pool did not keep it"]
+    pub(super) fn recycle(&mut self, mut b: KBox<PacketInner>) -> Option<Arc<Channel>> {
         b.mdl = None;
         b.routine = None;
         b.pointer = 0;
-        b.chan = None;
+        let chan = if self.pool_refs { None } else { b.chan.take() };
         if self.pool.len() < self.pool_size as usize && b.buf.len() == self.encoded_capacity {
-            let _ = self.pool.push_within_capacity(b);
+            if let Err(mut e) = self.pool.push_within_capacity(b) {
+                return chan.or_else(|| e.0.chan.take());
+            }
+            return chan;
         }
+        chan.or_else(|| b.chan.take())
     }
 }

@@ -11,6 +11,7 @@ use kernel::{
 use super::{
     callbacks::ProcessPacket,
     incoming::IncomingPacket,
+    Channel,
     Sizing, //
 };
 use crate::{
@@ -39,6 +40,17 @@ pub(crate) struct RxState {
     pub(crate) limits: Limits,
     /// Packets delivered to the driver and not finished.
     pub(crate) outstanding: u32,
+    /// The channel's reference on itself for its incoming packets, which
+    /// hold none of their own (`incoming::ChannelRef`).
+    ///
+    /// # Invariants
+    ///
+    /// `Some` whenever `outstanding` is not zero: the drain sets it when it
+    /// counts a packet in. Taken only with `outstanding` zero, by whoever
+    /// leaves it so with no drain delivering (a finish, a teardown's
+    /// `drop_deferred`) or by the drain as it stops delivering, and dropped
+    /// once the receive lock is released.
+    pub(crate) keep: Option<Arc<Channel>>,
     pub(crate) quota: u32,
     pub(crate) passive: bool,
     /// Delivery is allowed (Started and not paused or closing).
@@ -77,6 +89,7 @@ impl RxState {
                 max_external_bytes: 0,
             },
             outstanding: 0,
+            keep: None,
             quota: u32::MAX,
             passive: false,
             enabled: false,
@@ -141,13 +154,35 @@ impl RxState {
 
     /// Releases packets still waiting for process context after a teardown.
     ///
-    /// The peer gets no completion for them: the channel is closing.
-    pub(crate) fn drop_deferred(&mut self) {
+    /// The peer gets no completion for them: the channel is closing. With
+    /// no packet left and no drain delivering, returns the channel's
+    /// reference on itself (`keep`), for the caller to drop once the receive
+    /// lock is released.
+    #[must_use = "drop the reference once the receive lock is released"]
+    pub(crate) fn drop_deferred(&mut self) -> Option<Arc<Channel>> {
         while let Some(mut p) = self.deferred.pop() {
             if let Some(buf) = p.buf.take() {
                 let _ = self.free.push_within_capacity(buf);
             }
             self.outstanding = self.outstanding.saturating_sub(1);
+        }
+        if self.outstanding == 0 && !self.delivering {
+            self.keep.take()
+        } else {
+            None
+        }
+    }
+
+    /// The drain stops delivering. With no packet left, returns the
+    /// channel's reference on itself (`keep`), for the caller to drop once
+    /// the receive lock is released.
+    #[must_use = "drop the reference once the receive lock is released"]
+    pub(super) fn stop_delivering(&mut self) -> Option<Arc<Channel>> {
+        self.delivering = false;
+        if self.outstanding == 0 {
+            self.keep.take()
+        } else {
+            None
         }
     }
 

@@ -201,11 +201,16 @@ impl Packet {
             Some(d) if inner.buf.len() >= d.len8 as usize * 8 => {}
             _ => return Err(self),
         }
-        // The packet's reference keeps the channel alive until the end of
-        // this send, once the packet is back in the pool.
-        let Some(chan) = inner.chan.take() else {
+        let Some(chan) = inner.chan.as_deref() else {
             return Err(self);
         };
+        // SAFETY: the packet's reference keeps the channel alive until the
+        // packet goes back to the pool below, under the send lock; from
+        // there on the pool keeps the reference, or `left` holds it, until
+        // the lock is released: taking the packet out of the pool, or the
+        // pool's references away, takes the lock after this hold of it.
+        // What follows the release holds a reference of its own.
+        let chan = unsafe { &*core::ptr::from_ref(chan) };
         let mut g = chan.tx.lock();
         let out = OutPacket::simple(packet::TYPE_DATA_INBAND, 0, 0, data);
         let signal = if g.gate.send.is_ok() && data.len() <= g.max_packet_size as usize {
@@ -215,25 +220,32 @@ impl Packet {
         };
         let Some(signal) = signal else {
             drop(g);
-            self.get_mut().chan = Some(chan);
             return Err(self);
         };
         chan.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
-        if let Some(mut b) = self.into_box() {
+        let hold = signal.then(|| chan.arc());
+        let left = self.into_box().and_then(|mut b| {
             // Nothing of an earlier send is left to read in the pool.
             b.len = 0;
-            g.recycle(b);
-        }
+            g.recycle(b)
+        });
         drop(g);
-        if signal {
+        if let Some(chan) = hold {
             chan.signal_peer();
         }
+        drop(left);
         Ok(())
     }
 
     /// Takes a transaction slot if needed and hands the packet to the ring.
     pub(super) fn submit_encoded(mut self) -> core::result::Result<(), SendError> {
-        let chan = self.channel().arc();
+        // SAFETY: the packet's reference keeps the channel alive while the
+        // packet is this call's; once it is in a transaction slot, the send
+        // queue or the pool, only a holder of the send lock takes it out,
+        // after this hold of the lock, or, handed back in an error, it is
+        // this call's again. What follows the release of the lock holds a
+        // reference of its own.
+        let chan = unsafe { &*core::ptr::from_ref(self.channel()) };
         let wait = self.get().wait;
         let mut g = chan.tx.lock();
         let within = {
@@ -277,23 +289,26 @@ impl Packet {
                 chan.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
                 // The routine runs after this send returns, never inside it;
                 // a packet without one goes back to its pool now.
+                let mut left = None;
                 let schedule = match s.written {
                     Some(Queued::Oneway(p)) if p.get().recyclable() => {
-                        if let Some(b) = p.into_box() {
-                            g.recycle(b);
-                        }
+                        left = p.into_box().and_then(|b| g.recycle(b));
                         false
                     }
                     Some(Queued::Oneway(p)) => g.routines.push(p),
                     _ => false,
                 };
+                let hold = (s.signal || schedule).then(|| chan.arc());
                 drop(g);
-                if s.signal {
-                    chan.signal_peer();
+                if let Some(chan) = hold {
+                    if s.signal {
+                        chan.signal_peer();
+                    }
+                    if schedule {
+                        chan.schedule_routines();
+                    }
                 }
-                if schedule {
-                    chan.schedule_routines();
-                }
+                drop(left);
                 Ok(())
             }
             Err((e, item)) => {

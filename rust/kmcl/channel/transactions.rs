@@ -93,6 +93,12 @@ pub(crate) struct TxState {
     pub(crate) max_packet_size: u32,
     pub(crate) max_ext_chain: u32,
     pub(super) pending_send: bool,
+    /// Packets in the pool keep their reference to the channel, for their
+    /// next allocation (`TxState::recycle`): true until the channel's
+    /// handle goes away (`Channel::drop_pool_refs`), so that the channel
+    /// does not keep itself alive through its pool once its owner is gone.
+    /// Carried over by each Enable's new send state.
+    pub(crate) pool_refs: bool,
 }
 
 impl TxState {
@@ -112,6 +118,7 @@ impl TxState {
             max_packet_size: 0,
             max_ext_chain: 0,
             pending_send: false,
+            pool_refs: true,
         }
     }
 
@@ -320,8 +327,24 @@ impl Channel {
         g.gate.alloc?;
         let mut inner = g.pool.pop().ok_or(ENOMEM)?;
         drop(g);
-        inner.chan = Some(self.arc());
+        // A packet back from an earlier send still holds its reference
+        // (`TxState::recycle`); the pool is this channel's.
+        if inner.chan.is_none() {
+            inner.chan = Some(self.arc());
+        }
         Ok(Packet::from_box(inner))
+    }
+
+    /// The channel's handle goes away: packets in the pool drop their
+    /// references to the channel, and packets that come back later drop
+    /// theirs as they do (`TxState::pool_refs`). None of these references
+    /// is the last: the handle still holds its own.
+    pub(crate) fn drop_pool_refs(&self) {
+        let mut g = self.tx.lock();
+        g.pool_refs = false;
+        for b in g.pool.iter_mut() {
+            b.chan = None;
+        }
     }
 
     /// Free packet objects in the pool.

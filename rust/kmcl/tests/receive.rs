@@ -195,6 +195,29 @@ mod tests {
     }
 
     #[test]
+    fn a_held_packet_keeps_its_channel_and_lets_go_once_finished() -> Result {
+        let p = Pair::connected()?;
+        // Packets finished inside ProcessPacket leave no reference behind
+        // once the drain ends.
+        harness::send(&p.client, b"inline", false)?;
+        assert!(wait_for(2000, || received(&p) == 1));
+        assert!(wait_for(2000, || !p.server.rx.lock().delivering));
+        assert!(p.server.rx.lock().keep.is_none());
+        // A packet held past ProcessPacket reaches its channel through the
+        // channel's reference on itself, until it is finished.
+        p.srec.mode.store(mode::HOLD, Ordering::Relaxed);
+        harness::send(&p.client, b"held", false)?;
+        assert!(wait_for(2000, || p.srec.held() == 1));
+        assert!(wait_for(2000, || !p.server.rx.lock().delivering));
+        assert!(p.server.rx.lock().keep.is_some());
+        let pkt = p.srec.take_held().ok_or(EINVAL)?;
+        assert_eq!(pkt.channel().id(), p.server.id());
+        pkt.complete(&[])?;
+        assert!(p.server.rx.lock().keep.is_none());
+        Ok(())
+    }
+
+    #[test]
     fn incoming_processing_at_passive_runs_in_process_context() -> Result {
         let p = Pair::connected()?;
         p.server.set_incoming_processing_at_passive(true);
