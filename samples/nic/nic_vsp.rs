@@ -286,14 +286,11 @@ struct Instance {
 }
 
 impl Instance {
-    fn new() -> Result<Arc<Instance>> {
-        Arc::pin_init(
-            try_pin_init!(Instance {
-                queue0: VspQueue::new(0)?,
-                subs <- new_mutex!(KVec::new(), "nic_vsp::Instance::subs"),
-            }),
-            GFP_KERNEL,
-        )
+    fn new() -> impl PinInit<Instance, Error> {
+        try_pin_init!(Instance {
+            queue0: VspQueue::new(0)?,
+            subs <- new_mutex!(KVec::new(), "nic_vsp::Instance::subs"),
+        })
     }
 
     /// `SUBCHANNEL_REQUEST`: offers up to `wanted` sub-channels; returns
@@ -407,9 +404,10 @@ impl StateChange for Instance {
 }
 
 struct NicVsp {
-    /// Each instance's primary and callbacks; the primaries are disabled
-    /// (their sub-channels with them) before the instances go.
-    servers: KVec<(ChannelHandle, Arc<Instance>)>,
+    /// Each instance's primary, whose driver data is the [`Instance`]; the
+    /// primaries are disabled (their sub-channels with them) before the
+    /// instances go.
+    servers: KVec<ChannelHandle>,
 }
 
 impl kernel::Module for NicVsp {
@@ -419,17 +417,15 @@ impl kernel::Module for NicVsp {
         for instance in 1..=INSTANCES {
             let mut inst = [0u8; 16];
             inst[15] = instance;
-            let cb = Instance::new()?;
             let mut h = Channel::builder(Endpoint::Server, &THIS_MODULE)
                 .friendly_name(c"nic-vsp")
-                .process_packet_callbacks(cb.clone())
-                .state_change_callbacks(cb.clone())
+                .driver(Instance::new())
                 .vmbus_handle(Bus::Loopback(bus.clone()))
                 .target_interface_id(NIC_TYPE, Guid(inst))
                 .build()?;
             h.set_incoming_processing_at_passive(true);
             h.enable()?;
-            servers.push((h, cb), GFP_KERNEL)?;
+            servers.push(h, GFP_KERNEL)?;
         }
         pr_info!(
             "offering the NIC interface ({} instances, up to {} queues each)\n",
@@ -442,15 +438,15 @@ impl kernel::Module for NicVsp {
 
 impl Drop for NicVsp {
     fn drop(&mut self) {
-        for (h, _) in self.servers.iter() {
+        for h in self.servers.iter() {
             if let Err(e) = h.disable() {
                 pr_err!("nic_vsp: disable failed: {:?}\n", e);
             }
         }
-        if let Some((_, inst)) = self.servers.first() {
+        if let Some(inst) = self.servers.first().and_then(|h| h.data::<Instance>()) {
             inst.report();
         }
-        for (_, inst) in self.servers.iter() {
+        for inst in self.servers.iter().filter_map(|h| h.data::<Instance>()) {
             drop(core::mem::take(&mut *inst.subs.lock()));
         }
     }
