@@ -40,8 +40,8 @@ mod tests {
 
     #[test]
     fn allocate_client_and_server_disabled() -> Result {
-        let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
-        let s = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
+        let c = Channel::builder(Endpoint::Client, &crate::THIS_MODULE).build()?;
+        let s = Channel::builder(Endpoint::Server, &crate::THIS_MODULE).build()?;
         assert_eq!(c.state(), State::Disabled);
         assert_eq!(s.state(), State::Disabled);
         assert_eq!(c.endpoint(), Endpoint::Client);
@@ -51,55 +51,59 @@ mod tests {
     }
 
     #[test]
-    fn init_setters_accept_valid_values() -> Result {
+    fn builder_accepts_valid_values() -> Result {
         let bus = LoopbackBus::new()?;
         let rec = Recorder::new()?;
-        let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
-        c.init_set_client_context_size(24)?;
-        c.init_set_flags(ChannelFlags::IS_PIPE)?;
-        c.init_set_friendly_name(b"kunit")?;
-        c.init_set_maximum_external_data(8192, 2)?;
-        c.init_set_maximum_packet_size(1024)?;
-        c.init_set_process_packet_callbacks(rec.clone())?;
-        c.init_set_state_change_callbacks(rec.clone())?;
-        c.init_set_ring_buffer_page_count(4)?;
-        c.init_set_target_pnp(IFACE, None)?;
-        c.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-        c.init_set_packet_pool_size(8)?;
-        c.init_set_incoming_slots(8)?;
-        let s = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
-        s.init_set_server_flags(ServerFlags::LOOPBACK_OFFER | ServerFlags::OFFER_AS_PIPE)?;
-        s.init_set_mmio_megabytes(1)?;
-        s.init_set_target_interface_id(IFACE, INSTANCE)?;
-        s.init_set_target_vtl(0)?;
+        let c = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+            .client_context_size(24)
+            .flags(ChannelFlags::IS_PIPE)
+            .friendly_name(c"kunit")
+            .maximum_external_data(8192, 2)
+            .maximum_packet_size(1024)
+            .process_packet_callbacks(rec.clone())
+            .state_change_callbacks(rec.clone())
+            .ring_buffer_page_count(4)
+            .target_pnp(IFACE, None)
+            .vmbus_handle(Bus::Loopback(bus.clone()))
+            .packet_pool_size(8)
+            .incoming_slots(8)
+            .build()?;
+        let s = Channel::builder(Endpoint::Server, &crate::THIS_MODULE)
+            .server_flags(ServerFlags::LOOPBACK_OFFER | ServerFlags::OFFER_AS_PIPE)
+            .mmio_megabytes(1)
+            .target_interface_id(IFACE, INSTANCE)
+            .target_vtl(0)
+            .build()?;
         assert_eq!(s.interface_ids(), (IFACE, Some(INSTANCE)));
         assert_eq!(c.friendly_name().as_str(), "kunit");
         Ok(())
     }
 
     #[test]
-    fn init_setters_reject_invalid_values() -> Result {
-        let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
-        let s = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
-        assert_eq!(c.init_set_maximum_packet_size(0), Err(EINVAL));
-        assert_eq!(c.init_set_maximum_external_data(0, 1), Err(EINVAL));
-        assert_eq!(c.init_set_maximum_external_data(4096, 0), Err(EINVAL));
+    fn builder_rejects_invalid_values() -> Result {
+        let client = || Channel::builder(Endpoint::Client, &crate::THIS_MODULE);
+        let server = || Channel::builder(Endpoint::Server, &crate::THIS_MODULE);
+        let einval = |r: Result<crate::channel::ChannelHandle>| matches!(r, Err(e) if e == EINVAL);
+        assert!(einval(client().maximum_packet_size(0).build()));
+        assert!(einval(client().maximum_external_data(0, 1).build()));
+        assert!(einval(client().maximum_external_data(4096, 0).build()));
         // A flag KMCL does not define cannot be expressed.
         assert_eq!(ChannelFlags::from_bits(0x2), None);
-        assert_eq!(c.init_set_ring_buffer_page_count(1), Err(EINVAL));
-        assert_eq!(c.init_set_target_pnp(Guid::NULL, None), Err(EINVAL));
-        // Endpoint-specific setters on the wrong endpoint.
-        assert_eq!(s.init_set_ring_buffer_page_count(4), Err(EINVAL));
-        assert_eq!(s.init_set_target_pnp(IFACE, None), Err(EINVAL));
-        assert_eq!(
-            c.init_set_server_flags(ServerFlags::LOOPBACK_OFFER),
-            Err(EINVAL)
-        );
-        assert_eq!(c.init_set_mmio_megabytes(1), Err(EINVAL));
-        assert_eq!(c.init_set_target_interface_id(IFACE, INSTANCE), Err(EINVAL));
-        assert_eq!(c.init_set_target_vtl(0), Err(EINVAL));
+        assert!(einval(client().ring_buffer_page_count(1).build()));
+        assert!(einval(client().target_pnp(Guid::NULL, None).build()));
+        // Endpoint-specific settings on the wrong endpoint.
+        assert!(einval(server().ring_buffer_page_count(4).build()));
+        assert!(einval(server().target_pnp(IFACE, None).build()));
+        assert!(einval(
+            client().server_flags(ServerFlags::LOOPBACK_OFFER).build()
+        ));
+        assert!(einval(client().mmio_megabytes(1).build()));
+        assert!(einval(
+            client().target_interface_id(IFACE, INSTANCE).build()
+        ));
+        assert!(einval(client().target_vtl(0).build()));
         assert_eq!(ServerFlags::from_bits(0x20), None);
-        assert_eq!(s.init_set_target_vtl(3), Err(EINVAL));
+        assert!(einval(server().target_vtl(3).build()));
         Ok(())
     }
 
@@ -202,36 +206,8 @@ mod tests {
     }
 
     #[test]
-    fn init_setters_fail_with_einval_once_enabled() -> Result {
+    fn quota_changes_while_open() -> Result {
         let p = Pair::connected()?;
-        let rec = Recorder::new()?;
-        for ch in [&p.client, &p.server] {
-            assert_eq!(ch.init_set_client_context_size(8), Err(EINVAL));
-            assert_eq!(ch.init_set_flags(ChannelFlags::NONE), Err(EINVAL));
-            assert_eq!(ch.init_set_friendly_name(b"x"), Err(EINVAL));
-            assert_eq!(ch.init_set_maximum_external_data(4096, 1), Err(EINVAL));
-            assert_eq!(ch.init_set_maximum_packet_size(64), Err(EINVAL));
-            assert_eq!(
-                ch.init_set_process_packet_callbacks(rec.clone()),
-                Err(EINVAL)
-            );
-            assert_eq!(ch.init_set_state_change_callbacks(rec.clone()), Err(EINVAL));
-            assert_eq!(
-                ch.init_set_vmbus_handle(Bus::Loopback(p.bus.clone())),
-                Err(EINVAL)
-            );
-        }
-        assert_eq!(p.client.init_set_ring_buffer_page_count(4), Err(EINVAL));
-        assert_eq!(p.client.init_set_target_pnp(IFACE, None), Err(EINVAL));
-        assert_eq!(
-            p.server.init_set_server_flags(ServerFlags::NONE),
-            Err(EINVAL)
-        );
-        assert_eq!(p.server.init_set_mmio_megabytes(1), Err(EINVAL));
-        assert_eq!(
-            p.server.init_set_target_interface_id(IFACE, INSTANCE),
-            Err(EINVAL)
-        );
         // Quota and delivery context may change at any time.
         assert_eq!(p.server.set_transaction_quota(4), Ok(()));
         assert_eq!(p.server.set_transaction_quota(0), Err(EINVAL));
@@ -241,14 +217,17 @@ mod tests {
     #[test]
     fn enable_requires_packet_callbacks_and_a_target() -> Result {
         let bus = LoopbackBus::new()?;
-        let mut c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
-        c.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-        c.init_set_target_pnp(IFACE, None)?;
+        let mut c = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+            .vmbus_handle(Bus::Loopback(bus.clone()))
+            .target_pnp(IFACE, None)
+            .build()?;
         assert_eq!(c.enable(), Err(EINVAL));
+        assert_eq!(c.state(), State::Disabled);
         let rec = Recorder::new()?;
-        let mut s = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
-        s.init_set_process_packet_callbacks(rec)?;
-        s.init_set_vmbus_handle(Bus::Loopback(bus))?;
+        let mut s = Channel::builder(Endpoint::Server, &crate::THIS_MODULE)
+            .process_packet_callbacks(rec)
+            .vmbus_handle(Bus::Loopback(bus))
+            .build()?;
         assert_eq!(s.enable(), Err(EINVAL));
         assert_eq!(s.state(), State::Disabled);
         Ok(())
@@ -256,7 +235,7 @@ mod tests {
 
     #[test]
     fn client_enable_returns_at_once_and_waits_for_the_offer() -> Result {
-        let mut p = Pair::new(|_| Ok(()))?;
+        let mut p = Pair::plain()?;
         p.client.enable()?;
         assert_eq!(p.client.state(), State::Enabled);
         settle(20);
@@ -270,7 +249,7 @@ mod tests {
 
     #[test]
     fn wait_for_state_times_out_or_returns_once_there() -> Result {
-        let mut p = Pair::new(|_| Ok(()))?;
+        let mut p = Pair::plain()?;
         p.client.enable()?;
         assert_eq!(
             p.client
@@ -324,7 +303,7 @@ mod tests {
 
     #[test]
     fn opened_failure_rolls_back_and_reports_pnp_failure() -> Result {
-        let mut p = Pair::new(|_| Ok(()))?;
+        let mut p = Pair::plain()?;
         p.crec
             .opened_error
             .store(-(EIO.to_errno()), Ordering::Relaxed);
@@ -347,15 +326,16 @@ mod tests {
     #[test]
     fn cleanup_requires_disabled() -> Result {
         let mut p = Pair::connected()?;
-        let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
+        let c = Channel::builder(Endpoint::Client, &crate::THIS_MODULE).build()?;
         assert!(c.cleanup().is_ok());
         // An enabled channel is handed back.
         let rec = Recorder::new()?;
-        let mut s = harness::channel(&p.bus, Endpoint::Server, &rec)?;
-        s.init_set_target_interface_id(
-            IFACE,
-            Guid::from_str_const("11111111-2222-3333-4444-555555555555"),
-        )?;
+        let mut s = harness::builder(&p.bus, Endpoint::Server, &rec)
+            .target_interface_id(
+                IFACE,
+                Guid::from_str_const("11111111-2222-3333-4444-555555555555"),
+            )
+            .build()?;
         s.enable()?;
         let s = match s.cleanup() {
             Err((e, s)) => {
@@ -436,13 +416,14 @@ mod tests {
 
     #[test]
     fn client_instance_must_match_the_offer() -> Result {
-        let mut p = Pair::new(|_| Ok(()))?;
+        let mut p = Pair::plain()?;
         let rec = Recorder::new()?;
-        let mut other = harness::channel(&p.bus, Endpoint::Client, &rec)?;
-        other.init_set_target_pnp(
-            IFACE,
-            Some(Guid::from_str_const("00000000-0000-0000-0000-00000000abcd")),
-        )?;
+        let mut other = harness::builder(&p.bus, Endpoint::Client, &rec)
+            .target_pnp(
+                IFACE,
+                Some(Guid::from_str_const("00000000-0000-0000-0000-00000000abcd")),
+            )
+            .build()?;
         p.server.enable()?;
         other.enable()?;
         settle(30);
@@ -496,7 +477,7 @@ mod tests {
 
     #[test]
     fn pause_on_disabled_arms_a_pause_for_the_next_enable() -> Result {
-        let mut p = Pair::new(|_| Ok(()))?;
+        let mut p = Pair::plain()?;
         p.server.pause()?;
         p.up()?;
         assert_eq!(p.server.state(), State::Paused);
@@ -512,7 +493,7 @@ mod tests {
 
     #[test]
     fn lifecycle_calls_from_a_state_callback_fail() -> Result {
-        let mut p = Pair::new(|_| Ok(()))?;
+        let mut p = Pair::plain()?;
         p.srec.pause_in_started.store(true, Ordering::Relaxed);
         p.up()?;
         assert!(wait_for(1000, || p

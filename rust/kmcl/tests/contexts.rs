@@ -305,11 +305,12 @@ impl Setup {
         prober
             .in_post_started
             .store(probe_in_post_started, Ordering::Relaxed);
-        let mut server = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
-        server.init_set_process_packet_callbacks(prober.clone())?;
-        server.init_set_state_change_callbacks(prober.clone())?;
-        server.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-        server.init_set_target_interface_id(IFACE, INSTANCE)?;
+        let mut server = Channel::builder(Endpoint::Server, &crate::THIS_MODULE)
+            .process_packet_callbacks(prober.clone())
+            .state_change_callbacks(prober.clone())
+            .vmbus_handle(Bus::Loopback(bus.clone()))
+            .target_interface_id(IFACE, INSTANCE)
+            .build()?;
         let crec = Recorder::new()?;
         let mut client = harness::channel(&bus, Endpoint::Client, &crec)?;
         server.enable()?;
@@ -350,8 +351,9 @@ impl Setup {
         let gpadl = self
             .client
             .create_gpadl_from_buffer(b, crate::channel::GpadlFlags::NONE)?;
-        let spare = Channel::allocate(Endpoint::Server, &crate::THIS_MODULE)?;
-        spare.init_set_target_interface_id(IFACE, INSTANCE)?;
+        let spare = Channel::builder(Endpoint::Server, &crate::THIS_MODULE)
+            .target_interface_id(IFACE, INSTANCE)
+            .build()?;
         let mut s = self.prober.stash.lock();
         s.client = Some(self.client.arc());
         s.buffer = Some(buffer);

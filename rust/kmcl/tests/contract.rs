@@ -129,11 +129,12 @@ fn resend_routine(packet: Packet, status: Result, _response: &[u8]) {
 
 /// A connected pair whose client has 2-page rings.
 fn small_ring_pair() -> Result<Pair> {
-    let mut p = Pair::new(|ch| {
-        if ch.endpoint() == crate::channel::Endpoint::Client {
-            ch.init_set_ring_buffer_page_count(2)?;
+    let mut p = Pair::new(|e, b| {
+        if e == crate::channel::Endpoint::Client {
+            b.ring_buffer_page_count(2)
+        } else {
+            b
         }
-        Ok(())
     })?;
     p.up()?;
     Ok(p)

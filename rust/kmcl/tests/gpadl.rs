@@ -146,11 +146,12 @@ mod tests {
 
     #[test]
     fn mmio_space_is_what_the_server_reserved() -> Result {
-        let mut p = Pair::new(|ch| {
-            if ch.endpoint() == Endpoint::Server {
-                ch.init_set_mmio_megabytes(2)?;
+        let mut p = Pair::new(|e, b| {
+            if e == Endpoint::Server {
+                b.mmio_megabytes(2)
+            } else {
+                b
             }
-            Ok(())
         })?;
         p.up()?;
         let mmio = p.client.mmio_space()?;

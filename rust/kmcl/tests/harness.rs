@@ -31,6 +31,7 @@ use crate::{
         },
         incoming::IncomingPacket,
         Channel,
+        ChannelBuilder,
         ChannelHandle,
         Endpoint,
         State, //
@@ -401,21 +402,30 @@ pub(crate) fn padded_eq(got: &[u8], want: &[u8]) -> bool {
         && got[want.len()..].iter().all(|b| *b == 0)
 }
 
-/// Allocates a channel with a recorder and the test interface ids.
+/// A builder for a channel with a recorder and the test interface ids, to
+/// which a test may add settings before [`ChannelBuilder::build`].
+pub(crate) fn builder(
+    bus: &Arc<LoopbackBus>,
+    endpoint: Endpoint,
+    rec: &Arc<Recorder>,
+) -> ChannelBuilder {
+    let b = Channel::builder(endpoint, &crate::THIS_MODULE)
+        .process_packet_callbacks(rec.clone())
+        .state_change_callbacks(rec.clone())
+        .vmbus_handle(Bus::Loopback(bus.clone()));
+    match endpoint {
+        Endpoint::Server => b.target_interface_id(IFACE, INSTANCE),
+        Endpoint::Client => b.target_pnp(IFACE, Some(INSTANCE)),
+    }
+}
+
+/// Builds a channel with a recorder and the test interface ids.
 pub(crate) fn channel(
     bus: &Arc<LoopbackBus>,
     endpoint: Endpoint,
     rec: &Arc<Recorder>,
 ) -> Result<ChannelHandle> {
-    let h = Channel::allocate(endpoint, &crate::THIS_MODULE)?;
-    h.init_set_process_packet_callbacks(rec.clone())?;
-    h.init_set_state_change_callbacks(rec.clone())?;
-    h.init_set_vmbus_handle(Bus::Loopback(bus.clone()))?;
-    match endpoint {
-        Endpoint::Server => h.init_set_target_interface_id(IFACE, INSTANCE)?,
-        Endpoint::Client => h.init_set_target_pnp(IFACE, Some(INSTANCE))?,
-    }
-    Ok(h)
+    builder(bus, endpoint, rec).build()
 }
 
 /// A client and a server connected over a private loopback bus.
@@ -428,15 +438,21 @@ pub(crate) struct Pair {
 }
 
 impl Pair {
-    /// Builds a pair; `setup` may apply more init setters to each end.
-    pub(crate) fn new(setup: impl Fn(&Channel) -> Result) -> Result<Pair> {
+    /// Builds a pair; `setup` gets each end's endpoint kind and builder and
+    /// may add settings to it before it is built.
+    pub(crate) fn new(setup: impl Fn(Endpoint, ChannelBuilder) -> ChannelBuilder) -> Result<Pair> {
+        Pair::with(Recorder::new()?, Recorder::new()?, setup)
+    }
+
+    /// [`Pair::new`] with the server's and the client's recorders given.
+    pub(crate) fn with(
+        srec: Arc<Recorder>,
+        crec: Arc<Recorder>,
+        setup: impl Fn(Endpoint, ChannelBuilder) -> ChannelBuilder,
+    ) -> Result<Pair> {
         let bus = LoopbackBus::new()?;
-        let srec = Recorder::new()?;
-        let crec = Recorder::new()?;
-        let server = channel(&bus, Endpoint::Server, &srec)?;
-        let client = channel(&bus, Endpoint::Client, &crec)?;
-        setup(&server)?;
-        setup(&client)?;
+        let server = setup(Endpoint::Server, builder(&bus, Endpoint::Server, &srec)).build()?;
+        let client = setup(Endpoint::Client, builder(&bus, Endpoint::Client, &crec)).build()?;
         Ok(Pair {
             bus,
             server,
@@ -444,6 +460,11 @@ impl Pair {
             srec,
             crec,
         })
+    }
+
+    /// A pair with default settings, not enabled.
+    pub(crate) fn plain() -> Result<Pair> {
+        Pair::new(|_, b| b)
     }
 
     /// Enables both ends and waits until both are Started (or Paused).
@@ -469,7 +490,7 @@ impl Pair {
 
     /// A connected pair with default settings.
     pub(crate) fn connected() -> Result<Pair> {
-        let mut p = Pair::new(|_| Ok(()))?;
+        let mut p = Pair::plain()?;
         p.up()?;
         Ok(p)
     }

@@ -471,11 +471,12 @@ mod tests {
     #[test]
     fn peer_that_stops_reading_cannot_hang_senders() -> Result {
         let done = Done::new()?;
-        let mut p = Pair::new(|ch| {
-            if ch.endpoint() == Endpoint::Client {
-                ch.init_set_ring_buffer_page_count(2)?;
+        let mut p = Pair::new(|e, b| {
+            if e == Endpoint::Client {
+                b.ring_buffer_page_count(2)
+            } else {
+                b
             }
-            Ok(())
         })?;
         p.up()?;
         p.server.pause()?;
@@ -509,7 +510,7 @@ mod tests {
 
     #[test]
     fn close_during_open_leaves_no_channel_half_open() -> Result {
-        let mut p = Pair::new(|_| Ok(()))?;
+        let mut p = Pair::plain()?;
         p.server.enable()?;
         p.client.enable()?;
         // Withdraw the offer while the client may be opening.
@@ -600,7 +601,7 @@ mod tests {
 
     #[test]
     fn more_packets_than_slots_are_delivered_as_slots_free() -> Result {
-        let mut p = Pair::new(|ch| ch.init_set_incoming_slots(4))?;
+        let mut p = Pair::new(|_, b| b.incoming_slots(4))?;
         p.up()?;
         p.crec.mode.store(mode::HOLD, Ordering::Relaxed);
         for i in 0..12u64 {
@@ -622,7 +623,7 @@ mod tests {
 
     #[test]
     fn failed_client_open_is_reported_once_and_sends_fail() -> Result {
-        let mut p = Pair::new(|_| Ok(()))?;
+        let mut p = Pair::plain()?;
         p.crec
             .opened_error
             .store(-(EPROTO.to_errno()), Ordering::Relaxed);

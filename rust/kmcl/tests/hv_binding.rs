@@ -43,6 +43,7 @@ use crate::{
     channel::{
         outgoing::SendFlags,
         Channel,
+        ChannelBuilder,
         ChannelHandle,
         Endpoint,
         State, //
@@ -352,20 +353,31 @@ pub(super) fn bus() -> Result<Arc<HvBus>> {
     HvBus::new(&TEST_OPS, None)
 }
 
+/// A builder for a client with a recorder, targeting `class` (and
+/// `instance`) on `bus`, to which a test may add settings.
+pub(super) fn client_builder(
+    bus: &Arc<HvBus>,
+    class: Guid,
+    instance: Option<Guid>,
+) -> Result<(ChannelBuilder, Arc<Recorder>)> {
+    let rec = Recorder::new()?;
+    let b = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+        .process_packet_callbacks(rec.clone())
+        .state_change_callbacks(rec.clone())
+        .vmbus_handle(Bus::Hv(bus.clone()))
+        .target_pnp(class, instance)
+        .ring_buffer_page_count(RING_PAGES);
+    Ok((b, rec))
+}
+
 /// A client with a recorder, targeting `class` (and `instance`) on `bus`.
 pub(super) fn client(
     bus: &Arc<HvBus>,
     class: Guid,
     instance: Option<Guid>,
 ) -> Result<(ChannelHandle, Arc<Recorder>)> {
-    let rec = Recorder::new()?;
-    let h = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
-    h.init_set_process_packet_callbacks(rec.clone())?;
-    h.init_set_state_change_callbacks(rec.clone())?;
-    h.init_set_vmbus_handle(Bus::Hv(bus.clone()))?;
-    h.init_set_target_pnp(class, instance)?;
-    h.init_set_ring_buffer_page_count(RING_PAGES)?;
-    Ok((h, rec))
+    let (b, rec) = client_builder(bus, class, instance)?;
+    Ok((b.build()?, rec))
 }
 
 /// A device of `class` and `instance`, offered to `bus`.
@@ -495,9 +507,10 @@ mod tests {
     #[test]
     fn client_without_a_bus_on_a_machine_without_vmbus_is_enodev() -> Result {
         let rec = Recorder::new()?;
-        let mut h = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
-        h.init_set_process_packet_callbacks(rec.clone())?;
-        h.init_set_target_pnp(TYPE_A, None)?;
+        let mut h = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+            .process_packet_callbacks(rec.clone())
+            .target_pnp(TYPE_A, None)
+            .build()?;
         assert!(matches!(h.enable(), Err(e) if e == ENODEV));
         assert_eq!(h.state(), State::Disabled);
         Ok(())
@@ -944,14 +957,16 @@ mod tests {
     fn pipe_client_over_hv_is_refused_and_binds_nothing() -> Result {
         let bus = bus()?;
         let (dev, d) = offer(&bus, TYPE_A, INST_1, 0)?;
-        let (mut h, _rec) = client(&bus, TYPE_A, None)?;
-        h.init_set_flags(crate::channel::ChannelFlags::IS_PIPE)?;
+        let (b, _rec) = client_builder(&bus, TYPE_A, None)?;
+        let mut h = b.flags(crate::channel::ChannelFlags::IS_PIPE).build()?;
         assert!(matches!(h.enable(), Err(e) if e == EOPNOTSUPP));
         assert_eq!(h.state(), State::Disabled);
         assert!(!bus.is_targeted(&TYPE_A));
         assert!(!dev.is_open());
+        drop(h);
         // Without the flag the same client opens.
-        h.init_set_flags(crate::channel::ChannelFlags::NONE)?;
+        let (b, _rec) = client_builder(&bus, TYPE_A, None)?;
+        let mut h = b.flags(crate::channel::ChannelFlags::NONE).build()?;
         h.enable()?;
         assert!(bus.is_targeted(&TYPE_A));
         h.wait_for_state(State::Started, Delta::from_millis(2000))?;

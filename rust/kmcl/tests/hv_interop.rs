@@ -306,10 +306,11 @@ impl HostSide {
 /// A client channel with a recorder, open on a test-built hv channel.
 fn hv_client() -> Result<(ChannelHandle, Arc<Recorder>, HostSide)> {
     let rec = Recorder::new()?;
-    let h = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
-    h.init_set_process_packet_callbacks(rec.clone())?;
-    h.init_set_state_change_callbacks(rec.clone())?;
-    h.init_set_packet_pool_size(u32::from(RQSTOR as u16) * 4)?;
+    let h = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+        .process_packet_callbacks(rec.clone())
+        .state_change_callbacks(rec.clone())
+        .packet_pool_size(u32::from(RQSTOR as u16) * 4)
+        .build()?;
     let host = TestChannel::new()?.open(&h)?;
     Ok((h, rec, host))
 }
@@ -643,8 +644,9 @@ mod tests {
         // interrupt runs the channel callback on another: the callback finds
         // the ring being drained and leaves; the drain must look again.
         let holder = Arc::new(Holder::default(), GFP_KERNEL)?;
-        let h = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
-        h.init_set_process_packet_callbacks(holder.clone())?;
+        let h = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+            .process_packet_callbacks(holder.clone())
+            .build()?;
         let mut host = TestChannel::new()?.open(&h)?;
         let mut hits = 0;
         for i in 0..40u64 {

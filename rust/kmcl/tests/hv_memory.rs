@@ -161,12 +161,13 @@ fn client(bus: &Arc<HvBus>, ring_pages: u32) -> Result<(ChannelHandle, Arc<PnpLo
         },
         GFP_KERNEL,
     )?;
-    let h = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
-    h.init_set_process_packet_callbacks(Recorder::new()?)?;
-    h.init_set_state_change_callbacks(log.clone())?;
-    h.init_set_vmbus_handle(Bus::Hv(bus.clone()))?;
-    h.init_set_target_pnp(TYPE_A, None)?;
-    h.init_set_ring_buffer_page_count(ring_pages)?;
+    let h = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+        .process_packet_callbacks(Recorder::new()?)
+        .state_change_callbacks(log.clone())
+        .vmbus_handle(Bus::Hv(bus.clone()))
+        .target_pnp(TYPE_A, None)
+        .ring_buffer_page_count(ring_pages)
+        .build()?;
     Ok((h, log))
 }
 

@@ -42,13 +42,17 @@ use crate::{
 /// A client channel, a pipe if `pipe`, open on a test-built hv channel.
 fn hv_client(pipe: bool) -> Result<(ChannelHandle, Arc<Recorder>, HostSide)> {
     let rec = Recorder::new()?;
-    let h = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
-    h.init_set_process_packet_callbacks(rec.clone())?;
-    h.init_set_state_change_callbacks(rec.clone())?;
-    h.init_set_packet_pool_size(RQSTOR * 4)?;
-    if pipe {
-        h.init_set_flags(ChannelFlags::IS_PIPE)?;
-    }
+    let flags = if pipe {
+        ChannelFlags::IS_PIPE
+    } else {
+        ChannelFlags::NONE
+    };
+    let h = Channel::builder(Endpoint::Client, &crate::THIS_MODULE)
+        .process_packet_callbacks(rec.clone())
+        .state_change_callbacks(rec.clone())
+        .packet_pool_size(RQSTOR * 4)
+        .flags(flags)
+        .build()?;
     let host = TestChannel::new()?.open(&h)?;
     Ok((h, rec, host))
 }

@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod builder;
 mod channel;
 mod contexts;
 mod contract;

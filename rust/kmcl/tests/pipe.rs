@@ -16,13 +16,15 @@ use super::harness::{
     inband,
     wait_for,
     Ev,
-    Pair, //
+    Pair,
+    Recorder, //
 };
 use crate::{
     channel::{
         outgoing::SendFlags,
         pipe::pipe_mode,
         Channel,
+        ChannelBuilder,
         ChannelFlags,
         Endpoint,
         ServerFlags,
@@ -33,11 +35,11 @@ use crate::{
 
 /// Marks each end of a pair as a pipe: the client by its channel flag,
 /// the server by its offer flag.
-pub(super) fn as_pipe(ch: &Channel) -> Result {
-    match ch.endpoint() {
-        Endpoint::Client => ch.init_set_flags(ChannelFlags::IS_PIPE),
+pub(super) fn as_pipe(endpoint: Endpoint, b: ChannelBuilder) -> ChannelBuilder {
+    match endpoint {
+        Endpoint::Client => b.flags(ChannelFlags::IS_PIPE),
         Endpoint::Server => {
-            ch.init_set_server_flags(ServerFlags::LOOPBACK_OFFER | ServerFlags::OFFER_AS_PIPE)
+            b.server_flags(ServerFlags::LOOPBACK_OFFER | ServerFlags::OFFER_AS_PIPE)
         }
     }
 }
@@ -141,10 +143,7 @@ mod tests {
 
     #[test]
     fn pipe_message_of_the_maximum_packet_size_fits() -> Result {
-        let mut p = Pair::new(|ch| {
-            as_pipe(ch)?;
-            ch.init_set_maximum_packet_size(64)
-        })?;
+        let mut p = Pair::new(|e, b| as_pipe(e, b).maximum_packet_size(64))?;
         p.up()?;
         let msg = [0x11u8; 64];
         harness::send(&p.client, &msg, false)?;
@@ -159,11 +158,12 @@ mod tests {
         // A pipe client and a plain offer, then a plain client and a pipe
         // offer: each client reports EPROTOTYPE as a PnP failure.
         for client_pipe in [true, false] {
-            let mut p = Pair::new(|ch| {
-                if (ch.endpoint() == Endpoint::Client) == client_pipe {
-                    as_pipe(ch)?;
+            let mut p = Pair::new(|e, b| {
+                if (e == Endpoint::Client) == client_pipe {
+                    as_pipe(e, b)
+                } else {
+                    b
                 }
-                Ok(())
             })?;
             p.server.enable()?;
             p.client.enable()?;
@@ -177,16 +177,26 @@ mod tests {
 
     #[test]
     fn pipe_mode_message_is_accepted_and_byte_refused() -> Result {
-        let mut p = Pair::new(as_pipe)?;
-        assert_eq!(p.client.init_set_pipe_mode(pipe_mode::MESSAGE), Ok(()));
-        assert_eq!(p.server.init_set_pipe_mode(pipe_mode::MESSAGE), Ok(()));
-        assert_eq!(
-            p.client.init_set_pipe_mode(pipe_mode::BYTE),
-            Err(EOPNOTSUPP)
-        );
-        assert_eq!(p.server.init_set_pipe_mode(7), Err(EINVAL));
+        // MESSAGE, the default, builds on both ends and the pair connects
+        // and carries a message.
+        let mut p = Pair::new(|e, b| as_pipe(e, b).pipe_mode(pipe_mode::MESSAGE))?;
         p.up()?;
-        assert_eq!(p.client.init_set_pipe_mode(pipe_mode::MESSAGE), Err(EINVAL));
+        harness::send(&p.client, b"msg", false)?;
+        assert!(wait_for(2000, || p.srec.received.load(Ordering::Relaxed) == 1));
+        assert_eq!(&p.srec.last_payload()[..], b"msg");
+        // BYTE is not implemented, any other value is not a mode, on
+        // either end.
+        let rec = Recorder::new()?;
+        for e in [Endpoint::Client, Endpoint::Server] {
+            let r = as_pipe(e, harness::builder(&p.bus, e, &rec))
+                .pipe_mode(pipe_mode::BYTE)
+                .build();
+            assert!(matches!(r, Err(err) if err == EOPNOTSUPP));
+            let r = as_pipe(e, harness::builder(&p.bus, e, &rec))
+                .pipe_mode(7)
+                .build();
+            assert!(matches!(r, Err(err) if err == EINVAL));
+        }
         Ok(())
     }
 

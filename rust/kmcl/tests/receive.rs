@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn client_context_area_is_sized_and_zeroed() -> Result {
-        let mut p = Pair::new(|ch| ch.init_set_client_context_size(40))?;
+        let mut p = Pair::new(|_, b| b.client_context_size(40))?;
         p.up()?;
         for _ in 0..3 {
             harness::send(&p.client, b"ctx", false)?;
@@ -342,11 +342,13 @@ mod tests {
 
     #[test]
     fn inband_replies_queue_behind_a_full_ring_and_keep_order() -> Result {
-        let mut p = Pair::new(|ch| {
-            if ch.endpoint() == crate::channel::Endpoint::Client {
-                ch.init_set_ring_buffer_page_count(2)?;
+        let mut p = Pair::new(|e, b| {
+            if e == crate::channel::Endpoint::Client {
+                b.ring_buffer_page_count(2)
+            } else {
+                b
             }
-            ch.init_set_packet_pool_size(100)
+            .packet_pool_size(100)
         })?;
         p.up()?;
         p.crec.mode.store(mode::REPLY, Ordering::Relaxed);
@@ -380,7 +382,7 @@ mod tests {
 
     #[test]
     fn payload_of_maximum_size_is_delivered_whole() -> Result {
-        let mut p = Pair::new(|ch| ch.init_set_maximum_packet_size(3000))?;
+        let mut p = Pair::new(|_, b| b.maximum_packet_size(3000))?;
         p.up()?;
         let mut big = KVec::new();
         for i in 0..3000u32 {

@@ -50,13 +50,13 @@ mod tests {
 
     #[test]
     fn empty_pool_is_enomem_and_disabled_is_einval() -> Result {
-        let mut p = Pair::new(|ch| ch.init_set_packet_pool_size(2))?;
+        let mut p = Pair::new(|_, b| b.packet_pool_size(2))?;
         p.up()?;
         let a = p.client.packet_allocate()?;
         let b = p.client.packet_allocate()?;
         assert!(matches!(p.client.packet_allocate(), Err(e) if e == ENOMEM));
         drop((a, b));
-        let c = Channel::allocate(Endpoint::Client, &crate::THIS_MODULE)?;
+        let c = Channel::builder(Endpoint::Client, &crate::THIS_MODULE).build()?;
         assert!(matches!(c.packet_allocate(), Err(e) if e == EINVAL));
         Ok(())
     }
@@ -140,11 +140,13 @@ mod tests {
     fn full_ring_queues_sends_in_order_and_loses_none() -> Result {
         // Declared first, so that it outlives every send of the pair.
         let done = Done::new()?;
-        let mut p = Pair::new(|ch| {
-            if ch.endpoint() == Endpoint::Client {
-                ch.init_set_ring_buffer_page_count(2)?;
+        let mut p = Pair::new(|e, b| {
+            if e == Endpoint::Client {
+                b.ring_buffer_page_count(2)
+            } else {
+                b
             }
-            ch.init_set_packet_pool_size(200)
+            .packet_pool_size(200)
         })?;
         p.up()?;
         p.server.pause()?;
@@ -172,7 +174,7 @@ mod tests {
 
     #[test]
     fn oversized_and_malformed_sends_are_refused() -> Result {
-        let mut p = Pair::new(|ch| ch.init_set_maximum_packet_size(128))?;
+        let mut p = Pair::new(|_, b| b.maximum_packet_size(128))?;
         p.up()?;
         let pkt = p.client.packet_allocate()?;
         let err = match pkt.send(&[0u8; 129], SendFlags::NONE) {

@@ -191,10 +191,14 @@ mod tests {
     fn save_restore_round_trip_finishes_packets_in_flight() -> Result {
         let done_old = Done::new()?;
         let done_new = Done::new()?;
-        let mut p = Pair::new(|_| Ok(()))?;
         let saver = PointerSaver::new()?;
-        p.server
-            .init_set_save_restore_packet_callbacks(saver.clone())?;
+        let mut p = Pair::new(|e, b| {
+            if e == Endpoint::Server {
+                b.save_restore_packet_callbacks(saver.clone())
+            } else {
+                b
+            }
+        })?;
         p.up()?;
         // Three requests from the server, held by the client.
         p.crec.mode.store(mode::HOLD, Ordering::Relaxed);
@@ -221,8 +225,9 @@ mod tests {
         assert_eq!(p.crec.count(Ev::Suspend), 0);
 
         let rec = Recorder::new()?;
-        let mut s2 = harness::channel(&p.bus, Endpoint::Server, &rec)?;
-        s2.init_set_save_restore_packet_callbacks(saver.clone())?;
+        let mut s2 = harness::builder(&p.bus, Endpoint::Server, &rec)
+            .save_restore_packet_callbacks(saver.clone())
+            .build()?;
         let mut status = RestoreStatus::MoreProcessingRequired;
         for chunk in state.chunks(10) {
             status = s2.restore_from_buffer(chunk)?;

@@ -255,16 +255,21 @@ impl SubchannelOffer for Taker {
 /// A loopback pair whose client takes sub-channels, with the primary's
 /// state events in the log under tag 0.
 fn pair(log: &Arc<Log>, taker: &Arc<Taker>) -> Result<Pair> {
-    let mut p = Pair::new(|_| Ok(()))?;
-    p.client.init_set_subchannel_callback(taker.clone())?;
-    p.client.init_set_state_change_callbacks(Arc::new(
+    let crec = Recorder::new()?;
+    let tagged: Arc<dyn StateChange> = Arc::new(
         Tagged {
             tag: 0,
             log: log.clone(),
-            rec: p.crec.clone(),
+            rec: crec.clone(),
         },
         GFP_KERNEL,
-    )?)?;
+    )?;
+    let mut p = Pair::with(Recorder::new()?, crec, |e, b| match e {
+        Endpoint::Client => b
+            .subchannel_callback(taker.clone())
+            .state_change_callbacks(tagged.clone()),
+        Endpoint::Server => b,
+    })?;
     p.up()?;
     Ok(p)
 }
@@ -418,16 +423,18 @@ fn hv_primary(
     Arc<crate::transport::hv::bus::HvDevice>,
 )> {
     let (dev, d) = hv_binding::offer(bus, TYPE_A, INST_1, 0)?;
-    let (mut h, rec) = hv_binding::client(bus, TYPE_A, None)?;
-    h.init_set_subchannel_callback(taker.clone())?;
-    h.init_set_state_change_callbacks(Arc::new(
-        Tagged {
-            tag: 0,
-            log: log.clone(),
-            rec: rec.clone(),
-        },
-        GFP_KERNEL,
-    )?)?;
+    let (b, rec) = hv_binding::client_builder(bus, TYPE_A, None)?;
+    let mut h = b
+        .subchannel_callback(taker.clone())
+        .state_change_callbacks(Arc::new(
+            Tagged {
+                tag: 0,
+                log: log.clone(),
+                rec: rec.clone(),
+            },
+            GFP_KERNEL,
+        )?)
+        .build()?;
     h.enable()?;
     h.wait_for_state(State::Started, Delta::from_millis(2000))?;
     Ok((h, rec, dev, d))
@@ -593,23 +600,20 @@ mod tests {
         let log = Log::new()?;
         log.reserve()?;
         let taker = Taker::new(&log, 4)?;
-        let mut p = Pair::new(|_| Ok(()))?;
-        p.client.init_set_subchannel_callback(taker.clone())?;
-        // A server offers no sub-channel callback.
-        assert!(matches!(
-            p.server.init_set_subchannel_callback(taker.clone()),
-            Err(e) if e == EINVAL
-        ));
+        let mut p = Pair::new(|e, b| match e {
+            Endpoint::Client => b.subchannel_callback(taker.clone()),
+            Endpoint::Server => b,
+        })?;
+        // A server takes no sub-channel callback.
+        let r = harness::builder(&p.bus, Endpoint::Server, &p.srec)
+            .subchannel_callback(taker.clone())
+            .build();
+        assert!(matches!(r, Err(e) if e == EINVAL));
         // Not open yet: refused, the sub-channel left Disabled.
         let (mut h, _rec) = server_sub(&p)?;
         assert!(matches!(p.server.offer_subchannel(&mut h), Err(e) if e == EINVAL));
         assert_eq!(h.state(), State::Disabled);
         p.up()?;
-        // Enabled: no more callback changes.
-        assert!(matches!(
-            p.client.init_set_subchannel_callback(taker.clone()),
-            Err(e) if e == EINVAL
-        ));
         // A channel is no sub-channel of itself, nor a client one.
         let (mut c, _crec) = {
             let rec = Recorder::new()?;
@@ -819,8 +823,8 @@ mod tests {
         // A handle kept past the callback has no offer to open.
         h2.disable()?;
         taker.hold_disabled.store(1, Ordering::Relaxed);
-        let (mut h3, _rec3) = hv_binding::client(&bus, TYPE_A, None)?;
-        h3.init_set_subchannel_callback(taker.clone())?;
+        let (b3, _rec3) = hv_binding::client_builder(&bus, TYPE_A, None)?;
+        let mut h3 = b3.subchannel_callback(taker.clone()).build()?;
         h3.enable()?;
         h3.wait_for_state(State::Started, Delta::from_millis(2000))?;
         sc.offer()?;

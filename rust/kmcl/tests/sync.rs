@@ -53,7 +53,7 @@ mod tests {
 
     #[test]
     fn sync_request_in_post_started_works() -> Result {
-        let mut p = Pair::new(|_| Ok(()))?;
+        let mut p = Pair::plain()?;
         p.crec.sync_in_post_started.store(true, Ordering::Relaxed);
         p.up()?;
         assert!(wait_for(5000, || p
@@ -94,11 +94,12 @@ mod tests {
 
     #[test]
     fn zero_timeout_fails_when_the_ring_is_full() -> Result {
-        let mut p = Pair::new(|ch| {
-            if ch.endpoint() == Endpoint::Client {
-                ch.init_set_ring_buffer_page_count(2)?;
+        let mut p = Pair::new(|e, b| {
+            if e == Endpoint::Client {
+                b.ring_buffer_page_count(2)
+            } else {
+                b
             }
-            Ok(())
         })?;
         p.up()?;
         p.server.pause()?;

@@ -171,11 +171,13 @@ mod tests {
     fn queued_transaction_cannot_be_completed_early() -> Result {
         // Declared first, so that it outlives every send of the pair.
         let done = Done::new()?;
-        let mut p = Pair::new(|ch| {
-            if ch.endpoint() == crate::channel::Endpoint::Client {
-                ch.init_set_ring_buffer_page_count(2)?;
+        let mut p = Pair::new(|e, b| {
+            if e == crate::channel::Endpoint::Client {
+                b.ring_buffer_page_count(2)
+            } else {
+                b
             }
-            ch.init_set_packet_pool_size(100)
+            .packet_pool_size(100)
         })?;
         p.up()?;
         p.server.pause()?;

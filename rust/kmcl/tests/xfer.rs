@@ -569,8 +569,9 @@ mod tests {
             GFP_KERNEL,
         )?;
         let mut server = harness::channel(&bus, crate::channel::Endpoint::Server, &srec)?;
-        let mut client = harness::channel(&bus, crate::channel::Endpoint::Client, &crec)?;
-        client.init_set_state_change_callbacks(drv.clone())?;
+        let mut client = harness::builder(&bus, crate::channel::Endpoint::Client, &crec)
+            .state_change_callbacks(drv.clone())
+            .build()?;
         crec.mode.store(mode::HOLD, Ordering::Relaxed);
         server.enable()?;
         // Opened registers, then fails: the open is rolled back and the
@@ -609,9 +610,10 @@ mod tests {
             }),
             GFP_KERNEL,
         )?;
-        let mut server = harness::channel(&bus, crate::channel::Endpoint::Server, &srec)?;
+        let mut server = harness::builder(&bus, crate::channel::Endpoint::Server, &srec)
+            .state_change_callbacks(drv.clone())
+            .build()?;
         let mut client = harness::channel(&bus, crate::channel::Endpoint::Client, &crec)?;
-        server.init_set_state_change_callbacks(drv.clone())?;
         server.enable()?;
         client.enable()?;
         client.wait_for_state(crate::channel::State::Started, Delta::from_millis(2000))?;
