@@ -98,11 +98,15 @@ pub(crate) struct Settings {
 /// (`VmbChannelAllocate` and the `VmbChannelInitSet*` calls).
 ///
 /// Each setter takes the builder by value and returns it. Values are
-/// checked by [`ChannelBuilder::build`], which fails with the first
-/// setting's error: `EINVAL` for a value out of range or a setting of the
-/// other endpoint kind, `EOPNOTSUPP` for a pipe mode kmcl does not
-/// implement, the allocation's error for the driver's data. A setter
-/// given twice keeps the last value.
+/// checked by [`ChannelBuilder::build`], which fails with the error of a
+/// refused setting, logged with the setting's name: `EINVAL` for a value
+/// out of range or a setting of the other endpoint kind, `EOPNOTSUPP` for
+/// a pipe mode kmcl does not implement, the initialiser's error for the
+/// driver's data. With several refused, the one reported is the first
+/// refused as it was given (a friendly name too long, a driver whose
+/// initialiser failed), else the first in the order `build` applies them:
+/// the order of the setters below, callbacks last. A setter given twice
+/// keeps the last value.
 ///
 /// # Examples
 ///
@@ -516,11 +520,21 @@ impl ChannelHandle {
         if let Some((ty, instance)) = target_pnp {
             refused(c, "target_pnp", c.init_set_target_pnp(ty, instance))?;
         }
+        if let Some(v) = subchannel {
+            refused(c, "subchannel_callback", c.init_set_subchannel_callback(v))?;
+        }
         if let Some(v) = server_flags {
             refused(c, "server_flags", c.init_set_server_flags(v))?;
         }
         if let Some(v) = mmio_megabytes {
             refused(c, "mmio_megabytes", c.init_set_mmio_megabytes(v))?;
+        }
+        if let Some(v) = save_restore {
+            refused(
+                c,
+                "save_restore_packet_callbacks",
+                c.init_set_save_restore_packet_callbacks(v),
+            )?;
         }
         if let Some((ty, instance)) = target_interface_id {
             refused(
@@ -531,16 +545,6 @@ impl ChannelHandle {
         }
         if let Some(v) = target_vtl {
             refused(c, "target_vtl", c.init_set_target_vtl(v))?;
-        }
-        if let Some(v) = save_restore {
-            refused(
-                c,
-                "save_restore_packet_callbacks",
-                c.init_set_save_restore_packet_callbacks(v),
-            )?;
-        }
-        if let Some(v) = subchannel {
-            refused(c, "subchannel_callback", c.init_set_subchannel_callback(v))?;
         }
         if let Some(v) = state {
             refused(
