@@ -443,6 +443,32 @@ mod tests {
     }
 
     #[test]
+    fn teardown_drops_a_deferred_transfer_page_packet() -> Result {
+        let (p, _) = registered_pair(4096)?;
+        p.crec.mode.store(mode::DEFER_SLOW, Ordering::Relaxed);
+        p.crec.defer_sleep_ms.store(200, Ordering::Relaxed);
+        // An in-band packet first: its redelivery sleeps in process
+        // context, so the transfer-page packet after it stays in the
+        // deferred queue, holding the receive buffer.
+        harness::send(&p.server, b"first", false)?;
+        assert!(wait_for(2000, || p
+            .crec
+            .redelivering
+            .load(Ordering::Relaxed)
+            == 1));
+        p.server
+            .inject_raw(&xfer_raw(5, PAGESET, 1, &[(64, 128)], b"")?)?;
+        // Delivered once in softirq context and deferred: three calls.
+        assert!(wait_for(2000, || p.crec.received.load(Ordering::Relaxed) == 3));
+        // The teardown drops the deferred packet and its hold on the
+        // buffer, then deletes the buffer left registered.
+        p.client.disable()?;
+        assert_eq!(p.crec.received.load(Ordering::Relaxed), 3);
+        assert_eq!(p.crec.late_calls.load(Ordering::Relaxed), 0);
+        Ok(())
+    }
+
+    #[test]
     fn unregistered_id_is_refused_afterwards() -> Result {
         let (p, _) = registered_pair(4096)?;
         let g = p.client.unregister_receive_buffer(PAGESET, NO_WAIT)?;
