@@ -141,6 +141,7 @@ fn send_unless_queued(
 /// `backlog` (the channel's `send_backlog`) is set before the size is
 /// stored, with a full barrier: the reader signals only after it saw the
 /// size, so the interrupt that follows reads `backlog` set and flushes.
+#[inline]
 fn write_or_wait(
     link: &mut LinkWriter,
     packet: &OutPacket<'_>,
