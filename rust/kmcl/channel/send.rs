@@ -234,7 +234,11 @@ impl Packet {
         if let Some(chan) = hold {
             chan.signal_peer();
         }
-        drop(left);
+        // Most often `None` (the pool kept the reference): tested here
+        // rather than in an out-of-line drop.
+        if let Some(chan) = left {
+            drop(chan);
+        }
         Ok(())
     }
 
