@@ -24,6 +24,7 @@ use core::{
     any::Any,
     mem::ManuallyDrop,
     sync::atomic::{
+        AtomicBool,
         AtomicU32,
         AtomicU64,
         AtomicUsize,
@@ -326,6 +327,13 @@ pub struct Channel {
     /// packet's buffer and accounting to the drain without taking the
     /// receive lock (`receive.rs`).
     pub(crate) inline: AtomicU64,
+    /// Whether the send side may have work for an interrupt: set under the
+    /// send lock before an item is queued and, with a full barrier, before
+    /// the ring's pending send size is stored; cleared under the send lock
+    /// by the flush that finds the queue empty and the pending size
+    /// cleared. An interrupt that reads it clear skips the flush
+    /// (`send_queue.rs`).
+    pub(crate) send_backlog: AtomicBool,
     /// Threads waiting on `cond`: a state change wakes it only when some
     /// thread waits, so the packet paths pay no wake-up.
     waiters: AtomicU32,
@@ -516,6 +524,7 @@ impl Channel {
                 stats: Stats::default(),
                 current: AtomicU64::new(0),
                 inline: AtomicU64::new(0),
+                send_backlog: AtomicBool::new(false),
                 waiters: AtomicU32::new(0),
                 passive_task: AtomicUsize::new(0),
                 pointer: AtomicUsize::new(0),

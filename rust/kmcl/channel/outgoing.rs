@@ -197,8 +197,11 @@ impl Packet {
     }
 
     /// Takes the packet's memory apart, for the list of finished packets.
-    pub(super) fn into_box(mut self) -> Option<KBox<PacketInner>> {
-        self.inner.take()
+    #[inline]
+    pub(super) fn into_box(self) -> Option<KBox<PacketInner>> {
+        // The packet's `Drop` has nothing to do once its memory is taken.
+        let mut this = core::mem::ManuallyDrop::new(self);
+        this.inner.take()
     }
 
     /// Puts a packet taken apart with [`Packet::into_box`] together again.

@@ -211,6 +211,7 @@ impl TxState {
     /// the pool does not take the packet back, the reference is returned,
     /// for the caller to drop once the send lock is released (or under it,
     /// if it is not the last one).
+    #[inline(always)]
     #[must_use = "the channel's reference, if the pool did not keep it"]
     pub(super) fn recycle(&mut self, mut b: KBox<PacketInner>) -> Option<Arc<Channel>> {
         b.mdl = None;

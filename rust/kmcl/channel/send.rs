@@ -43,7 +43,18 @@ impl Packet {
     /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbPacketSend")]
     pub fn send(self, data: &[u8], flags: SendFlags) -> core::result::Result<(), SendError> {
-        self.send_encoded(data, &[], None, flags)
+        let packet = if flags.contains(SendFlags::WAIT_FOR_COMPLETION) {
+            self
+        } else {
+            // A one-way packet that goes back to its pool once written: no
+            // one can read its payload again, so it goes into the ring from
+            // `data` when the ring has room now.
+            match self.send_direct(data) {
+                Ok(()) => return Ok(()),
+                Err(packet) => packet,
+            }
+        };
+        packet.send_encoded(data, &[], None, flags)
     }
 
     /// Sends `data` with external memory given as page frame numbers
@@ -98,16 +109,6 @@ impl Packet {
             }
             None => ranges,
         };
-        if ranges.is_empty() && mdl.is_none() && !flags.contains(SendFlags::WAIT_FOR_COMPLETION) {
-            // A one-way packet that goes back to its pool once written: no
-            // one can read its payload again, so it goes into the ring from
-            // `data` when the ring has room now.
-            let packet = match self.send_direct(data) {
-                Ok(()) => return Ok(()),
-                Err(packet) => packet,
-            };
-            self = packet;
-        }
         let r = self.encode(data, ranges, flags);
         // The packet owns the MDL from here on, whatever happens.
         self.get_mut().mdl = mdl;
@@ -233,7 +234,11 @@ impl Packet {
         if let Some(chan) = hold {
             chan.signal_peer();
         }
-        drop(left);
+        // Most often `None` (the pool kept the reference): tested here
+        // rather than in an out-of-line drop.
+        if let Some(chan) = left {
+            drop(chan);
+        }
         Ok(())
     }
 

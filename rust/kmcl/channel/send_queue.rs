@@ -4,6 +4,7 @@
 //! the pending send size, and finishing every send at a teardown.
 
 use core::sync::atomic::{
+    AtomicBool,
     AtomicU64,
     Ordering, //
 };
@@ -112,14 +113,20 @@ fn send_unless_queued(
     link: &mut Option<LinkWriter>,
     queued: usize,
     pending_send: &mut bool,
-    ring_full: &AtomicU64,
+    chan: &Channel,
     packet: &OutPacket<'_>,
 ) -> Result<Option<bool>> {
     let link = link.as_mut().ok_or(ENODEV)?;
     if queued != 0 {
         return Ok(None);
     }
-    match write_or_wait(link, packet, pending_send, Some(ring_full)) {
+    match write_or_wait(
+        link,
+        packet,
+        pending_send,
+        &chan.send_backlog,
+        Some(&chan.stats.ring_full),
+    ) {
         Ok(signal) => Ok(Some(signal)),
         Err(WriteError::Full(_)) => Ok(None),
         Err(WriteError::Broken) => Err(EIO),
@@ -130,10 +137,16 @@ fn send_unless_queued(
 /// Writes `packet`; when the ring is full, stores the pending send size
 /// and tries once more, as the reader may have freed space before it could
 /// see that size, so that no wakeup is lost. `full` counts a full ring.
+///
+/// `backlog` (the channel's `send_backlog`) is set before the size is
+/// stored, with a full barrier: the reader signals only after it saw the
+/// size, so the interrupt that follows reads `backlog` set and flushes.
+#[inline]
 fn write_or_wait(
     link: &mut LinkWriter,
     packet: &OutPacket<'_>,
     pending_send: &mut bool,
+    backlog: &AtomicBool,
     full: Option<&AtomicU64>,
 ) -> core::result::Result<bool, WriteError> {
     let mut r = link.send(packet);
@@ -141,6 +154,7 @@ fn write_or_wait(
         if let Some(c) = full {
             c.fetch_add(1, Ordering::Relaxed);
         }
+        backlog.swap(true, Ordering::SeqCst);
         link.set_pending_send_size(needed);
         r = link.send(packet);
         *pending_send = true;
@@ -217,7 +231,7 @@ impl Channel {
             pending_send,
             ..
         } = tx;
-        send_unless_queued(link, *queued, pending_send, &self.stats.ring_full, packet)
+        send_unless_queued(link, *queued, pending_send, self, packet)
     }
 
     /// Puts an item in the ring, or queues it behind earlier ones. Called
@@ -237,7 +251,7 @@ impl Channel {
         let Some(packet) = packet_of(slots, &item) else {
             return Err((EINVAL, item));
         };
-        match send_unless_queued(link, *queued, pending_send, &self.stats.ring_full, &packet) {
+        match send_unless_queued(link, *queued, pending_send, self, &packet) {
             Ok(Some(signal)) => {
                 return Ok(Submitted {
                     signal,
@@ -263,6 +277,10 @@ impl Channel {
             Queued::Tx { slot, .. } => Some(*slot),
             _ => None,
         };
+        // Before the item is in the queue: a queue holds items only behind
+        // an earlier one or a full ring, which set it already; this keeps
+        // the rule that a queued item implies it set.
+        self.send_backlog.store(true, Ordering::Relaxed);
         tx.push(item).map_err(|item| (EBUSY, item))?;
         if let Some(slot) = is_tx {
             tx.slots[slot as usize].queued = true;
@@ -282,8 +300,17 @@ impl Channel {
         }
     }
 
-    /// Writes queued items while the ring has room, in order.
+    /// Writes queued items while the ring has room, in order. With nothing
+    /// queued and no pending send size (`send_backlog` clear), it returns
+    /// without taking the send lock.
     pub(crate) fn flush_send_queue(&self) {
+        // Acquire: pairs with the full barrier before the pending send size
+        // is stored (`write_or_wait`); a size this flush could have missed
+        // was stored after the peer's signal that led here, and its send
+        // then retried the write after the peer's read.
+        if !self.send_backlog.load(Ordering::Acquire) {
+            return;
+        }
         loop {
             let mut g = self.tx.lock();
             let tx = &mut *g;
@@ -304,12 +331,15 @@ impl Channel {
                     *pending_send = false;
                     link.set_pending_send_size(0);
                 }
+                self.send_backlog.store(false, Ordering::Relaxed);
                 return;
             };
             let r = match packet_of(slots, front) {
                 // A cancelled transaction: skip it.
                 None => Ok(false),
-                Some(packet) => write_or_wait(link, &packet, pending_send, None),
+                Some(packet) => {
+                    write_or_wait(link, &packet, pending_send, &self.send_backlog, None)
+                }
             };
             match r {
                 Ok(signal) => {
