@@ -55,6 +55,16 @@ if [ "$dep_fail" != 0 ]; then
 	exit 1
 fi
 
+step "drivers need no unsafe (samples/, the out-of-tree consumer included)"
+# A sample is what a driver author copies: it must show that a driver on
+# kmcl needs no unsafe. Comments and strings count too, so that the word
+# itself never has to be explained away.
+if grep -rnw --include='*.rs' unsafe "$top/samples"; then
+	echo "a sample uses unsafe" >&2
+	exit 1
+fi
+echo "  none"
+
 step "documentation (Sphinx and rustdoc, warnings are errors; every example compiles)"
 sphinx-build -q -W -b html "$top/Documentation" "$top/build/docs"
 "$here/rustdoc.sh"
