@@ -18,12 +18,9 @@ meta="$KMCL_TOP/build/modules/rust/kmcl/libkmcl.rmeta"
 # kbuild's arguments, minus what only the compiler or clippy understands,
 # the crate type, and the lints that hold for the crate but not for an
 # example (docs and visibility of a snippet's own items).
-mapfile -t args < <(sed -n '1p' "$cmdfile" | tr ' ' '\n' |
-	sed -n '/^\(clippy-driver\|rustc\)$/,/^--out-dir$/p' | sed '1d;$d' |
-	grep -v -e '^$' -e '^-[WADF]clippy::' -e '^--emit=' -e '^-Zbinary_dep_depinfo' \
-		-e '^--remap-path' -e '^--macro$' -e '^--crate-type$' -e '^rlib$' \
-		-e '^-Wmissing_docs$' -e '^-Wunreachable_pub$' |
-	sed "s/^-Zcrate-attr='\(.*\)'$/-Zcrate-attr=\1/")
+. "$here/kmcl-rustc-args.sh"
+mapfile -t args < <(kmcl_rustc_args "$cmdfile" '^--crate-type$' '^rlib$' \
+	'^-Wmissing_docs$' '^-Wunreachable_pub$')
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -13,13 +13,10 @@ cmdfile="$KMCL_TOP/build/modules/rust/kmcl/.kmcl.o.cmd"
 out="$KMCL_TOP/build/rustdoc"
 rm -rf "$out"
 
-# The compiler's arguments, from the compiler name to --out-dir, minus what
-# only the compiler or clippy understands.
-mapfile -t args < <(sed -n '1p' "$cmdfile" | tr ' ' '\n' |
-	sed -n '/^\(clippy-driver\|rustc\)$/,/^--out-dir$/p' | sed '1d;$d' |
-	grep -v -e '^$' -e '^-[WADF]clippy::' -e '^--emit=' -e '^-Zbinary_dep_depinfo' \
-		-e '^--remap-path' -e '^--macro$' |
-	sed "s/^-Zcrate-attr='\(.*\)'$/-Zcrate-attr=\1/")
+# The compiler's arguments, minus what only the compiler or clippy
+# understands.
+. "$here/kmcl-rustc-args.sh"
+mapfile -t args < <(kmcl_rustc_args "$cmdfile")
 
 cd "$KMCL_TOP/build/modules"
 RUSTC_BOOTSTRAP=1 RUST_MODFILE=./kmcl OBJTREE="$KMCL_KBUILD" rustdoc "${args[@]}" \
