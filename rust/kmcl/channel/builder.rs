@@ -560,9 +560,8 @@ impl ChannelHandle {
                 c.init_set_process_packet_callbacks(v),
             )?;
         }
-        if data.is_some() {
-            self.set_data(data);
-        }
+        // The handle keeps its own reference to the driver data.
+        *self.data = data;
         Ok(())
     }
 }

@@ -448,11 +448,6 @@ impl ChannelHandle {
         let data: &(dyn Any + Send + Sync) = (*self.data).as_deref()?;
         data.downcast_ref::<D>()
     }
-
-    pub(crate) fn set_data(&mut self, data: Option<Arc<dyn Any + Send + Sync>>) {
-        let old = core::mem::replace(&mut *self.data, data);
-        drop(old);
-    }
 }
 
 impl Drop for ChannelHandle {
