@@ -388,7 +388,9 @@ impl Channel {
         if quota == 0 {
             return Err(EINVAL);
         }
-        self.rx.lock().quota = quota;
+        self.rxc
+            .quota
+            .store(quota, core::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -254,7 +254,10 @@ impl IncomingPacket {
             "channel {}: packet failed by the driver; incoming queue stopped\n",
             self.chan.id()
         );
-        self.chan.rx.lock().failed = true;
+        {
+            let _g = self.chan.rx.lock();
+            self.chan.rxc.failed.store(true, Ordering::Relaxed);
+        }
         let _ = self.finish_with(None);
     }
 
@@ -351,12 +354,12 @@ impl IncomingPacket {
             let _ =
                 chan.current
                     .compare_exchange(self.seq, 0, Ordering::Relaxed, Ordering::Relaxed);
-            g.outstanding -= 1;
+            let left = chan.rxc.outstanding.fetch_sub(1, Ordering::Relaxed) - 1;
             // The packet leaves the count that keeps the channel alive for
             // it (`ChannelRef`): what follows reaches the channel through a
             // reference of its own, the channel's `keep` itself if this was
             // the last packet and no drain runs.
-            let hold = if g.outstanding == 0 && !g.delivering {
+            let hold = if left == 0 && !g.delivering {
                 g.keep.take()
             } else {
                 None
@@ -364,7 +367,7 @@ impl IncomingPacket {
             let hold = hold.unwrap_or_else(|| chan.arc());
             // Under the lock, which an unregister waiting for it holds.
             drop(self.xfer.take());
-            if g.stalled && g.outstanding < g.quota {
+            if g.stalled && chan.rxc.below_quota() {
                 g.stalled = false;
                 kick = true;
             }

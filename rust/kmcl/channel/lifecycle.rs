@@ -3,6 +3,8 @@
 //! The lifecycle: Enable, Disable, Pause and Start, the open sequence and
 //! its state callbacks, and the teardown, driven from process context.
 
+use core::sync::atomic::Ordering;
+
 use kernel::{
     prelude::*,
     sync::{
@@ -283,7 +285,7 @@ impl Channel {
                 g.state = to;
                 if paused {
                     // Delivery stops with the state, under the same lock.
-                    self.rx.lock().enabled = false;
+                    self.set_rx_enabled(false);
                 }
                 if !paused {
                     // Resuming this instance abandons a save.
@@ -411,9 +413,12 @@ impl Channel {
         {
             let mut r = self.rx.lock();
             // The quota and the delivery context are settings, not state.
-            rx.quota = r.quota;
             rx.passive = r.passive;
             *r = rx;
+            // Disabled: nothing is delivered or outstanding.
+            self.rxc.enabled.store(false, Ordering::Relaxed);
+            self.rxc.failed.store(false, Ordering::Relaxed);
+            self.rxc.outstanding.store(0, Ordering::Relaxed);
         }
         {
             let mut t = self.tx.lock();
@@ -437,7 +442,7 @@ impl Channel {
             let mut g = self.inner.lock();
             let s = g.state;
             g.state = State::Closing;
-            self.rx.lock().enabled = false;
+            self.set_rx_enabled(false);
             self.publish(&g);
             (s == State::Started, g.opened)
         };
@@ -456,8 +461,8 @@ impl Channel {
         drop(left);
         self.inner.lock().opened = false;
         let mut r = self.rx.lock();
-        let keep = r.drop_deferred();
-        r.failed = false;
+        let keep = r.drop_deferred(&self.rxc);
+        self.rxc.failed.store(false, Ordering::Relaxed);
         drop(r);
         drop(keep);
     }

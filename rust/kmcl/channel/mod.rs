@@ -287,7 +287,7 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 /// before the attachment is closed.
 ///
 /// `tx.gate` is `Gates::of` the control state: every change of what it is
-/// computed from is published under the control lock (`Channel::publish`). `rx.enabled` is set only while `inner.state` is
+/// computed from is published under the control lock (`Channel::publish`). `rxc.enabled` is set only while `inner.state` is
 /// `Started`; leaving Started clears it under the control lock.
 #[pin_data]
 pub struct Channel {
@@ -316,10 +316,14 @@ pub struct Channel {
     #[pin]
     routine_work: Work<Channel, 3>,
     pub(crate) stats: Stats,
+    /// Receive-side counters that the drain reads and updates without the
+    /// receive lock (`rx.rs`).
+    pub(crate) rxc: rx::RxCounters,
     /// Sequence number of the packet inside ProcessPacket, 0 if none: the
-    /// one packet that may be deferred. Set and tested under the receive
-    /// lock; the drain clears it without the lock once ProcessPacket
-    /// returned.
+    /// one packet that may be deferred. Set by the context that delivers
+    /// the packet before it calls ProcessPacket, tested and cleared by a
+    /// deferral under the receive lock, and cleared by the drain once
+    /// ProcessPacket returned.
     pub(crate) current: AtomicU64,
     /// Sequence number of the packet the drain has inside ProcessPacket, 0
     /// if none; written only by the drain (one at a time) and by the
@@ -517,6 +521,7 @@ impl Channel {
                 control_work <- new_work!("kmcl::Channel::control_work"),
                 routine_work <- new_work!("kmcl::Channel::routine_work"),
                 stats: Stats::default(),
+                rxc: rx::RxCounters::new(),
                 current: AtomicU64::new(0),
                 inline: AtomicU64::new(0),
                 send_backlog: AtomicBool::new(false),

@@ -21,7 +21,10 @@ use super::{
     State, //
 };
 use crate::{
-    transport::RecvLink,
+    transport::{
+        LinkReader,
+        RecvLink, //
+    },
     wire::packet::{
         self,
         Kind, //
@@ -44,6 +47,18 @@ pub(super) const INLINE_DONE: u64 = 1 << 63;
 struct Spare {
     buf: KVec<u8>,
     finished: bool,
+}
+
+/// What a drain copies of the receive state as it starts: set while the
+/// channel is Disabled, so they hold for the whole drain.
+struct DrainParams {
+    limits: packet::Limits,
+    /// The size of the driver's context area behind each packet.
+    ctx: usize,
+    /// The bytes of a slot that hold the packet.
+    room: usize,
+    /// Pipe mode.
+    pipe: bool,
 }
 
 /// Why a drain pass ended.
@@ -78,13 +93,12 @@ impl Channel {
         loop {
             let (pkt, cb) = {
                 let mut g = self.rx.lock();
-                if !g.enabled || g.deferred.is_empty() {
+                if !self.rxc.enabled() || g.deferred.is_empty() {
                     break;
                 }
                 let mut p = g.deferred.remove(0).ok();
                 if let Some(p) = &mut p {
-                    p.seq = g.next_seq;
-                    g.next_seq += 1;
+                    p.seq = self.rxc.next_seq();
                     self.current.store(p.seq, Ordering::Relaxed);
                 }
                 // Counted under the same lock that saw delivery enabled:
@@ -106,6 +120,12 @@ impl Channel {
         }
     }
 
+    /// Allows or stops delivery, under the receive lock (`RxCounters`).
+    pub(crate) fn set_rx_enabled(&self, on: bool) {
+        let _g = self.rx.lock();
+        self.rxc.enabled.store(on, Ordering::Relaxed);
+    }
+
     /// Delivery may proceed: called once Started.
     pub(crate) fn start_delivery(&self) {
         {
@@ -113,7 +133,7 @@ impl Channel {
             // teardown that raced in keeps delivery off.
             let g = self.inner.lock();
             if g.state == State::Started {
-                self.rx.lock().enabled = true;
+                self.set_rx_enabled(true);
             }
         }
         self.kick_delivery();
@@ -125,7 +145,7 @@ impl Channel {
     /// ProcessingComplete of this channel runs: none in the drain loop and
     /// none redelivering a deferred packet.
     pub(crate) fn stop_delivery(&self) {
-        self.rx.lock().enabled = false;
+        self.set_rx_enabled(false);
         self.wait_until(&self.rx, |g| !g.delivering && g.redelivering == 0);
     }
 
@@ -136,7 +156,7 @@ impl Channel {
     /// dropped by a teardown.
     pub(crate) fn wait_incoming_finished(&self) {
         self.wait_until(&self.rx, |g| {
-            g.held_by_driver() == 0 && !g.delivering && g.redelivering == 0
+            g.held_by_driver(&self.rxc) == 0 && !g.delivering && g.redelivering == 0
         });
     }
 
@@ -146,7 +166,7 @@ impl Channel {
     /// context, a channel that delivers at passive level queues its passive
     /// work instead.
     fn drain(&self, passive: bool) {
-        let cb = {
+        let (cb, link, params) = {
             let mut g = self.rx.lock();
             if g.passive && !passive {
                 drop(g);
@@ -159,23 +179,28 @@ impl Channel {
                 g.drain_again = true;
                 return;
             }
-            if !g.enabled {
+            if !self.rxc.enabled() {
                 return;
             }
-            let Some(link) = g.link.as_mut() else {
+            let Some(cb) = g.process.clone() else {
+                return;
+            };
+            // The link is this drain's until it stops delivering.
+            let Some(mut link) = g.link.take() else {
                 return;
             };
             link.begin_read();
             g.delivering = true;
             g.drain_again = false;
-            g.process.clone()
+            let params = DrainParams {
+                limits: g.limits,
+                ctx: g.ctx_size,
+                room: g.packet_room(),
+                pipe: g.pipe,
+            };
+            (cb, link, params)
         };
-        let Some(cb) = cb else {
-            let keep = self.rx.lock().stop_delivering();
-            drop(keep);
-            return;
-        };
-        let keep = self.drain_passes(&*cb);
+        let keep = self.drain_passes(&*cb, link, &params);
         self.wake_waiters();
         // The caller's `&self` stands for another reference: this is never
         // the channel's last.
@@ -189,21 +214,27 @@ impl Channel {
     /// the hold of the receive lock that found the ring empty or delivery
     /// blocked, and one that delivered nothing leaves in it too. Returns the channel's reference on itself for its
     /// packets if none is left (`RxState::keep`), for the caller to drop.
-    fn drain_passes(&self, cb: &dyn super::callbacks::ProcessPacket) -> Option<Arc<Channel>> {
+    fn drain_passes(
+        &self,
+        cb: &dyn super::callbacks::ProcessPacket,
+        mut link: LinkReader,
+        p: &DrainParams,
+    ) -> Option<Arc<Channel>> {
         let mut batch = 0u32;
         let mut since_commit = 0u32;
         // The buffer of a completion just handled, back to the free slots
         // under the next packet's lock.
         let mut spare = None;
         let mut keep = None;
+        // Whether `RxState::keep` was seen set since this drain began.
+        let mut kept = false;
         loop {
-            let stop = self.drain_one(cb, &mut batch, &mut spare);
+            let stop = self.drain_one(cb, &mut link, p, &mut batch, &mut spare, &mut kept);
             since_commit += 1;
             let Some((stop, held)) = stop else {
                 if since_commit >= COMMIT_EVERY {
                     since_commit = 0;
-                    let signal = self.rx.lock().link.as_mut().is_some_and(|l| l.commit());
-                    if signal {
+                    if link.commit() {
                         self.signal_peer();
                     }
                 }
@@ -214,38 +245,41 @@ impl Channel {
                 // The lock hold that stopped the pass ends it, unless it
                 // was given up to log a refusal.
                 let mut g = held.unwrap_or_else(|| self.rx.lock());
-                let mut signal = false;
-                let mut more = false;
-                if let Some(link) = g.link.as_mut() {
-                    signal = link.commit();
-                    // Unmask; data that raced in is drained now, as no
-                    // signal will come for it: masked again at once.
-                    more = link.end_read() && stop == Stop::Empty;
-                    if more {
-                        link.begin_read();
-                    }
+                let signal = link.commit();
+                // Unmask; data that raced in is drained now, as no signal
+                // will come for it: masked again at once.
+                let more = link.end_read() && stop == Stop::Empty;
+                if more {
+                    link.begin_read();
                 }
                 let next = if more {
                     Next::Read
                 } else if batch == 0 {
-                    self.leave_or_again(&mut g, &mut keep)
+                    self.leave_or_again(&mut g, &mut link, &mut keep)
                 } else {
                     Next::Complete
                 };
+                if next == Next::Done {
+                    // Back under the hold that clears `delivering`.
+                    g.link = Some(link);
+                    drop(g);
+                    if signal {
+                        self.signal_peer();
+                    }
+                    return keep;
+                }
                 (signal, next)
             };
             if signal {
                 self.signal_peer();
             }
-            match next {
-                Next::Read => {}
-                Next::Complete => {
-                    cb.processing_complete(self, core::mem::take(&mut batch));
-                    if self.leave_or_again(&mut self.rx.lock(), &mut keep) == Next::Done {
-                        return keep;
-                    }
+            if next == Next::Complete {
+                cb.processing_complete(self, core::mem::take(&mut batch));
+                let mut g = self.rx.lock();
+                if self.leave_or_again(&mut g, &mut link, &mut keep) == Next::Done {
+                    g.link = Some(link);
+                    return keep;
                 }
-                Next::Done => return keep,
             }
         }
     }
@@ -255,36 +289,41 @@ impl Channel {
     /// ([`Next::Read`]); otherwise stop delivering ([`Next::Done`]), and,
     /// with no packet left, move the channel's reference on itself for its
     /// packets to `keep`.
-    fn leave_or_again(&self, g: &mut RxState, keep: &mut Option<Arc<Channel>>) -> Next {
-        if core::mem::take(&mut g.drain_again) && g.enabled && !g.failed {
-            if let Some(link) = g.link.as_mut() {
-                link.begin_read();
-                return Next::Read;
-            }
+    fn leave_or_again(
+        &self,
+        g: &mut RxState,
+        link: &mut LinkReader,
+        keep: &mut Option<Arc<Channel>>,
+    ) -> Next {
+        if core::mem::take(&mut g.drain_again) && self.rxc.enabled() && !self.rxc.failed() {
+            link.begin_read();
+            return Next::Read;
         }
         self.current.store(0, Ordering::Relaxed);
-        *keep = g.stop_delivering();
+        *keep = g.stop_delivering(&self.rxc);
         Next::Done
     }
 
-    /// Reads and handles one packet. `None`: go on; otherwise why the pass
-    /// stops, with the receive lock still held unless it was given up.
+    /// Reads and handles one packet, without the receive lock unless it
+    /// must take a slot from the free ones, admit a transfer-page packet or
+    /// stop. `None`: go on; otherwise why the pass stops, with the receive
+    /// lock still held unless it was given up.
     fn drain_one(
         &self,
         cb: &dyn super::callbacks::ProcessPacket,
+        link: &mut LinkReader,
+        p: &DrainParams,
         batch: &mut u32,
         spare: &mut Option<Spare>,
+        kept: &mut bool,
     ) -> Option<(Stop, Option<LockGuard<'_, RxState>>)> {
-        let mut g = self.rx.lock();
+        let c = &self.rxc;
         // A buffer handed back is the next packet's, as it would be from
         // the free slots, which it goes back to if the drain stops.
         let back = spare.take().map(|b| {
             if b.finished {
-                g.outstanding -= 1;
                 // This drain reads on: no kick needed.
-                if g.stalled && g.outstanding < g.quota {
-                    g.stalled = false;
-                }
+                c.outstanding.fetch_sub(1, Ordering::Relaxed);
             }
             b.buf
         });
@@ -292,58 +331,64 @@ impl Channel {
         self.current.store(0, Ordering::Relaxed);
         // `enabled` is cleared under the control lock when the channel
         // leaves Started: it stands for the state check.
-        if !g.enabled || g.failed || g.outstanding >= g.quota {
-            if let Some(b) = back {
-                g.put_buf(b);
-            }
-            if g.enabled && !g.failed && !g.stalled {
-                g.stalled = true;
-                self.stats.quota_stalls.fetch_add(1, Ordering::Relaxed);
-            }
-            return Some((Stop::Blocked, Some(g)));
+        if !c.may_deliver() {
+            return Some((Stop::Blocked, Some(self.blocked(back))));
         }
-        let Some(mut buf) = back.or_else(|| g.take_buf()) else {
-            g.stalled = true;
-            self.stats.quota_stalls.fetch_add(1, Ordering::Relaxed);
-            return Some((Stop::Blocked, Some(g)));
+        let mut buf = match back {
+            Some(b) => b,
+            None => {
+                let mut g = self.rx.lock();
+                match g.take_buf() {
+                    Some(b) => b,
+                    None => {
+                        // A finish returns its slot under this lock and
+                        // sees `stalled`.
+                        g.stalled = true;
+                        self.stats.quota_stalls.fetch_add(1, Ordering::Relaxed);
+                        return Some((Stop::Blocked, Some(g)));
+                    }
+                }
+            }
         };
-        let ctx = g.ctx_size;
-        let limits = g.limits;
-        let room = buf.len() - ctx;
-        let read = match g.link.as_mut() {
-            Some(link) => link.read(&mut buf[..room]),
-            None => Ok(None),
-        };
-        let n = match read {
+        let n = match link.read(&mut buf[..p.room]) {
             Ok(Some(n)) => n,
             Ok(None) => {
+                let mut g = self.rx.lock();
                 g.put_buf(buf);
                 return Some((Stop::Empty, Some(g)));
             }
             Err(e) => {
+                let mut g = self.rx.lock();
                 g.put_buf(buf);
                 self.refuse_incoming(g, "incoming ring refused", &e);
                 return Some((Stop::Blocked, None));
             }
         };
-        let parsed = packet::parse(&buf[..n], &limits).and_then(|p| {
+        let parsed = packet::parse(&buf[..n], &p.limits).and_then(|pk| {
             // A transfer-page packet must name a registered receive buffer
             // and stay inside it (channel/xfer.rs).
-            let xfer = match &p.kind {
-                Kind::XferPages(x) => Some(g.xfer.admit(x).map_err(packet::PacketError::Xfer)?),
+            let xfer = match &pk.kind {
+                Kind::XferPages(x) => Some(
+                    self.rx
+                        .lock()
+                        .xfer
+                        .admit(x)
+                        .map_err(packet::PacketError::Xfer)?,
+                ),
                 _ => None,
             };
             Ok((
-                p.desc,
-                matches!(p.kind, Kind::Completion),
-                matches!(p.kind, Kind::GpaDirect(_)),
-                p.payload_offset,
+                pk.desc,
+                matches!(pk.kind, Kind::Completion),
+                matches!(pk.kind, Kind::GpaDirect(_)),
+                pk.payload_offset,
                 xfer,
             ))
         });
         let (desc, is_completion, external, payload_offset, xfer) = match parsed {
             Ok(v) => v,
             Err(e) => {
+                let mut g = self.rx.lock();
                 g.put_buf(buf);
                 self.refuse_incoming(g, "malformed packet from the peer", &e);
                 return Some((Stop::Blocked, None));
@@ -352,10 +397,13 @@ impl Channel {
         // Pipe mode (channel/pipe.rs): an in-band packet's pipe header is
         // checked and stripped.
         let in_band = !is_completion && !external && xfer.is_none();
-        let (payload_offset, n) = match super::pipe::strip(g.pipe, in_band, &buf, payload_offset, n)
+        let (payload_offset, n) = match super::pipe::strip(p.pipe, in_band, &buf, payload_offset, n)
         {
             Ok(v) => v,
             Err(e) => {
+                let mut g = self.rx.lock();
+                // Under the lock, as every release of a receive buffer.
+                drop(xfer);
                 g.put_buf(buf);
                 self.refuse_incoming(g, "malformed pipe header from the peer", &e);
                 return Some((Stop::Blocked, None));
@@ -364,12 +412,7 @@ impl Channel {
         if is_completion {
             // Through the transport's own id mapping (Linux's requestor on
             // hv); an id it does not know maps to 0, which no send has.
-            let id = g
-                .link
-                .as_mut()
-                .and_then(|l| l.completion_id(desc.trans_id))
-                .unwrap_or(0);
-            drop(g);
+            let id = link.completion_id(desc.trans_id).unwrap_or(0);
             self.stats
                 .completions_received
                 .fetch_add(1, Ordering::Relaxed);
@@ -380,17 +423,22 @@ impl Channel {
             });
             return None;
         }
-        g.outstanding += 1;
-        // The packet reaches the channel through `keep`, set while it is
-        // counted (`ChannelRef`); the drain's other packets share it.
-        if g.keep.is_none() {
-            g.keep = Some(self.arc());
+        // The packet reaches the channel through `keep` (`ChannelRef`),
+        // which no one but this drain takes while it delivers: seen set
+        // once, it stays so until the drain stops.
+        if !*kept {
+            let mut g = self.rx.lock();
+            if g.keep.is_none() {
+                g.keep = Some(self.arc());
+            }
+            *kept = true;
         }
-        let seq = g.next_seq;
-        g.next_seq += 1;
+        // Counted by the delivering context alone (`RxCounters`).
+        c.outstanding.fetch_add(1, Ordering::Relaxed);
+        let seq = c.next_seq();
         self.current.store(seq, Ordering::Relaxed);
-        drop(g);
         self.stats.packets_received.fetch_add(1, Ordering::Relaxed);
+        let ctx = p.ctx;
         if ctx != 0 {
             let len = buf.len();
             buf[len - ctx..].fill(0);
@@ -401,8 +449,10 @@ impl Channel {
         let raw = (buf.as_mut_ptr(), buf.len(), buf.capacity());
         self.inline.store(seq, Ordering::Relaxed);
         let pkt = IncomingPacket {
-            // SAFETY: the packet was counted in `outstanding`, and `keep`
-            // set, under the receive lock just released.
+            // SAFETY: the packet was counted in `outstanding` by this
+            // drain, which is delivering and saw `keep` set under the
+            // receive lock; it stays so while the count is not zero
+            // (`RxState::keep`).
             chan: unsafe { ChannelRef::new(self) },
             buf: Some(buf),
             len: n,
@@ -411,7 +461,7 @@ impl Channel {
             completion_requested: desc.flags & packet::FLAG_COMPLETION_REQUESTED != 0,
             external,
             seq,
-            limits,
+            limits: p.limits,
             ctx_size: ctx,
             xfer: core::mem::ManuallyDrop::new(xfer),
         };
@@ -445,16 +495,33 @@ impl Channel {
         None
     }
 
+    /// The drain may deliver nothing more now: returns the handed-back
+    /// buffer to the free slots and marks a stall for a finish to restart,
+    /// under the receive lock, which it returns held. A finish that made
+    /// room between the check without the lock and this one ran under the
+    /// same lock and saw no stall: then the drain looks again instead.
+    fn blocked(&self, back: Option<KVec<u8>>) -> LockGuard<'_, RxState> {
+        let c = &self.rxc;
+        let mut g = self.rx.lock();
+        if let Some(b) = back {
+            g.put_buf(b);
+        }
+        if c.enabled() && !c.failed() {
+            if c.below_quota() {
+                g.drain_again = true;
+            } else if !g.stalled {
+                g.stalled = true;
+                self.stats.quota_stalls.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        g
+    }
+
     /// Stops the incoming queue on input the peer got wrong: counted before
     /// the queue is seen stopped, logged once the lock is dropped.
-    fn refuse_incoming(
-        &self,
-        mut g: LockGuard<'_, RxState>,
-        what: &str,
-        error: &dyn core::fmt::Debug,
-    ) {
+    fn refuse_incoming(&self, g: LockGuard<'_, RxState>, what: &str, error: &dyn core::fmt::Debug) {
         self.stats.malformed_packets.fetch_add(1, Ordering::Relaxed);
-        g.failed = true;
+        self.rxc.failed.store(true, Ordering::Relaxed);
         drop(g);
         pr_err!(
             "channel {}: {} ({:?}); queue stopped\n",

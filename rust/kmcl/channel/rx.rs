@@ -3,6 +3,13 @@
 //! Receive-side state: the preallocated incoming slots, the quota, and what
 //! the drain loop and deferral need to know.
 
+use core::sync::atomic::{
+    AtomicBool,
+    AtomicU32,
+    AtomicU64,
+    Ordering, //
+};
+
 use kernel::{
     prelude::*,
     sync::Arc, //
@@ -22,9 +29,89 @@ use crate::{
     },
 };
 
+/// Receive-side state that the drain reads and updates for each packet
+/// without the receive lock.
+///
+/// # Invariants
+///
+/// - `enabled` and `failed` are written only under the receive lock, so a
+///   reader under the lock sees them as they were when the lock was taken.
+/// - `outstanding` is raised only by the context that is delivering
+///   (`RxState::delivering`, set and cleared under the receive lock, one
+///   context at a time), each time before it hands a packet to the driver.
+///   It is lowered once per packet: by the finish, under the receive lock,
+///   or by the delivering context for a packet handed back to it
+///   (`INLINE_DONE`), or by a teardown's `RxState::drop_deferred` for a
+///   packet it drops.
+pub(crate) struct RxCounters {
+    /// Delivery is allowed (Started and not paused or closing).
+    pub(crate) enabled: AtomicBool,
+    /// PacketFail or a malformed packet stopped the queue.
+    pub(crate) failed: AtomicBool,
+    /// Packets delivered to the driver and not finished.
+    pub(crate) outstanding: AtomicU32,
+    /// The transaction quota: at most this many packets outstanding.
+    pub(crate) quota: AtomicU32,
+    /// The sequence number of the next delivery (never 0).
+    pub(crate) next_seq: AtomicU64,
+}
+
+impl RxCounters {
+    pub(crate) const fn new() -> Self {
+        Self {
+            enabled: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            outstanding: AtomicU32::new(0),
+            quota: AtomicU32::new(u32::MAX),
+            next_seq: AtomicU64::new(1),
+        }
+    }
+
+    /// Whether the drain may deliver one more packet now.
+    #[inline]
+    pub(crate) fn may_deliver(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+            && !self.failed.load(Ordering::Relaxed)
+            && self.outstanding.load(Ordering::Relaxed) < self.quota.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Below the quota: delivery blocked by it may go on.
+    #[inline]
+    pub(crate) fn below_quota(&self) -> bool {
+        self.outstanding.load(Ordering::Relaxed) < self.quota.load(Ordering::Relaxed)
+    }
+
+    /// A sequence number for a delivery.
+    #[inline]
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
 /// Receive-side state, under the channel's receive lock.
 pub(crate) struct RxState {
-    /// The receive half of the attachment's link, while attached.
+    /// The receive half of the attachment's link, while attached and no
+    /// context drains: the draining context takes it out when it starts
+    /// delivering and puts it back, under the same hold of the receive
+    /// lock that clears `delivering`, when it stops. Whoever else needs it
+    /// (the detach, the status) finds it here while no drain runs. A detach
+    /// comes only with delivery stopped: after `Channel::stop_delivery`
+    /// returned, or before the channel was first Started.
     pub(crate) link: Option<LinkReader>,
     /// The driver's ProcessPacket callbacks, from the configuration of the
     /// last Enable (set only while Disabled, so a copy stays current).
@@ -38,37 +125,31 @@ pub(crate) struct RxState {
     pub(super) ctx_size: usize,
     pub(super) slots: u32,
     pub(crate) limits: Limits,
-    /// Packets delivered to the driver and not finished.
-    pub(crate) outstanding: u32,
     /// The channel's reference on itself for its incoming packets, which
     /// hold none of their own (`incoming::ChannelRef`).
     ///
     /// # Invariants
     ///
-    /// `Some` whenever `outstanding` is not zero: the drain sets it when it
-    /// counts a packet in. Taken only with `outstanding` zero, by whoever
-    /// leaves it so with no drain delivering (a finish, a teardown's
-    /// `drop_deferred`) or by the drain as it stops delivering, and dropped
-    /// once the receive lock is released.
+    /// `Some` whenever `RxCounters::outstanding` is not zero: the drain
+    /// sets it, under this lock, before it counts its first packet in.
+    /// Taken only
+    /// with the count zero, by whoever leaves it so with no drain
+    /// delivering (a finish, a teardown's `drop_deferred`) or by the drain
+    /// as it stops delivering, and dropped once the receive lock is
+    /// released.
     pub(crate) keep: Option<Arc<Channel>>,
-    pub(crate) quota: u32,
     pub(crate) passive: bool,
-    /// Delivery is allowed (Started and not paused or closing).
-    pub(crate) enabled: bool,
     /// A context is draining the ring.
     pub(crate) delivering: bool,
     /// An interrupt came while a context was draining: it drains once more.
     pub(crate) drain_again: bool,
     /// Delivery stopped for lack of quota or slots; a completion restarts it.
     pub(crate) stalled: bool,
-    /// PacketFail or a malformed packet stopped the queue.
-    pub(crate) failed: bool,
     /// Packets deferred to process context.
     pub(super) deferred: KVec<IncomingPacket>,
     /// Deferred packets being redelivered in process context now: driver
     /// calls outside the drain loop that Pause and teardown wait for.
     pub(crate) redelivering: u32,
-    pub(super) next_seq: u64,
     /// Pipe mode: in-band packets carry the pipe header (channel/pipe.rs).
     pub(super) pipe: bool,
 }
@@ -88,18 +169,13 @@ impl RxState {
                 max_ranges: 0,
                 max_external_bytes: 0,
             },
-            outstanding: 0,
             keep: None,
-            quota: u32::MAX,
             passive: false,
-            enabled: false,
             delivering: false,
             drain_again: false,
             stalled: false,
-            failed: false,
             deferred: KVec::new(),
             redelivering: 0,
-            next_seq: 1,
             pipe: false,
         }
     }
@@ -133,10 +209,7 @@ impl RxState {
             // Cannot fail: the capacity was reserved above.
             let _ = self.free.push_within_capacity(b);
         }
-        self.outstanding = 0;
-        self.enabled = false;
         self.stalled = false;
-        self.failed = false;
         Ok(())
     }
 
@@ -159,14 +232,15 @@ impl RxState {
     /// reference on itself (`keep`), for the caller to drop once the receive
     /// lock is released.
     #[must_use = "drop the reference once the receive lock is released"]
-    pub(crate) fn drop_deferred(&mut self) -> Option<Arc<Channel>> {
+    pub(crate) fn drop_deferred(&mut self, c: &RxCounters) -> Option<Arc<Channel>> {
         while let Some(mut p) = self.deferred.pop() {
             if let Some(buf) = p.buf.take() {
                 let _ = self.free.push_within_capacity(buf);
             }
-            self.outstanding = self.outstanding.saturating_sub(1);
+            // Counted once, when delivered.
+            c.outstanding.fetch_sub(1, Ordering::Relaxed);
         }
-        if self.outstanding == 0 && !self.delivering {
+        if c.outstanding() == 0 && !self.delivering {
             self.keep.take()
         } else {
             None
@@ -177,9 +251,9 @@ impl RxState {
     /// channel's reference on itself (`keep`), for the caller to drop once
     /// the receive lock is released.
     #[must_use = "drop the reference once the receive lock is released"]
-    pub(super) fn stop_delivering(&mut self) -> Option<Arc<Channel>> {
+    pub(super) fn stop_delivering(&mut self, c: &RxCounters) -> Option<Arc<Channel>> {
         self.delivering = false;
-        if self.outstanding == 0 {
+        if c.outstanding() == 0 {
             self.keep.take()
         } else {
             None
@@ -188,8 +262,8 @@ impl RxState {
 
     /// Packets the driver holds: delivered, not finished, and not waiting in
     /// kmcl's deferred queue.
-    pub(crate) fn held_by_driver(&self) -> u32 {
-        self.outstanding - self.deferred.len() as u32
+    pub(crate) fn held_by_driver(&self, c: &RxCounters) -> u32 {
+        c.outstanding() - self.deferred.len() as u32
     }
 
     pub(crate) fn take_buf(&mut self) -> Option<KVec<u8>> {

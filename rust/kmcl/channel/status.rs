@@ -136,10 +136,16 @@ impl Channel {
                 g.state,
                 self.endpoint(),
                 fill,
-                (r.outstanding, r.in_use(), r.slots(), r.failed, r.passive),
+                (
+                    self.rxc.outstanding(),
+                    r.in_use(),
+                    r.slots(),
+                    self.rxc.failed(),
+                    r.passive,
+                ),
                 t.outstanding(),
                 t.oldest(now),
-                r.quota,
+                self.rxc.quota.load(core::sync::atomic::Ordering::Relaxed),
                 (g.cfg.target_type, g.cfg.target_instance),
             )
         };

@@ -96,7 +96,7 @@ pub(super) fn gpa(count: u32, ranges: &[(u32, u32, usize)]) -> KVec<u8> {
 /// counted and nothing delivered.
 fn refused(p: &Pair) -> bool {
     wait_for(2000, || {
-        p.client.rx.lock().failed && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
+        p.client.rxc.failed() && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
     }) && p.crec.received.load(Ordering::Relaxed) == 0
 }
 
@@ -125,7 +125,7 @@ fn expect_index_refused(value: u32) -> Result<bool> {
     mem.poke_control(WRITE_INDEX, value);
     p.client.interrupt();
     let ok = wait_for(2000, || {
-        p.client.rx.lock().failed && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
+        p.client.rxc.failed() && p.client.stats.malformed_packets.load(Ordering::Relaxed) == 1
     }) && p.crec.received.load(Ordering::Relaxed) == 1;
     p.client.disable()?;
     Ok(ok)
@@ -369,7 +369,7 @@ mod tests {
         settle(10);
         // Either the packets passed checks whole, or the queue stopped; the
         // channel still closes cleanly.
-        let failed = p.client.rx.lock().failed;
+        let failed = p.client.rxc.failed();
         let got = p.crec.received.load(Ordering::Relaxed);
         assert!(failed || got > 0);
         p.client.disable()?;
@@ -402,7 +402,7 @@ mod tests {
             settle(20);
             assert_eq!(signals(), before + signalled);
         }
-        assert!(!p.client.rx.lock().failed);
+        assert!(!p.client.rxc.failed());
         Ok(())
     }
 
@@ -433,7 +433,7 @@ mod tests {
         }
         settle(50);
         assert_eq!(p.crec.received.load(Ordering::Relaxed), 1);
-        assert!(!p.client.rx.lock().failed);
+        assert!(!p.client.rxc.failed());
         Ok(())
     }
 

@@ -59,7 +59,7 @@ fn expect_refused(bytes: &[u8]) -> Result<bool> {
     let mut host = dev.host()?;
     host.send(bytes)?;
     let ok = wait_for(2000, || {
-        h.rx.lock().failed && h.stats.malformed_packets.load(Ordering::Relaxed) == 1
+        h.rxc.failed() && h.stats.malformed_packets.load(Ordering::Relaxed) == 1
     }) && rec.received.load(Ordering::Relaxed) == 0;
     h.disable()?;
     bus.remove(&d);
@@ -82,7 +82,7 @@ fn expect_index_refused(value: u32) -> Result<bool> {
     host.writer.memory().poke_control(0, value);
     host.interrupt();
     let ok = wait_for(2000, || {
-        h.rx.lock().failed && h.stats.malformed_packets.load(Ordering::Relaxed) == 1
+        h.rxc.failed() && h.stats.malformed_packets.load(Ordering::Relaxed) == 1
     }) && rec.received.load(Ordering::Relaxed) == 1;
     h.disable()?;
     bus.remove(&d);
@@ -176,7 +176,7 @@ mod tests {
         }
         settle(50);
         assert_eq!(rec.received.load(Ordering::Relaxed), 1);
-        assert!(!h.rx.lock().failed);
+        assert!(!h.rxc.failed());
         h.disable()?;
         bus.remove(&d);
         Ok(())
@@ -418,7 +418,7 @@ mod tests {
         let mut host = dev.host()?;
         rec.mode.store(mode::FAIL, Ordering::Relaxed);
         host.send(&inband(11, 1, b"fail me")?)?;
-        assert!(wait_for(2000, || h.rx.lock().failed));
+        assert!(wait_for(2000, || h.rxc.failed()));
         rec.mode.store(mode::ECHO, Ordering::Relaxed);
         host.send(&inband(12, 1, b"after")?)?;
         settle(30);

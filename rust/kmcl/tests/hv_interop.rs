@@ -819,7 +819,7 @@ mod tests {
         d.len8 = 1000;
         pkt[..16].copy_from_slice(&d.encode());
         host.send(&ch, &pkt)?;
-        assert!(wait_for(2000, || ch.rx.lock().failed));
+        assert!(wait_for(2000, || ch.rxc.failed()));
         assert_eq!(rec.received.load(Ordering::Relaxed), 0);
         assert_eq!(ch.stats.malformed_packets.load(Ordering::Relaxed), 1);
         ch.disable()?;

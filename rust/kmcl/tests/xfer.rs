@@ -121,7 +121,7 @@ fn range_is(pkt: &IncomingPacket, i: usize, want: &[u8]) -> Result<bool> {
 /// and delivered nothing.
 fn refused(chan: &Channel, rec: &Recorder) -> bool {
     wait_for(2000, || {
-        chan.rx.lock().failed && chan.counters().malformed_packets == 1
+        chan.rxc.failed() && chan.counters().malformed_packets == 1
     }) && rec.received.load(Ordering::Relaxed) == 0
 }
 
