@@ -146,6 +146,7 @@ impl IncomingPacket {
     /// The payload, without the VMBus and library headers.
     ///
     /// Context: any context, ProcessPacket and completion context included.
+    #[inline]
     pub fn data(&self) -> &[u8] {
         match &self.buf {
             Some(b) => &b[self.payload_offset..self.len],
@@ -183,6 +184,7 @@ impl IncomingPacket {
     /// zeroed for each packet.
     ///
     /// Context: any context, ProcessPacket and completion context included.
+    #[inline]
     pub fn context(&mut self) -> &mut [u8] {
         let ctx = self.ctx_size;
         match &mut self.buf {
@@ -214,6 +216,7 @@ impl IncomingPacket {
     /// The channel the packet arrived on.
     ///
     /// Context: any context, ProcessPacket and completion context included.
+    #[inline]
     pub fn channel(&self) -> &Channel {
         &self.chan
     }
@@ -304,7 +307,37 @@ impl IncomingPacket {
     /// type `ty` that carries the packet's transaction id: into the ring
     /// straight from `response`, or, behind earlier sends or a full ring,
     /// copied into the packet's own buffer and queued.
+    #[inline(always)]
     fn finish_as(&mut self, ty: u16, response: Option<&[u8]>) -> Result {
+        // The common case first, without a call: finished inside the
+        // drain's ProcessPacket, with nothing to send, the packet's buffer
+        // and accounting go back to the drain that delivered it, which
+        // returns the buffer and lowers the outstanding count itself, and
+        // wakes the waiters when it leaves.
+        if response.is_none() && self.xfer.is_none() && self.seq != 0 && self.buf.is_some() {
+            let seq = self.seq;
+            if self
+                .chan
+                .inline
+                .compare_exchange(
+                    seq,
+                    seq | super::receive::INLINE_DONE,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                // The buffer belongs to the drain now; it is not freed.
+                core::mem::forget(self.buf.take());
+                return Ok(());
+            }
+        }
+        self.finish_slow(ty, response)
+    }
+
+    /// The rest of [`IncomingPacket::finish_as`].
+    #[inline(never)]
+    fn finish_slow(&mut self, ty: u16, response: Option<&[u8]>) -> Result {
         let Some(buf) = self.buf.take() else {
             return Ok(());
         };
