@@ -327,8 +327,6 @@ impl Channel {
             }
             b.buf
         });
-        // The previous packet's ProcessPacket has returned.
-        self.current.store(0, Ordering::Relaxed);
         // `enabled` is cleared under the control lock when the channel
         // leaves Started: it stands for the state check.
         if !c.may_deliver() {
