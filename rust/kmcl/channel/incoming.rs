@@ -231,7 +231,12 @@ impl IncomingPacket {
     /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbChannelPacketComplete")]
     pub fn complete(mut self, response: &[u8]) -> Result {
-        self.finish_with(Some(response))
+        let r = self.finish_with(Some(response));
+        if self.buf.is_none() && self.xfer.is_none() {
+            // Finished: the drop would find nothing to do.
+            core::mem::forget(self);
+        }
+        r
     }
 
     /// Finishes the packet by sending `reply` as a new in-band packet that

@@ -166,7 +166,7 @@ impl Channel {
     /// context, a channel that delivers at passive level queues its passive
     /// work instead.
     fn drain(&self, passive: bool) {
-        let (cb, link, params) = {
+        let (cb, link, params, first) = {
             let mut g = self.rx.lock();
             if g.passive && !passive {
                 drop(g);
@@ -198,9 +198,14 @@ impl Channel {
                 room: g.packet_room(),
                 pipe: g.pipe,
             };
-            (cb, link, params)
+            // The first packet's slot, taken under this hold.
+            let first = g.take_buf().map(|buf| Spare {
+                buf,
+                finished: false,
+            });
+            (cb, link, params, first)
         };
-        let keep = self.drain_passes(&*cb, link, &params);
+        let keep = self.drain_passes(&*cb, link, &params, first);
         self.wake_waiters();
         // The caller's `&self` stands for another reference: this is never
         // the channel's last.
@@ -219,12 +224,14 @@ impl Channel {
         cb: &dyn super::callbacks::ProcessPacket,
         mut link: LinkReader,
         p: &DrainParams,
+        first: Option<Spare>,
     ) -> Option<Arc<Channel>> {
         let mut batch = 0u32;
         let mut since_commit = 0u32;
-        // The buffer of a completion just handled, back to the free slots
-        // under the next packet's lock.
-        let mut spare = None;
+        // The slot for the next packet: the buffer of a completion just
+        // handled or of a packet handed back, back to the free slots when
+        // a pass stops.
+        let mut spare = first;
         let mut keep = None;
         // Whether `RxState::keep` was seen set since this drain began.
         let mut kept = false;

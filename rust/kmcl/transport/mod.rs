@@ -198,6 +198,7 @@ impl SendLink for LinkWriter {
 }
 
 impl RecvLink for LinkReader {
+    #[inline]
     fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
         dispatch!(LinkReader, self, e => RecvLink::read(e, buf))
     }

@@ -246,6 +246,7 @@ impl Packet<'_> {
 }
 
 /// Checks one packet copied out of a ring; `bytes` is exactly `len8 * 8` long.
+#[inline]
 pub fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Packet<'a>, PacketError> {
     let head: &[u8; DESCRIPTOR_SIZE] = bytes
         .get(..DESCRIPTOR_SIZE)
@@ -287,6 +288,7 @@ pub fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Packet<'a>, PacketE
 }
 
 /// Checks the GPA header and ranges that sit between descriptor and payload.
+#[inline(never)]
 fn check_ranges<'a>(area: &'a [u8], limits: &Limits) -> Result<GpaRanges<'a>, PacketError> {
     let count = u32_at(area, 4).ok_or(PacketError::BadRanges)?;
     if count == 0 {

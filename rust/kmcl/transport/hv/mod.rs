@@ -344,6 +344,7 @@ impl HvLink {
     /// A GPA-direct packet is refused like a malformed one: it would have
     /// the guest read memory that the host names, which in a confidential
     /// VM is the guest's private memory. Linux's drivers never accept one.
+    #[inline]
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
         // SAFETY: `chan` is open; `buf` is writable for its length.
         let n = unsafe { ffi::kmcl_hv_recv(self.raw(), buf.as_mut_ptr().cast(), buf.len() as u32) };
@@ -424,6 +425,7 @@ impl SendLink for HvLink {
 }
 
 impl RecvLink for HvLink {
+    #[inline]
     fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
         HvLink::read(self, buf)
     }
