@@ -70,6 +70,7 @@ impl ChannelRef {
 impl core::ops::Deref for ChannelRef {
     type Target = Channel;
 
+    #[inline]
     fn deref(&self) -> &Channel {
         // SAFETY: by the type's invariants the channel is alive while the
         // packet can still reach it.
@@ -230,6 +231,7 @@ impl IncomingPacket {
     ///
     /// Context: any context, ProcessPacket and completion context included.
     #[doc(alias = "VmbChannelPacketComplete")]
+    #[inline]
     pub fn complete(mut self, response: &[u8]) -> Result {
         let r = self.finish_with(Some(response));
         if self.buf.is_none() && self.xfer.is_none() {
@@ -299,6 +301,7 @@ impl IncomingPacket {
 
     /// Sends the completion if requested (with `response`, or none for a
     /// failed packet), returns the buffer, and updates the accounting.
+    #[inline(always)]
     fn finish_with(&mut self, response: Option<&[u8]>) -> Result {
         let response = if self.completion_requested {
             response
@@ -340,9 +343,11 @@ impl IncomingPacket {
         self.finish_slow(ty, response)
     }
 
-    /// The rest of [`IncomingPacket::finish_as`].
+    /// The rest of [`IncomingPacket::finish_as`]. Exported: the finishes
+    /// that a driver inlines call it.
     #[inline(never)]
-    fn finish_slow(&mut self, ty: u16, response: Option<&[u8]>) -> Result {
+    #[doc(hidden)]
+    pub fn finish_slow(&mut self, ty: u16, response: Option<&[u8]>) -> Result {
         let Some(buf) = self.buf.take() else {
             return Ok(());
         };

@@ -77,6 +77,7 @@ impl Channel {
 /// data of a packet whose payload is `buf[offset..len]`. On a pipe channel
 /// (`pipe`) an in-band packet's payload starts with the pipe header, which
 /// is checked and left out; other packets are unchanged.
+#[inline(always)]
 pub(super) fn strip(
     pipe: bool,
     in_band: bool,
@@ -87,6 +88,16 @@ pub(super) fn strip(
     if !pipe || !in_band {
         return Ok((offset, len));
     }
+    strip_header(buf, offset, len)
+}
+
+/// The pipe header of [`strip`], checked and left out.
+#[inline(never)]
+fn strip_header(
+    buf: &[u8],
+    offset: usize,
+    len: usize,
+) -> core::result::Result<(usize, usize), pipe::PipeError> {
     let n = pipe::parse(buf.get(offset..len).ok_or(pipe::PipeError::Short)?)?;
     let start = offset + pipe::HEADER_SIZE;
     Ok((start, start + n))
