@@ -128,10 +128,12 @@ impl Channel {
             let g = self.inner.lock();
             let r = self.rx.lock();
             let t = self.tx.lock();
-            let fill = match (t.link.as_ref(), r.link.as_ref()) {
-                (Some(w), Some(rd)) => Some([w.fill(), rd.fill()]),
-                _ => None,
-            };
+            // A drain holds the receive half of the link while it runs.
+            let fill = (
+                t.link.as_ref().map(|w| w.fill()),
+                r.link.as_ref().map(|rd| rd.fill()),
+                r.delivering,
+            );
             (
                 g.state,
                 self.endpoint(),
@@ -156,12 +158,14 @@ impl Channel {
         if let Some(inst) = ids.1 {
             writeln!(w, "interface_instance: {}", inst)?;
         }
+        match fill.0 {
+            Some((used, size)) => writeln!(w, "ring_out: {}/{} bytes", used, size)?,
+            None => writeln!(w, "ring_out: -")?,
+        }
         match fill {
-            Some([(ou, os), (iu, is)]) => {
-                writeln!(w, "ring_out: {}/{} bytes", ou, os)?;
-                writeln!(w, "ring_in: {}/{} bytes", iu, is)?;
-            }
-            None => writeln!(w, "ring_out: -\nring_in: -")?,
+            (_, Some((used, size)), _) => writeln!(w, "ring_in: {}/{} bytes", used, size)?,
+            (Some(_), None, true) => writeln!(w, "ring_in: being drained")?,
+            _ => writeln!(w, "ring_in: -")?,
         }
         writeln!(w, "incoming_outstanding: {}", rx.0)?;
         writeln!(w, "incoming_slots_in_use: {}/{}", rx.1, rx.2)?;
