@@ -6,6 +6,7 @@
  */
 
 #include <linux/bottom_half.h>
+#include <linux/cpumask.h>
 #include <linux/debugfs.h>
 #include <linux/err.h>
 #include <linux/fs.h>
@@ -81,6 +82,18 @@ struct workqueue_struct *kmcl_sys_wq(void)
 struct workqueue_struct *kmcl_sys_bh_wq(void)
 {
 	return kmcl_bh_wq;
+}
+
+bool kmcl_sys_queue_bh_on(int cpu, struct work_struct *work)
+{
+	/*
+	 * Work on a BH workqueue runs in softirq context on the CPU it was
+	 * queued on. A CPU that is not online, or none (-1), stands for the
+	 * caller's own.
+	 */
+	if (cpu < 0 || cpu >= nr_cpu_ids || !cpu_online(cpu))
+		cpu = WORK_CPU_UNBOUND;
+	return queue_work_on(cpu, kmcl_bh_wq, work);
 }
 
 void kmcl_sys_flush(void)

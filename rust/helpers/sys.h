@@ -16,6 +16,7 @@ int kmcl_sys_init(void);
 void kmcl_sys_exit(void);
 struct workqueue_struct *kmcl_sys_wq(void);
 struct workqueue_struct *kmcl_sys_bh_wq(void);
+bool kmcl_sys_queue_bh_on(int cpu, struct work_struct *work);
 void kmcl_sys_flush(void);
 
 void kmcl_local_bh_disable(void);

@@ -6,7 +6,10 @@
 use kernel::{
     bindings,
     prelude::*,
-    workqueue::Queue, //
+    workqueue::{
+        Queue,
+        RawWorkItem, //
+    },
 };
 
 mod ffi {
@@ -20,6 +23,7 @@ mod ffi {
         pub(super) fn kmcl_sys_exit();
         pub(super) fn kmcl_sys_wq() -> *mut bindings::workqueue_struct;
         pub(super) fn kmcl_sys_bh_wq() -> *mut bindings::workqueue_struct;
+        pub(super) fn kmcl_sys_queue_bh_on(cpu: c_int, work: *mut bindings::work_struct) -> bool;
         #[cfg(CONFIG_KUNIT)]
         pub(super) fn kmcl_sys_flush();
         pub(super) fn kmcl_local_bh_disable();
@@ -71,6 +75,22 @@ pub(crate) fn wq() -> &'static Queue {
 pub(crate) fn bh_wq() -> &'static Queue {
     // SAFETY: a plain getter.
     queue(unsafe { ffi::kmcl_sys_bh_wq() })
+}
+
+/// Queues `w` on the softirq-context workqueue to run on `cpu`, as a host's
+/// interrupt runs the channel's tasklet on the CPU it targets; on the
+/// caller's CPU for `None` or a CPU that is not online.
+pub(crate) fn enqueue_bh_on<W, const ID: u64>(cpu: Option<u32>, w: W) -> W::EnqueueOutput
+where
+    W: RawWorkItem<ID> + Send + 'static,
+{
+    let cpu = cpu.and_then(|c| c_int::try_from(c).ok()).unwrap_or(-1);
+    // SAFETY: the closure returns `false` only when the work item is already
+    // queued, and then touches nothing; when it returns `true`, the queue
+    // (which lives until module exit, after every channel) holds the
+    // pointer until it calls the work function, which `__enqueue` keeps
+    // valid until then. `W` is `Send` and `'static`.
+    unsafe { w.__enqueue(move |work| ffi::kmcl_sys_queue_bh_on(cpu, work)) }
 }
 
 /// Waits until everything queued on kmcl's workqueues so far has run (for

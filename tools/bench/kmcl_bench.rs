@@ -323,6 +323,14 @@ impl Pair {
             }
             .build()?;
             h.set_incoming_processing_at_passive(passive);
+            // Each end's interrupts go to a CPU of its own, as a host's
+            // would: the server's to the one this thread does not run on.
+            let cpus = kernel::cpu::nr_cpu_ids();
+            let here = kernel::cpu::CpuId::current().as_u32();
+            h.set_target_cpu(match e {
+                Endpoint::Server => (here + 1) % cpus,
+                Endpoint::Client => here,
+            })?;
             h.enable()?;
             ends.push(h, GFP_KERNEL)?;
         }

@@ -345,6 +345,9 @@ pub struct Channel {
     /// process context), 0 when none: only that work item sets it, around
     /// its run, and a work item never runs twice at once.
     passive_task: AtomicUsize,
+    /// The CPU set with `set_target_cpu`, `u32::MAX` for none: where a
+    /// loopback signal runs the channel's receive work.
+    pub(crate) irq_cpu: AtomicU32,
     pointer: AtomicUsize,
 }
 
@@ -527,6 +530,7 @@ impl Channel {
                 send_backlog: AtomicBool::new(false),
                 waiters: AtomicU32::new(0),
                 passive_task: AtomicUsize::new(0),
+                irq_cpu: AtomicU32::new(u32::MAX),
                 pointer: AtomicUsize::new(0),
             }),
             GFP_KERNEL,

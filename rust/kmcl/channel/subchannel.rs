@@ -346,9 +346,11 @@ impl Channel {
 
     /// Sets the CPU the channel's interrupts should run on.
     ///
-    /// - Loopback: recorded and reported by [`Channel::target_cpu`]; the
-    ///   loopback's signals run kmcl's receive work on the CPU that
-    ///   signalled, whatever the value.
+    /// - Loopback: reported by [`Channel::target_cpu`], and the CPU the
+    ///   peer's signals run the channel's receive work on (in softirq
+    ///   context, as a host's interrupt runs the channel's tasklet on the
+    ///   CPU it targets); while it is unset or not online, the CPU that
+    ///   signalled.
     /// - hv: `EOPNOTSUPP`. The host interrupts the CPU hv_vmbus chose for
     ///   the offer; Linux 7.3 moves it only through the channel's sysfs
     ///   `cpu` attribute (`vmbus_channel_set_cpu()` is not exported). kmcl
@@ -370,6 +372,8 @@ impl Channel {
             return Err(EOPNOTSUPP);
         }
         self.subs.lock().target_cpu = Some(cpu);
+        self.irq_cpu
+            .store(cpu, core::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -121,6 +121,8 @@ pub(crate) struct Recorder {
     /// ProcessPacket or ProcessingComplete after Suspend, or a Suspend while
     /// a ProcessPacket still ran.
     pub(crate) late_calls: AtomicU32,
+    /// The CPU the last ProcessPacket ran on.
+    pub(crate) last_cpu: AtomicU32,
 }
 
 impl Recorder {
@@ -151,6 +153,7 @@ impl Recorder {
                 redelivering: AtomicU32::new(0),
                 suspended: AtomicBool::new(false),
                 late_calls: AtomicU32::new(0),
+                last_cpu: AtomicU32::new(u32::MAX),
             }),
             GFP_KERNEL,
         )
@@ -232,6 +235,8 @@ impl ProcessPacket for Recorder {
         if sys::in_softirq() {
             self.in_softirq.fetch_add(1, Ordering::Relaxed);
         }
+        self.last_cpu
+            .store(kernel::cpu::CpuId::current().as_u32(), Ordering::Relaxed);
         if sys::in_task() {
             self.in_task.fetch_add(1, Ordering::Relaxed);
         }

@@ -56,6 +56,22 @@ mod tests {
     }
 
     #[test]
+    fn loopback_signals_run_process_packet_on_the_target_cpu() -> Result {
+        // Both CPUs of the test VM: one of them is not the sender's.
+        for cpu in 0..kernel::cpu::nr_cpu_ids().min(2) {
+            let mut p = Pair::plain()?;
+            p.server.set_target_cpu(cpu)?;
+            p.up()?;
+            for i in 1..=3 {
+                harness::send(&p.client, b"where", false)?;
+                assert!(wait_for(2000, || received(&p) == i));
+                assert_eq!(p.srec.last_cpu.load(Ordering::Relaxed), cpu);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
     fn processing_complete_reports_each_batch() -> Result {
         let p = Pair::connected()?;
         p.server.pause()?;
