@@ -25,11 +25,9 @@ use kernel::{
 
 use super::{
     outgoing::{
-        Origin,
         Packet,
         PacketInner, //
     },
-    transactions::TxState,
     Channel, //
 };
 use crate::sys;
@@ -176,54 +174,5 @@ impl Channel {
             // and wakes the waiters when it is done.
             self.counted_wait(&mut g, |c, g| c.wait(g));
         }
-    }
-}
-
-impl PacketInner {
-    /// Whether finishing the packet is no more than its return to its
-    /// pool: a pool packet with no routine, no typed completion and no MDL.
-    pub(super) fn recyclable(&self) -> bool {
-        self.routine.is_none()
-            && self.context.is_none()
-            && self.origin == Origin::Pool
-            && self.mdl.is_none()
-    }
-}
-
-impl Channel {
-    /// Returns finished packets of this channel, `list` (linked through
-    /// `next`, each [`PacketInner::recyclable`]), to its pool in one trip
-    /// through the send lock, as dropping each would.
-    pub(super) fn recycle(&self, mut list: Option<KBox<PacketInner>>) {
-        let mut g = self.tx.lock();
-        while let Some(mut b) = list.take() {
-            list = b.next.take();
-            // Not the last reference: the caller borrows the channel.
-            drop(g.recycle(b));
-        }
-    }
-}
-
-impl TxState {
-    /// Puts a finished pool packet back into the pool, as dropping it
-    /// would. The packet keeps its reference to the channel in the pool
-    /// while `pool_refs` says so, for its next allocation; otherwise, or if
-    /// the pool does not take the packet back, the reference is returned,
-    /// for the caller to drop once the send lock is released (or under it,
-    /// if it is not the last one).
-    #[inline(always)]
-    #[must_use = "the channel's reference, if the pool did not keep it"]
-    pub(super) fn recycle(&mut self, mut b: KBox<PacketInner>) -> Option<Arc<Channel>> {
-        b.mdl = None;
-        b.routine = None;
-        b.pointer = 0;
-        let chan = if self.pool_refs { None } else { b.chan.take() };
-        if self.pool.len() < self.pool_size as usize && b.buf.len() == self.encoded_capacity {
-            if let Err(mut e) = self.pool.push_within_capacity(b) {
-                return chan.or_else(|| e.0.chan.take());
-            }
-            return chan;
-        }
-        chan.or_else(|| b.chan.take())
     }
 }
