@@ -6,16 +6,15 @@
 //!
 //! The pool itself (`TxState::pool`) is under the send lock. Beside it the
 //! channel keeps [`PoolCache`], one slot for a returned packet, which the
-//! next [`Channel::packet_allocate`] takes with one atomic exchange: a
-//! one-way send that wrote its packet, under the send lock it holds anyway,
-//! and the drop of a packet (a completion routine's, most often), without
-//! the lock, fill it; so a one-way send takes the send lock once, and the
-//! return of a request's packet takes it not at all.
+//! next [`Channel::packet_allocate`] takes with one compare-and-exchange:
+//! a one-way send that wrote its packet, under the send lock it holds
+//! anyway, and the drop of a packet (a completion routine's, most often),
+//! without the lock, fill it; so a one-way send takes the send lock once,
+//! and the return of a request's packet takes it not at all.
 
 use core::{
     ptr,
     sync::atomic::{
-        fence,
         AtomicPtr,
         AtomicU32,
         Ordering, //
@@ -54,53 +53,61 @@ pub(super) fn next_epoch() -> u32 {
     }
 }
 
+/// The value of [`PoolCache::slot`] while the cache is closed: never the
+/// address of a box (misaligned).
+#[inline(always)]
+fn closed() -> *mut PacketInner {
+    ptr::without_provenance_mut(1)
+}
+
 /// One returned pool packet, taken by the next allocation without the
 /// send lock.
 ///
 /// # Invariants
 ///
-/// - `slot` is null or the pointer of a [`KBox`] of a pool packet
-///   (`KBox::into_raw`), which the slot owns: whoever exchanges the pointer
-///   out owns the box. The packet has no routine, typed completion or MDL.
-/// - `open` is written only under the channel's send lock. It is 0
-///   (closed) or the epoch of the channel's current pool (open), and open
-///   only while the send gate allows allocation and pool packets keep
-///   their references (`TxState::pool_refs`, true until the channel's
-///   handle goes away).
-/// - Under the send lock a packet is put in the slot only while `open` is
-///   its epoch; it may then keep its reference to the channel. Without the
-///   lock a packet is put in without a reference, only after `open` was
-///   read as its epoch, and a full barrier later `open` is read again:
-///   found changed, the putter takes the slot's packet back.
-/// - Whoever changes `open` away from an epoch (under the send lock)
-///   empties the slot after a full barrier. With the putter's barrier, one
-///   of the two sees the other's store, so no packet stays in the slot
-///   once its pool is closed (the no-lost-packet argument is in
-///   Documentation/architecture.rst).
+/// - `slot` is [`closed()`], null (open and empty), or the pointer of a
+///   [`KBox`] of a pool packet of this channel (`KBox::into_raw`), which
+///   the slot owns: whoever exchanges the pointer out owns the box. The
+///   packet has no routine, typed completion or MDL, and it may hold its
+///   reference to the channel.
+/// - Only a holder of the channel's send lock makes the slot closed or
+///   turns a closed slot into null, and the slot is open (not closed) only
+///   while the send gate allows allocation and pool packets keep their
+///   references (`TxState::pool_refs`, true until the channel's handle
+///   goes away, which closes the slot under the send lock before the
+///   handle's reference goes). Without the lock the slot changes only
+///   from null to a packet (a put) and from a packet to null (an
+///   allocation), each one compare-and-exchange: a closed slot stays
+///   closed, so no packet is put into it.
+/// - `epoch` is the epoch of the current pool, written under the send lock
+///   while the slot is closed.
 pub(crate) struct PoolCache {
     slot: AtomicPtr<PacketInner>,
-    open: AtomicU32,
+    epoch: AtomicU32,
 }
 
 impl PoolCache {
-    pub(crate) const fn new() -> Self {
-        // INVARIANT: empty and closed.
+    pub(crate) fn new() -> Self {
+        // INVARIANT: closed.
         Self {
-            slot: AtomicPtr::new(ptr::null_mut()),
-            open: AtomicU32::new(0),
+            slot: AtomicPtr::new(closed()),
+            epoch: AtomicU32::new(0),
         }
     }
 
-    /// Takes the packet out of the slot, whatever its pool.
-    #[inline]
-    fn take_any(&self) -> Option<KBox<PacketInner>> {
-        let p = self.slot.swap(ptr::null_mut(), Ordering::Acquire);
-        // SAFETY: by the type invariant a non-null `slot` is a box the slot
-        // owns; the exchange made this call its owner.
-        (!p.is_null()).then(|| unsafe { KBox::from_raw(p) })
+    /// The box of a slot value taken out of the slot.
+    #[inline(always)]
+    fn owned(p: *mut PacketInner) -> Option<KBox<PacketInner>> {
+        // SAFETY: by the type invariant a slot value other than null and
+        // `closed()` is a box the slot owned; the exchange that took the
+        // value out made the caller its owner.
+        (!p.is_null() && p != closed()).then(|| unsafe { KBox::from_raw(p) })
     }
 
-    /// Puts `b` into an empty slot; hands it back if the slot is full.
+    /// Puts `b` into the slot if it is open and empty; hands it back
+    /// otherwise. The caller's reference to the channel (`b`'s own, most
+    /// often) keeps the slot alive for the exchange, the call's last access
+    /// to it.
     #[inline(always)]
     fn fill(&self, b: KBox<PacketInner>) -> core::result::Result<(), KBox<PacketInner>> {
         let p = KBox::into_raw(b);
@@ -108,7 +115,7 @@ impl PoolCache {
             .slot
             .compare_exchange(ptr::null_mut(), p, Ordering::Release, Ordering::Relaxed)
         {
-            // INVARIANT: the slot owns the box from here on.
+            // INVARIANT: the slot was open and owns the box from here on.
             Ok(_) => Ok(()),
             // SAFETY: `p` comes from `KBox::into_raw` above and the slot did
             // not take it.
@@ -117,45 +124,37 @@ impl PoolCache {
     }
 
     /// Takes the cached packet for an allocation: `Ok(None)` when the
-    /// cache is closed or empty, `Err` with a packet of another pool, which
-    /// the caller returns under the send lock.
+    /// cache is closed or empty (or another allocation took the packet),
+    /// `Err` with a packet of an earlier pool, which the caller returns
+    /// under the send lock.
     #[inline(always)]
     fn take(&self) -> core::result::Result<Option<KBox<PacketInner>>, KBox<PacketInner>> {
-        let e = self.open.load(Ordering::Relaxed);
-        if e == 0 {
+        let p = self.slot.load(Ordering::Relaxed);
+        if p.is_null() || p == closed() {
             return Ok(None);
         }
-        match self.take_any() {
-            Some(b) if b.epoch == e => Ok(Some(b)),
+        // Whether the slot still owns `p` (taken and put back meanwhile,
+        // it is the same box, the slot's again): no field of the packet is
+        // read before the exchange makes it this call's.
+        if self
+            .slot
+            .compare_exchange(p, ptr::null_mut(), Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        match Self::owned(p) {
+            Some(b) if b.epoch == self.epoch.load(Ordering::Relaxed) => Ok(Some(b)),
             Some(b) => Err(b),
             None => Ok(None),
         }
     }
 
-    /// Puts `b`, a finished packet with its reference to the channel taken
-    /// out, into the slot without the send lock, when the cache is open to
-    /// its pool and empty. Otherwise hands back a packet for the caller to
-    /// return under the send lock: `b`, or the slot's packet if the cache
-    /// closed meanwhile. The caller keeps the channel alive for the call.
-    fn put_unlocked(&self, b: KBox<PacketInner>) -> core::result::Result<(), KBox<PacketInner>> {
-        let e = b.epoch;
-        if e == 0 || self.open.load(Ordering::Relaxed) != e {
-            return Err(b);
-        }
-        self.fill(b)?;
-        // Pairs with the barrier of `Channel::cache_gate`: either the closer
-        // sees the packet in the slot, or this reads `open` changed.
-        fence(Ordering::SeqCst);
-        if self.open.load(Ordering::Relaxed) == e {
-            return Ok(());
-        }
-        self.take_any().map_or(Ok(()), Err)
-    }
-
     /// Whether a packet is in the slot. Read under the send lock, for the
     /// pool's count.
     fn occupied(&self) -> bool {
-        !self.slot.load(Ordering::Relaxed).is_null()
+        let p = self.slot.load(Ordering::Relaxed);
+        !p.is_null() && p != closed()
     }
 }
 
@@ -164,38 +163,41 @@ impl PoolCache {
 impl Drop for PoolCache {
     #[inline]
     fn drop(&mut self) {
-        // The channel goes away: a packet left in the slot holds no
-        // reference to it (one that did would keep it alive).
-        drop(self.take_any());
+        // The channel goes away, so its handle went and closed the slot;
+        // a packet left in it is freed all the same.
+        drop(Self::owned(*self.slot.get_mut()));
     }
 }
 
 impl Channel {
     /// Opens the cache to the current pool or closes it, after a change of
-    /// the send gate or of `pool_refs`; a closed cache is emptied into the
-    /// pool. Called with the send lock held; returns the reference a
-    /// packet taken out dropped, for the caller to drop after the lock.
+    /// the send gate or of `pool_refs`; closing it empties it into the
+    /// pool. Called with the send lock held; returns the reference of a
+    /// packet taken out that the pool did not keep, for the caller to drop
+    /// after the lock.
     pub(crate) fn cache_gate(&self, tx: &mut TxState) -> Option<Arc<Channel>> {
-        let e = if tx.gate.alloc.is_ok() && tx.pool_refs {
-            tx.epoch
-        } else {
-            0
-        };
-        if self.cache.open.load(Ordering::Relaxed) == e {
+        let open = tx.gate.alloc.is_ok() && tx.pool_refs && tx.epoch != 0;
+        let cur = self.cache.slot.load(Ordering::Relaxed);
+        if open && cur != closed() && self.cache.epoch.load(Ordering::Relaxed) == tx.epoch {
             return None;
         }
-        // INVARIANT: written under the send lock; the slot is emptied below.
-        self.cache.open.store(e, Ordering::Relaxed);
-        // Pairs with the barrier of `PoolCache::put_unlocked`.
-        fence(Ordering::SeqCst);
-        let b = self.cache.take_any()?;
-        tx.recycle(b)
+        // INVARIANT: under the send lock; closed first, whatever follows.
+        let taken = self.cache.slot.swap(closed(), Ordering::Acquire);
+        let left = PoolCache::owned(taken).and_then(|b| tx.recycle(b));
+        if open {
+            // INVARIANT: the epoch is written while the slot is closed; the
+            // gate allows allocation and the handle lives.
+            self.cache.epoch.store(tx.epoch, Ordering::Relaxed);
+            self.cache.slot.store(ptr::null_mut(), Ordering::Release);
+        }
+        left
     }
 
     /// Returns a finished pool packet under the send lock `tx`, as
     /// dropping it would: into the cache, with its reference to the
-    /// channel, when the cache is open to its pool and empty, else into
-    /// the pool (`TxState::recycle`, whose result this returns).
+    /// channel, when the cache is open and empty and the packet is of the
+    /// current pool, else into the pool (`TxState::recycle`, whose result
+    /// this returns).
     #[inline(always)]
     #[must_use = "the channel's reference, if the pool did not keep it"]
     pub(super) fn recycle_locked(
@@ -203,10 +205,9 @@ impl Channel {
         tx: &mut TxState,
         mut b: KBox<PacketInner>,
     ) -> Option<Arc<Channel>> {
-        if b.epoch != 0 && self.cache.open.load(Ordering::Relaxed) == b.epoch {
+        if b.epoch == tx.epoch {
             b.reset();
-            // INVARIANT: under the send lock, `open` is the packet's epoch;
-            // an open cache means the pool keeps references.
+            // An open slot means the pool keeps references.
             match self.cache.fill(b) {
                 Ok(()) => return None,
                 Err(full) => b = full,
@@ -228,36 +229,37 @@ impl Channel {
     }
 
     /// Returns a dropped pool packet to its pool: into the cache without
-    /// the send lock when it can, else under the lock.
+    /// the send lock when it is open and empty, else under the lock.
     pub(super) fn put_back(mut b: KBox<PacketInner>) {
-        let Some(chan) = b.chan.take() else {
+        let Some(chan) = b.chan.as_deref() else {
             // Not this channel's any more (its handle went away): freed.
             return;
         };
+        // SAFETY: the packet's reference keeps the channel alive until the
+        // packet is in the cache (the exchange that puts it there is this
+        // call's last access to the channel) or, under the send lock, in
+        // the pool; from there on the pool keeps the reference, or `left`
+        // holds it, until the lock is released: taking the packet out of
+        // the pool, or the pool's references away, takes the lock after
+        // this hold of it, and the cache, from which an allocation takes
+        // packets without the lock, is open only while the handle lives,
+        // which closes it under the lock before its reference goes.
+        let chan = unsafe { &*ptr::from_ref(chan) };
         b.reset();
-        let mut b = match chan.cache.put_unlocked(b) {
-            // `chan`, this call's reference, is dropped on the way out.
-            Ok(()) => return,
-            Err(b) => b,
-        };
-        // SAFETY: `chan` keeps the channel alive until it is moved into
-        // `b` below; from there on `b` holds the reference until it is in
-        // the pool under the send lock, and then the pool keeps it, or
-        // `left` holds it, until the lock is released: taking the packet
-        // out of the pool, or the pool's references away, takes the lock
-        // after this hold of it. Otherwise `extra` holds it past the lock.
-        let c = unsafe { &*Arc::as_ptr(&chan) };
-        let mut g = c.tx.lock();
-        let extra = if b.chan.is_none() {
-            b.chan = Some(chan);
-            None
-        } else {
-            Some(chan)
-        };
-        let left = g.recycle(b);
+        if b.epoch != chan.cache.epoch.load(Ordering::Relaxed) {
+            return Self::put_back_locked(chan, b);
+        }
+        if let Err(b) = chan.cache.fill(b) {
+            Self::put_back_locked(chan, b);
+        }
+    }
+
+    /// [`Channel::put_back`] under the send lock.
+    fn put_back_locked(chan: &Channel, b: KBox<PacketInner>) {
+        let mut g = chan.tx.lock();
+        let left = chan.recycle_locked(&mut g, b);
         drop(g);
         drop(left);
-        drop(extra);
     }
 }
 

@@ -279,8 +279,10 @@ mod tests {
         drop(b);
         assert_eq!(p.client.packet_pool_available(), 2);
         p.client.disable()?;
-        // Neither is left to allocate, nor counted, once the pool is gone.
-        assert_eq!(p.client.packet_pool_available(), 0);
+        // The cached one went back to the pool, counted once, and neither
+        // can be allocated from a Disabled channel.
+        assert_eq!(p.client.packet_pool_available(), 2);
+        assert!(matches!(p.client.packet_allocate(), Err(e) if e == EINVAL));
         assert!(matches!(p.client.packet_allocate(), Err(e) if e == EINVAL));
         Ok(())
     }
