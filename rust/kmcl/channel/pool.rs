@@ -193,11 +193,11 @@ impl Channel {
         left
     }
 
-    /// Returns a finished pool packet under the send lock `tx`, as
-    /// dropping it would: into the cache, with its reference to the
-    /// channel, when the cache is open and empty and the packet is of the
-    /// current pool, else into the pool (`TxState::recycle`, whose result
-    /// this returns).
+    /// Returns a finished pool packet, [`PacketInner::recyclable`], under
+    /// the send lock `tx`, as dropping it would: into the cache, with its
+    /// reference to the channel, when the cache is open and empty and the
+    /// packet is of the current pool, else into the pool
+    /// (`TxState::recycle`, whose result this returns).
     #[inline(always)]
     #[must_use = "the channel's reference, if the pool did not keep it"]
     pub(super) fn recycle_locked(
@@ -206,7 +206,8 @@ impl Channel {
         mut b: KBox<PacketInner>,
     ) -> Option<Arc<Channel>> {
         if b.epoch == tx.epoch {
-            b.reset();
+            // Recyclable: no routine, typed completion or MDL to clear.
+            b.pointer = 0;
             // An open slot means the pool keeps references.
             match self.cache.fill(b) {
                 Ok(()) => return None,

@@ -89,7 +89,21 @@ impl Routines {
 
 /// Calls a packet's completion routine with bottom halves disabled.
 pub(crate) fn call_routine(p: Packet, status: Result, response: &[u8]) {
-    sys::with_bh_disabled(|| p.complete_routine(status, response));
+    bh_off(|| p.complete_routine(status, response));
+}
+
+/// Runs `f` with bottom halves disabled: as it is called when they already
+/// are (in a softirq, hv's channel tasklet, or after the caller disabled
+/// them), else inside `local_bh_disable()`, whose enable would otherwise
+/// cost every completion in softirq context a call that finds nothing to
+/// do.
+#[inline(always)]
+fn bh_off<R>(f: impl FnOnce() -> R) -> R {
+    if sys::bh_disabled() {
+        f()
+    } else {
+        sys::with_bh_disabled(f)
+    }
 }
 
 impl Channel {
@@ -144,7 +158,7 @@ impl Channel {
             // the batch's at once, after the routines.
             let mut spare: Option<KBox<PacketInner>> = None;
             // One bottom-half section for the batch, as a tasklet runs.
-            sys::with_bh_disabled(|| {
+            bh_off(|| {
                 while let Some(mut b) = ordered.take() {
                     ordered = b.next.take();
                     if b.recyclable() {

@@ -153,7 +153,9 @@ impl Packet {
             return Err(EINVAL);
         }
         inner.buf[off..off + data.len()].copy_from_slice(data);
-        inner.buf[off + data.len()..total].fill(0);
+        if total > off + data.len() {
+            inner.buf[off + data.len()..total].fill(0);
+        }
         inner.len = total;
         inner.wait = wait;
         inner.payload_len = data.len();
