@@ -38,7 +38,8 @@ use super::{
 
 /// The epochs of packet pools: each Enable's pool has one of its own, which
 /// its packets carry, so that a packet of an earlier pool never enters the
-/// current one. Never 0, which [`PoolCache`] reads as closed.
+/// current one. Never 0, the epoch of a send state without a pool (and of
+/// a packet in caller memory).
 static EPOCH: AtomicU32 = AtomicU32::new(0);
 
 /// A new pool epoch, unique among the pools of this boot but for a wrap
