@@ -8,6 +8,7 @@ use core::sync::atomic::Ordering;
 use kernel::{
     page::Page,
     prelude::*,
+    sync::Arc,
     time::Delta, //
 };
 
@@ -305,6 +306,27 @@ mod tests {
         assert!(matches!(p.client.packet_allocate(), Err(e) if e == ENOMEM));
         drop((a, b));
         assert_eq!(p.client.packet_pool_available(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_cached_packet_does_not_keep_its_channel_after_the_handle() -> Result {
+        let mut p = Pair::new(|_, b| b.packet_pool_size(2))?;
+        p.up()?;
+        // The packet goes into the pool's cache with its reference.
+        let a = p.client.packet_allocate()?;
+        a.send(b"cached", SendFlags::NONE).map_err(|e| e.error)?;
+        assert!(wait_for(2000, || p.srec.received.load(Ordering::Relaxed) == 1));
+        let chan = p.client.arc();
+        let client = core::mem::replace(
+            &mut p.client,
+            Channel::builder(Endpoint::Client, &crate::THIS_MODULE).build()?,
+        );
+        drop(client);
+        settle(20);
+        // Nothing of the channel's own holds it any more, the cached packet
+        // included: this reference is the last.
+        assert!(Arc::into_unique_or_drop(chan).is_some());
         Ok(())
     }
 }
