@@ -67,6 +67,7 @@ mod lifecycle;
 pub(crate) mod outgoing;
 pub(crate) mod owners;
 pub(crate) mod pipe;
+mod pool;
 mod receive;
 mod routines;
 mod rx;
@@ -338,6 +339,8 @@ pub struct Channel {
     /// cleared. An interrupt that reads it clear skips the flush
     /// (`send_queue.rs`).
     pub(crate) send_backlog: AtomicBool,
+    /// The pool's packet that allocation takes without the send lock.
+    cache: pool::PoolCache,
     /// Threads waiting on `cond`: a state change wakes it only when some
     /// thread waits, so the packet paths pay no wake-up.
     waiters: AtomicU32,
@@ -528,6 +531,7 @@ impl Channel {
                 current: AtomicU64::new(0),
                 inline: AtomicU64::new(0),
                 send_backlog: AtomicBool::new(false),
+                cache: pool::PoolCache::new(),
                 waiters: AtomicU32::new(0),
                 passive_task: AtomicUsize::new(0),
                 irq_cpu: AtomicU32::new(u32::MAX),

@@ -94,6 +94,9 @@ pub(crate) struct PacketInner {
     /// Type of the last send, and where its payload starts in `buf`.
     pub(super) ty: u16,
     pub(super) offset: usize,
+    /// The epoch of the pool a pool packet belongs to (`pool.rs`); 0 for
+    /// a packet in caller memory.
+    pub(super) epoch: u32,
 }
 
 impl PacketInner {
@@ -117,6 +120,7 @@ impl PacketInner {
                 range_count: 0,
                 ty: packet::TYPE_DATA_INBAND,
                 offset: packet::DESCRIPTOR_SIZE,
+                epoch: 0,
             },
             GFP_KERNEL,
         )?)
@@ -368,23 +372,10 @@ impl Drop for Packet {
             return;
         };
         inner.mdl = None;
-        // Dropped after the channel lock below is released: its `Drop` is
-        // driver code.
+        // Dropped after the packet's return: its `Drop` is driver code.
         let context = inner.context.take();
         if inner.origin == Origin::Pool {
-            if let Some(chan) = inner.chan.as_deref() {
-                // SAFETY: the packet's reference keeps the channel alive
-                // until the packet is in the pool, under the send lock; from
-                // there on the pool keeps the reference, or `left` holds it,
-                // until the lock is released: taking the packet out of the
-                // pool, or the pool's references away, takes the lock after
-                // this hold of it.
-                let chan = unsafe { &*core::ptr::from_ref(chan) };
-                let mut g = chan.tx.lock();
-                let left = g.recycle(inner);
-                drop(g);
-                drop(left);
-            }
+            Channel::put_back(inner);
         }
         drop(context);
     }

@@ -25,11 +25,9 @@ use kernel::{
 
 use super::{
     outgoing::{
-        Origin,
         Packet,
         PacketInner, //
     },
-    transactions::TxState,
     Channel, //
 };
 use crate::sys;
@@ -91,7 +89,21 @@ impl Routines {
 
 /// Calls a packet's completion routine with bottom halves disabled.
 pub(crate) fn call_routine(p: Packet, status: Result, response: &[u8]) {
-    sys::with_bh_disabled(|| p.complete_routine(status, response));
+    bh_off(|| p.complete_routine(status, response));
+}
+
+/// Runs `f` with bottom halves disabled: as it is called when they already
+/// are (in a softirq, hv's channel tasklet, or after the caller disabled
+/// them), else inside `local_bh_disable()`, whose enable would otherwise
+/// cost every completion in softirq context a call that finds nothing to
+/// do.
+#[inline(always)]
+fn bh_off<R>(f: impl FnOnce() -> R) -> R {
+    if sys::bh_disabled() {
+        f()
+    } else {
+        sys::with_bh_disabled(f)
+    }
 }
 
 impl Channel {
@@ -146,7 +158,7 @@ impl Channel {
             // the batch's at once, after the routines.
             let mut spare: Option<KBox<PacketInner>> = None;
             // One bottom-half section for the batch, as a tasklet runs.
-            sys::with_bh_disabled(|| {
+            bh_off(|| {
                 while let Some(mut b) = ordered.take() {
                     ordered = b.next.take();
                     if b.recyclable() {
@@ -176,54 +188,5 @@ impl Channel {
             // and wakes the waiters when it is done.
             self.counted_wait(&mut g, |c, g| c.wait(g));
         }
-    }
-}
-
-impl PacketInner {
-    /// Whether finishing the packet is no more than its return to its
-    /// pool: a pool packet with no routine, no typed completion and no MDL.
-    pub(super) fn recyclable(&self) -> bool {
-        self.routine.is_none()
-            && self.context.is_none()
-            && self.origin == Origin::Pool
-            && self.mdl.is_none()
-    }
-}
-
-impl Channel {
-    /// Returns finished packets of this channel, `list` (linked through
-    /// `next`, each [`PacketInner::recyclable`]), to its pool in one trip
-    /// through the send lock, as dropping each would.
-    pub(super) fn recycle(&self, mut list: Option<KBox<PacketInner>>) {
-        let mut g = self.tx.lock();
-        while let Some(mut b) = list.take() {
-            list = b.next.take();
-            // Not the last reference: the caller borrows the channel.
-            drop(g.recycle(b));
-        }
-    }
-}
-
-impl TxState {
-    /// Puts a finished pool packet back into the pool, as dropping it
-    /// would. The packet keeps its reference to the channel in the pool
-    /// while `pool_refs` says so, for its next allocation; otherwise, or if
-    /// the pool does not take the packet back, the reference is returned,
-    /// for the caller to drop once the send lock is released (or under it,
-    /// if it is not the last one).
-    #[inline(always)]
-    #[must_use = "the channel's reference, if the pool did not keep it"]
-    pub(super) fn recycle(&mut self, mut b: KBox<PacketInner>) -> Option<Arc<Channel>> {
-        b.mdl = None;
-        b.routine = None;
-        b.pointer = 0;
-        let chan = if self.pool_refs { None } else { b.chan.take() };
-        if self.pool.len() < self.pool_size as usize && b.buf.len() == self.encoded_capacity {
-            if let Err(mut e) = self.pool.push_within_capacity(b) {
-                return chan.or_else(|| e.0.chan.take());
-            }
-            return chan;
-        }
-        chan.or_else(|| b.chan.take())
     }
 }

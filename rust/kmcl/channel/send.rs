@@ -153,7 +153,9 @@ impl Packet {
             return Err(EINVAL);
         }
         inner.buf[off..off + data.len()].copy_from_slice(data);
-        inner.buf[off + data.len()..total].fill(0);
+        if total > off + data.len() {
+            inner.buf[off + data.len()..total].fill(0);
+        }
         inner.len = total;
         inner.wait = wait;
         inner.payload_len = data.len();
@@ -209,8 +211,12 @@ impl Packet {
         // packet goes back to the pool below, under the send lock; from
         // there on the pool keeps the reference, or `left` holds it, until
         // the lock is released: taking the packet out of the pool, or the
-        // pool's references away, takes the lock after this hold of it.
-        // What follows the release holds a reference of its own.
+        // pool's references away, takes the lock after this hold of it. A
+        // packet put in the pool's cache may be taken out without the lock,
+        // but the cache is open only while the channel's handle lives, and
+        // the handle's drop closes it under the send lock, after this hold,
+        // before it drops the handle's reference (`pool.rs`). What follows
+        // the release holds a reference of its own.
         let chan = unsafe { &*core::ptr::from_ref(chan) };
         let mut g = chan.tx.lock();
         let out = OutPacket::simple(packet::TYPE_DATA_INBAND, 0, 0, data);
@@ -228,7 +234,7 @@ impl Packet {
         let left = self.into_box().and_then(|mut b| {
             // Nothing of an earlier send is left to read in the pool.
             b.len = 0;
-            g.recycle(b)
+            chan.recycle_locked(&mut g, b)
         });
         drop(g);
         if let Some(chan) = hold {
@@ -248,8 +254,11 @@ impl Packet {
         // packet is this call's; once it is in a transaction slot, the send
         // queue or the pool, only a holder of the send lock takes it out,
         // after this hold of the lock, or, handed back in an error, it is
-        // this call's again. What follows the release of the lock holds a
-        // reference of its own.
+        // this call's again. Out of the pool's cache an allocation takes it
+        // without the lock, but only while the channel's handle lives,
+        // whose reference its drop gives up only after closing the cache
+        // under the send lock (`pool.rs`). What follows the release of the
+        // lock holds a reference of its own.
         let chan = unsafe { &*core::ptr::from_ref(self.channel()) };
         let wait = self.get().wait;
         let mut g = chan.tx.lock();
@@ -297,7 +306,7 @@ impl Packet {
                 let mut left = None;
                 let schedule = match s.written {
                     Some(Queued::Oneway(p)) if p.get().recyclable() => {
-                        left = p.into_box().and_then(|b| g.recycle(b));
+                        left = p.into_box().and_then(|b| chan.recycle_locked(&mut g, b));
                         false
                     }
                     Some(Queued::Oneway(p)) => g.routines.push(p),

@@ -213,7 +213,10 @@ impl Channel {
     /// passed the gate is in the send state before the change is seen, and
     /// one that comes after sees the change.
     pub(crate) fn publish(&self, g: &Inner) {
-        self.tx.lock().gate = Gates::of(g);
+        let mut t = self.tx.lock();
+        t.gate = Gates::of(g);
+        // Not the last reference: the caller borrows the channel.
+        drop(self.cache_gate(&mut t));
     }
 
     /// Writes `packet` into the ring now, from the caller's memory, unless

@@ -18,6 +18,7 @@ use super::{
         Packet,
         PacketInner, //
     },
+    pool::next_epoch,
     routines::Routines,
     send_queue::{
         Gates,
@@ -99,6 +100,9 @@ pub(crate) struct TxState {
     /// does not keep itself alive through its pool once its owner is gone.
     /// Carried over by each Enable's new send state.
     pub(crate) pool_refs: bool,
+    /// The epoch of this send state's pool (`pool.rs`), which its packets
+    /// carry; 0 before `prepare`.
+    pub(crate) epoch: u32,
 }
 
 impl TxState {
@@ -119,6 +123,7 @@ impl TxState {
             max_ext_chain: 0,
             pending_send: false,
             pool_refs: true,
+            epoch: 0,
         }
     }
 
@@ -133,9 +138,11 @@ impl TxState {
         self.max_packet_size = cfg.max_packet_size;
         self.max_ext_chain = cfg.max_external_chain;
         self.pool_size = cfg.packet_pool;
+        self.epoch = next_epoch();
         self.pool = KVec::with_capacity(cfg.packet_pool as usize, GFP_KERNEL)?;
         for _ in 0..cfg.packet_pool {
-            let p = PacketInner::new(self.encoded_capacity, Origin::Pool)?;
+            let mut p = PacketInner::new(self.encoded_capacity, Origin::Pool)?;
+            p.epoch = self.epoch;
             let _ = self.pool.push_within_capacity(p);
         }
         // Room for every pool packet, plus caller-memory packets and
@@ -302,55 +309,5 @@ impl Channel {
                 trans_id
             );
         }
-    }
-}
-
-/// The packet pool, which the send lock keeps.
-impl Channel {
-    /// Bytes of caller memory one packet object takes
-    /// (`VmbChannelSizeofPacket`).
-    ///
-    /// Context: any context, ProcessPacket and completion context included.
-    #[doc(alias = "VmbChannelSizeofPacket")]
-    pub fn sizeof_packet(&self) -> usize {
-        core::mem::size_of::<PacketInner>() + self.tx.lock().encoded_capacity
-    }
-
-    /// Takes a packet object from the channel's pool (`VmbPacketAllocate`).
-    /// Never allocates memory; fails with `ENOMEM` when the pool is empty
-    /// and `EINVAL` while the channel is Disabled.
-    ///
-    /// Context: any context, ProcessPacket and completion context included.
-    #[doc(alias = "VmbPacketAllocate")]
-    pub fn packet_allocate(&self) -> Result<Packet> {
-        let mut g = self.tx.lock();
-        g.gate.alloc?;
-        let mut inner = g.pool.pop().ok_or(ENOMEM)?;
-        drop(g);
-        // A packet back from an earlier send still holds its reference
-        // (`TxState::recycle`); the pool is this channel's.
-        if inner.chan.is_none() {
-            inner.chan = Some(self.arc());
-        }
-        Ok(Packet::from_box(inner))
-    }
-
-    /// The channel's handle goes away: packets in the pool drop their
-    /// references to the channel, and packets that come back later drop
-    /// theirs as they do (`TxState::pool_refs`). None of these references
-    /// is the last: the handle still holds its own.
-    pub(crate) fn drop_pool_refs(&self) {
-        let mut g = self.tx.lock();
-        g.pool_refs = false;
-        for b in g.pool.iter_mut() {
-            b.chan = None;
-        }
-    }
-
-    /// Free packet objects in the pool.
-    ///
-    /// Context: any context, ProcessPacket and completion context included.
-    pub fn packet_pool_available(&self) -> usize {
-        self.tx.lock().pool.len()
     }
 }

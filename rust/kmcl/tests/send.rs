@@ -7,7 +7,9 @@ use core::sync::atomic::Ordering;
 
 use kernel::{
     page::Page,
-    prelude::*, //
+    prelude::*,
+    sync::Arc,
+    time::Delta, //
 };
 
 use super::harness::{
@@ -27,6 +29,7 @@ use crate::channel::{
     },
     Channel,
     Endpoint,
+    State,
     DEFAULT_PACKET_POOL, //
 };
 
@@ -261,6 +264,69 @@ mod tests {
             Ok(()) => return Err(EINVAL),
         };
         assert_eq!(e.error, EINVAL);
+        Ok(())
+    }
+
+    #[test]
+    fn a_cached_pool_packet_goes_with_the_pool_at_disable() -> Result {
+        let mut p = Pair::new(|_, b| b.packet_pool_size(2))?;
+        p.up()?;
+        // A one-way send that enters the ring puts its packet in the pool's
+        // cache, an unsent packet's drop the other one.
+        let a = p.client.packet_allocate()?;
+        let b = p.client.packet_allocate()?;
+        a.send(b"cached", SendFlags::NONE).map_err(|e| e.error)?;
+        assert_eq!(p.client.packet_pool_available(), 1);
+        drop(b);
+        assert_eq!(p.client.packet_pool_available(), 2);
+        p.client.disable()?;
+        // The cached one went back to the pool, counted once, and neither
+        // can be allocated from a Disabled channel.
+        assert_eq!(p.client.packet_pool_available(), 2);
+        assert!(matches!(p.client.packet_allocate(), Err(e) if e == EINVAL));
+        assert!(matches!(p.client.packet_allocate(), Err(e) if e == EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn a_packet_of_an_earlier_enable_stays_out_of_the_new_pool() -> Result {
+        let mut p = Pair::new(|_, b| b.packet_pool_size(2))?;
+        p.up()?;
+        let old = p.client.packet_allocate()?;
+        p.client.disable()?;
+        p.client.enable()?;
+        p.client
+            .wait_for_state(State::Started, Delta::from_millis(5000))?;
+        assert_eq!(p.client.packet_pool_available(), 2);
+        // Dropped with the cache empty and open: it is freed, not cached.
+        drop(old);
+        assert_eq!(p.client.packet_pool_available(), 2);
+        let a = p.client.packet_allocate()?;
+        let b = p.client.packet_allocate()?;
+        assert!(matches!(p.client.packet_allocate(), Err(e) if e == ENOMEM));
+        drop((a, b));
+        assert_eq!(p.client.packet_pool_available(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_cached_packet_does_not_keep_its_channel_after_the_handle() -> Result {
+        let mut p = Pair::new(|_, b| b.packet_pool_size(2))?;
+        p.up()?;
+        // The packet goes into the pool's cache with its reference.
+        let a = p.client.packet_allocate()?;
+        a.send(b"cached", SendFlags::NONE).map_err(|e| e.error)?;
+        assert!(wait_for(2000, || p.srec.received.load(Ordering::Relaxed) == 1));
+        let chan = p.client.arc();
+        let client = core::mem::replace(
+            &mut p.client,
+            Channel::builder(Endpoint::Client, &crate::THIS_MODULE).build()?,
+        );
+        drop(client);
+        settle(20);
+        // Nothing of the channel's own holds it any more, the cached packet
+        // included: this reference is the last.
+        assert!(Arc::into_unique_or_drop(chan).is_some());
         Ok(())
     }
 }
