@@ -65,10 +65,9 @@ profile_run() {
 	rm -rf "$run"
 	mkdir -p "$run"
 	cp "$mods/kmcl.ko" "$mods/kmcl_bench.ko" "$run/"
-	cat >"$run/run.json" <<-EOF
-	{"params": "$params", "mode": "$mode",
-	 "vmlinux": "$KMCL_KBUILD/vmlinux", "busybox": "$busybox"}
-	EOF
+	python3 -c 'import json, sys
+print(json.dumps(dict(zip(("params", "mode", "vmlinux", "busybox"), sys.argv[1:]))))' \
+		"$params" "$mode" "$KMCL_KBUILD/vmlinux" "$busybox" >"$run/run.json"
 	KMCL_MODULE_PARAMS="kmcl_bench: $params" \
 		"$top/tools/vm/mkinitramfs.sh" "$run/initramfs.cpio.gz" "$run/kmcl.ko" "$run/kmcl_bench.ko"
 	echo "==> VM, QEMU -icount shift=0,sleep=off, counted per $mode: kmcl_bench $params" >&2

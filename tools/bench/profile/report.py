@@ -17,8 +17,8 @@ region: the kernel (symbols of vmlinux, moved by the difference between the
 guest's _text and vmlinux's), a module's code section (symbols of the .ko,
 placed at the addresses the guest printed), user space ("[user busybox]",
 "[user other]"), or "[boot]": the firmware and the kernel's decompressor,
-which run at low addresses before the kernel is up. The module helps
-annotate.py too.
+which run at low addresses before the kernel is up. diff.py and
+annotate.py use this module's functions.
 """
 
 import argparse
@@ -68,7 +68,7 @@ class Region:
         """(index, symbol) of the symbol holding addr."""
         i = bisect.bisect_right(self.addrs, addr) - 1
         if i < 0:
-            return -1, f"[{self.name} {self.section or ''}]".replace(" ]", "]")
+            return -1, f"[{self.name} {self.section}]"
         return i, self.names[i]
 
     def bounds(self, i):

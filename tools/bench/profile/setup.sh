@@ -43,10 +43,11 @@ if ! echo "$header_sha256  $header" | sha256sum -c --status 2>/dev/null; then
 	mkdir -p "$dir"
 	tmp=$(mktemp -d)
 	trap 'rm -rf "$tmp"' EXIT
-	for url in "${urls[@]}" ""; do
-		[ -n "$url" ] || die "could not download $orig"
-		curl -fsSL --retry 2 -o "$tmp/$orig" "$url" && break
+	got=
+	for url in "${urls[@]}"; do
+		curl -fsSL --retry 2 -o "$tmp/$orig" "$url" && { got=1; break; }
 	done
+	[ -n "$got" ] || die "could not download $orig"
 	echo "$orig_sha256  $tmp/$orig" | sha256sum -c --status ||
 		die "$orig does not have the pinned SHA-256"
 	tar --no-same-owner -xJf "$tmp/$orig" -C "$tmp" qemu-7.2.0/include/qemu/qemu-plugin.h
