@@ -18,7 +18,7 @@ export KMCL_KDIR := $(KDIR)
 endif
 
 .PHONY: all setup kernel modules fmt fmt-check host-test check check-repeat \
-	run clean docs rustdoc install-dev bench stress fuzz
+	run clean docs rustdoc install-dev bench stress fuzz profile profile-diff
 
 all: modules
 
@@ -52,6 +52,15 @@ check-repeat:
 # Raw ring against the API, in one VM boot; see Documentation/performance.rst.
 bench:
 	tools/bench/run.sh
+
+# Guest instructions per function in the deterministic mode of make bench
+# (PROFILE_PARAMS for kmcl_bench's parameters); profile-diff: per packet, from
+# two runs (PROFILE_A, PROFILE_B); see Documentation/profiling.rst.
+profile:
+	tools/bench/profile/profile.sh
+
+profile-diff:
+	tools/bench/profile/profile.sh --diff
 
 # 1 000 000 packets, both directions, both CPUs (STRESS_PACKETS to change);
 # STRESS_MODE=teardown pauses, closes and reopens the pair at random while

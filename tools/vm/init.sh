@@ -5,6 +5,11 @@
 # (their KUnit suites run at load), shows what kmcl reports, scans for leaks,
 # unloads everything in reverse order and powers off. The host reads the
 # serial console; the markers "kmcl-vm:" delimit the phases.
+#
+# With kmcl_symbols=1 on the kernel command line (make profile), it also
+# prints where the kernel's code and each loaded module's sections are
+# ("kmcl-vm: symbol _text ADDR", "kmcl-vm: section MODULE SECTION ADDR"),
+# so that guest addresses can be mapped back to functions.
 
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -14,6 +19,9 @@ mount -t debugfs debugfs /sys/kernel/debug
 
 mode=${kmcl_mode:-check}
 echo "kmcl-vm: boot ok, mode $mode"
+if [ "${kmcl_symbols:-0}" = 1 ]; then
+	echo "kmcl-vm: symbol _text $(awk '$3 == "_text" { print $1; exit }' /proc/kallsyms)"
+fi
 
 loaded=""
 for m in $(cat /kmcl/modules); do
@@ -22,6 +30,11 @@ for m in $(cat /kmcl/modules); do
 	echo "kmcl-vm: insmod $m $params"
 	if insmod "/kmcl/$m.ko" $params; then
 		loaded="$m $loaded"
+		if [ "${kmcl_symbols:-0}" = 1 ]; then
+			for s in /sys/module/$m/sections/.* /sys/module/$m/sections/*; do
+				[ -f "$s" ] && echo "kmcl-vm: section $m ${s##*/} $(cat "$s")"
+			done
+		fi
 	else
 		echo "kmcl-vm: insmod $m failed"
 	fi

@@ -9,7 +9,8 @@
 #
 # KMCL_VM_CPUS sets the vCPU count (default 2); KMCL_QEMU_ARGS adds QEMU
 # arguments, e.g. "-icount shift=0,sleep=off" for the deterministic mode of
-# make bench (TCG only).
+# make bench (TCG only); KMCL_KERNEL_ARGS adds kernel command-line
+# arguments, e.g. "kmcl_symbols=1" (see init.sh).
 
 set -euo pipefail
 kernel=$1 initrd=$2 log=$3 mode=$4 limit=${5:-600}
@@ -28,7 +29,7 @@ set +e
 timeout --foreground "$limit" qemu-system-x86_64 \
 	-accel "$accel" -cpu max -smp "${KMCL_VM_CPUS:-2}" -m 1024 "${qemu_args[@]}" \
 	-kernel "$kernel" -initrd "$initrd" \
-	-append "console=ttyS0 panic=-1 oops=panic kmcl_mode=$mode $extra" \
+	-append "console=ttyS0 panic=-1 oops=panic kmcl_mode=$mode $extra ${KMCL_KERNEL_ARGS:-}" \
 	-nographic -no-reboot -monitor none -serial stdio </dev/null | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
