@@ -323,14 +323,6 @@ impl Pair {
             }
             .build()?;
             h.set_incoming_processing_at_passive(passive);
-            // Each end's interrupts go to a CPU of its own, as a host's
-            // would: the server's to the one this thread does not run on.
-            let cpus = kernel::cpu::nr_cpu_ids();
-            let here = kernel::cpu::CpuId::current().as_u32();
-            h.set_target_cpu(match e {
-                Endpoint::Server => (here + 1) % cpus,
-                Endpoint::Client => here,
-            })?;
             h.enable()?;
             ends.push(h, GFP_KERNEL)?;
         }
@@ -358,7 +350,20 @@ impl Drop for Pair {
     }
 }
 
+/// Sets where each end's interrupts run: with `spread`, the server's on a
+/// CPU this thread does not run on (a stream, whose two halves then run in
+/// parallel, as with a host that interrupts another CPU); otherwise both
+/// on this thread's CPU (a request/response, which waits for each answer
+/// and would only pay for waking another CPU).
+fn place(p: &Pair, spread: bool) -> Result {
+    let here = kernel::cpu::CpuId::current().as_u32();
+    let other = (here + 1) % kernel::cpu::nr_cpu_ids();
+    p.client.set_target_cpu(here)?;
+    p.server.set_target_cpu(if spread { other } else { here })
+}
+
 fn api_stream(p: &Pair, size: usize, n: u64) -> Result<Measure> {
+    place(p, true)?;
     let data = KVec::from_elem(0x5au8, size, GFP_KERNEL)?;
     let before = p.sink.received.load(Ordering::Relaxed);
     let sig0 = p.signals();
@@ -392,6 +397,7 @@ fn api_stream(p: &Pair, size: usize, n: u64) -> Result<Measure> {
 }
 
 fn api_reqresp(p: &Pair, size: usize, n: u64) -> Result<Measure> {
+    place(p, false)?;
     let data = KVec::from_elem(0x5au8, size, GFP_KERNEL)?;
     let mut resp = KVec::from_elem(0u8, packet::align8(size), GFP_KERNEL)?;
     let mut lat = KVec::with_capacity(n as usize, GFP_KERNEL)?;
