@@ -369,27 +369,6 @@ impl IncomingPacket {
                 to_send = Some(out);
             }
         }
-        if to_send.is_none() && self.xfer.is_none() && self.seq != 0 {
-            let seq = self.seq;
-            // Finished inside the drain's ProcessPacket, with nothing to
-            // send: the drain that delivered it takes the buffer back and
-            // lowers the outstanding count under its next trip through the
-            // receive lock, and wakes the waiters when it leaves.
-            if chan
-                .inline
-                .compare_exchange(
-                    seq,
-                    seq | super::receive::INLINE_DONE,
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                // The buffer belongs to the drain now; it is not freed.
-                core::mem::forget(buf);
-                return result;
-            }
-        }
         let mut kick = false;
         let mut signal = false;
         let hold = {
