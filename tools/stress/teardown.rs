@@ -598,6 +598,9 @@ fn open_pair(
     for h in [&server, &client] {
         h.set_transaction_quota(2)?;
     }
+    // Each end's receive work on a CPU of its own (see kmcl_stress.rs).
+    server.set_target_cpu(1 % kernel::cpu::nr_cpu_ids())?;
+    client.set_target_cpu(0)?;
     server.set_incoming_processing_at_passive(true);
     server.enable()?;
     client.enable()?;
