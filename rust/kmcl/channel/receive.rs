@@ -69,14 +69,15 @@ enum Stop {
 }
 
 /// What a drain does after a pass.
-#[derive(PartialEq, Eq)]
 enum Next {
     /// Read on.
     Read,
     /// Call ProcessingComplete, then look at `drain_again`.
     Complete,
-    /// Leave: delivering is cleared.
-    Done,
+    /// Leave: delivering is cleared. With the channel's reference on
+    /// itself for its packets if none is left (`RxState::keep`), to be
+    /// dropped once the receive lock is released.
+    Done(Option<Arc<Channel>>),
 }
 
 impl Channel {
@@ -208,8 +209,11 @@ impl Channel {
         let keep = self.drain_passes(&*cb, link, &params, first);
         self.wake_waiters();
         // The caller's `&self` stands for another reference: this is never
-        // the channel's last.
-        drop(keep);
+        // the channel's last. Tested here, so that the common `None` costs
+        // no call.
+        if let Some(keep) = keep {
+            drop(keep);
+        }
     }
 
     /// The passes of [`Channel::drain`]: each reads until the ring is empty
@@ -232,7 +236,6 @@ impl Channel {
         // handled or of a packet handed back, back to the free slots when
         // a pass stops.
         let mut spare = first;
-        let mut keep = None;
         // Whether `RxState::keep` was seen set since this drain began.
         let mut kept = false;
         loop {
@@ -262,11 +265,11 @@ impl Channel {
                 let next = if more {
                     Next::Read
                 } else if batch == 0 {
-                    self.leave_or_again(&mut g, &mut link, &mut keep)
+                    self.leave_or_again(&mut g, &mut link)
                 } else {
                     Next::Complete
                 };
-                if next == Next::Done {
+                if let Next::Done(keep) = next {
                     // Back under the hold that clears `delivering`.
                     g.link = Some(link);
                     drop(g);
@@ -280,10 +283,10 @@ impl Channel {
             if signal {
                 self.signal_peer();
             }
-            if next == Next::Complete {
+            if matches!(next, Next::Complete) {
                 cb.processing_complete(self, core::mem::take(&mut batch));
                 let mut g = self.rx.lock();
-                if self.leave_or_again(&mut g, &mut link, &mut keep) == Next::Done {
+                if let Next::Done(keep) = self.leave_or_again(&mut g, &mut link) {
                     g.link = Some(link);
                     return keep;
                 }
@@ -293,22 +296,16 @@ impl Channel {
 
     /// At the end of a pass, with the receive lock held: an interrupt that
     /// came while the pass ran found the ring being drained, so look again
-    /// ([`Next::Read`]); otherwise stop delivering ([`Next::Done`]), and,
-    /// with no packet left, move the channel's reference on itself for its
-    /// packets to `keep`.
-    fn leave_or_again(
-        &self,
-        g: &mut RxState,
-        link: &mut LinkReader,
-        keep: &mut Option<Arc<Channel>>,
-    ) -> Next {
+    /// ([`Next::Read`]); otherwise stop delivering ([`Next::Done`]), with,
+    /// if no packet is left, the channel's reference on itself for its
+    /// packets.
+    fn leave_or_again(&self, g: &mut RxState, link: &mut LinkReader) -> Next {
         if core::mem::take(&mut g.drain_again) && self.rxc.enabled() && !self.rxc.failed() {
             link.begin_read();
             return Next::Read;
         }
         self.current.store(0, Ordering::Relaxed);
-        *keep = g.stop_delivering(&self.rxc);
-        Next::Done
+        Next::Done(g.stop_delivering(&self.rxc))
     }
 
     /// Reads and handles one packet, without the receive lock unless it
