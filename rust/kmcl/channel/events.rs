@@ -5,13 +5,15 @@
 //! interrupts, of a peer that opened or closed, of a transport that went
 //! away; they attach and detach the connection they made; and they ask what
 //! to open (ring size, flags, MMIO, transaction slots). The rest of the
-//! channel's state is private to `channel/`.
+//! channel's state is private to `channel/`. Also the channel's work items,
+//! which run what the interrupts and events queue.
 
 use core::sync::atomic::Ordering;
 
 use kernel::{
     prelude::*,
-    sync::Arc, //
+    sync::Arc,
+    workqueue::WorkItem, //
 };
 
 use super::{
@@ -237,5 +239,40 @@ impl Channel {
     /// parks a saved server's connection).
     pub(crate) fn with_attachment<R>(&self, f: impl FnOnce(Option<&Attachment>) -> R) -> R {
         f(self.inner.lock().att.as_ref())
+    }
+}
+
+impl WorkItem<0> for Channel {
+    type Pointer = Arc<Channel>;
+
+    fn run(this: Arc<Channel>) {
+        this.on_interrupt();
+    }
+}
+
+impl WorkItem<1> for Channel {
+    type Pointer = Arc<Channel>;
+
+    fn run(this: Arc<Channel>) {
+        let me = kernel::task::Task::current_raw() as usize;
+        this.passive_task.store(me, Ordering::Relaxed);
+        this.run_passive();
+        this.passive_task.store(0, Ordering::Relaxed);
+    }
+}
+
+impl WorkItem<2> for Channel {
+    type Pointer = Arc<Channel>;
+
+    fn run(this: Arc<Channel>) {
+        this.handle_events();
+    }
+}
+
+impl WorkItem<3> for Channel {
+    type Pointer = Arc<Channel>;
+
+    fn run(this: Arc<Channel>) {
+        this.run_routines();
     }
 }

@@ -48,8 +48,7 @@ use kernel::{
     workqueue::{
         impl_has_work,
         new_work,
-        Work,
-        WorkItem, //
+        Work, //
     },
 };
 
@@ -96,6 +95,8 @@ pub use flags::{
     ServerFlags, //
 };
 use rx::RxState;
+pub use status::Counters;
+use status::Stats;
 use transactions::TxState;
 
 /// The error of a call that may sleep, made where its caller may not (a
@@ -186,47 +187,6 @@ pub(crate) struct Inner {
     pub(crate) restore_buf: KVec<u8>,
     /// A complete restored state, applied by the next Enable.
     pub(crate) pending_restore: Option<save::PendingRestore>,
-}
-
-/// Counters shown in debugfs.
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub(crate) packets_received: AtomicU64,
-    pub(crate) packets_sent: AtomicU64,
-    pub(crate) completions_received: AtomicU64,
-    pub(crate) completions_sent: AtomicU64,
-    pub(crate) signals_sent: AtomicU64,
-    pub(crate) interrupts: AtomicU64,
-    pub(crate) quota_stalls: AtomicU64,
-    pub(crate) ring_full: AtomicU64,
-    pub(crate) rejected_completions: AtomicU64,
-    pub(crate) malformed_packets: AtomicU64,
-}
-
-/// A channel's counters, read at one moment (`Channel::counters`). Each is
-/// counted since the channel was allocated.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Data packets delivered to ProcessPacket.
-    pub packets_received: u64,
-    /// Packets written to the ring (sends, in-band replies).
-    pub packets_sent: u64,
-    /// Completion packets received for this channel's transactions.
-    pub completions_received: u64,
-    /// Completion packets sent for the peer's transactions.
-    pub completions_sent: u64,
-    /// Signals sent to the peer.
-    pub signals_sent: u64,
-    /// Interrupts from the peer.
-    pub interrupts: u64,
-    /// Times delivery stalled on the quota or on incoming slots.
-    pub quota_stalls: u64,
-    /// Times a write found the ring full.
-    pub ring_full: u64,
-    /// Completions refused as unknown, stale or duplicate.
-    pub rejected_completions: u64,
-    /// Packets from the peer refused as malformed (each stops the queue).
-    pub malformed_packets: u64,
 }
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
@@ -591,87 +551,11 @@ impl Channel {
         self.pointer.load(Ordering::Relaxed)
     }
 
-    /// The channel's counters.
-    ///
-    /// Context: any context, ProcessPacket and completion context included.
-    pub fn counters(&self) -> Counters {
-        let c = &self.stats;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Counters {
-            packets_received: get(&c.packets_received),
-            packets_sent: get(&c.packets_sent),
-            completions_received: get(&c.completions_received),
-            completions_sent: get(&c.completions_sent),
-            signals_sent: get(&c.signals_sent),
-            interrupts: get(&c.interrupts),
-            quota_stalls: get(&c.quota_stalls),
-            ring_full: get(&c.ring_full),
-            rejected_completions: get(&c.rejected_completions),
-            malformed_packets: get(&c.malformed_packets),
-        }
-    }
-
     /// The current lifecycle state.
     ///
     /// Context: any context.
     pub fn state(&self) -> State {
         self.inner.lock().state
-    }
-}
-
-impl WorkItem<0> for Channel {
-    type Pointer = Arc<Channel>;
-
-    fn run(this: Arc<Channel>) {
-        this.on_interrupt();
-    }
-}
-
-impl WorkItem<1> for Channel {
-    type Pointer = Arc<Channel>;
-
-    fn run(this: Arc<Channel>) {
-        let me = kernel::task::Task::current_raw() as usize;
-        this.passive_task.store(me, Ordering::Relaxed);
-        this.run_passive();
-        this.passive_task.store(0, Ordering::Relaxed);
-    }
-}
-
-impl WorkItem<2> for Channel {
-    type Pointer = Arc<Channel>;
-
-    fn run(this: Arc<Channel>) {
-        this.handle_events();
-    }
-}
-
-impl WorkItem<3> for Channel {
-    type Pointer = Arc<Channel>;
-
-    fn run(this: Arc<Channel>) {
-        this.run_routines();
-    }
-}
-
-/// Status of the channel for observability; see [`status`].
-pub(crate) fn attach_status(handle: &mut ChannelHandle) {
-    if handle.status.is_none() {
-        *handle.status = status::StatusFile::new(Arc::clone(&handle.chan));
-    }
-}
-
-impl ChannelHandle {
-    /// Enables the channel and publishes its debugfs status, see
-    /// [`Channel::enable`].
-    ///
-    /// Context: process context only, as [`Channel::enable`], whose refusals it
-    /// shares; it also creates the debugfs file.
-    #[doc(alias = "VmbChannelEnable")]
-    pub fn enable(&mut self) -> Result {
-        self.chan.enable()?;
-        attach_status(self);
-        Ok(())
     }
 }
 

@@ -1,11 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The per-channel debugfs file `/sys/kernel/debug/kmcl/<id>-<name>`: state,
-//! ring fill, outstanding work, quota stalls and signals.
+//! What a channel shows of itself: its counters ([`Counters`]) and the
+//! per-channel debugfs file `/sys/kernel/debug/kmcl/<id>-<name>` (state,
+//! ring fill, outstanding work, quota stalls and signals), published when
+//! the channel is enabled through its handle.
 
 use core::{
     ptr::NonNull,
-    sync::atomic::Ordering, //
+    sync::atomic::{
+        AtomicU64,
+        Ordering, //
+    },
 };
 
 use kernel::{
@@ -16,7 +21,10 @@ use kernel::{
     sync::Arc, //
 };
 
-use super::Channel;
+use super::{
+    Channel,
+    ChannelHandle, //
+};
 use crate::{
     sys,
     transport::{
@@ -194,6 +202,90 @@ impl Channel {
         ] {
             writeln!(w, "{}: {}", name, c(v))?;
         }
+        Ok(())
+    }
+}
+
+/// Counters shown in debugfs.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) packets_received: AtomicU64,
+    pub(crate) packets_sent: AtomicU64,
+    pub(crate) completions_received: AtomicU64,
+    pub(crate) completions_sent: AtomicU64,
+    pub(crate) signals_sent: AtomicU64,
+    pub(crate) interrupts: AtomicU64,
+    pub(crate) quota_stalls: AtomicU64,
+    pub(crate) ring_full: AtomicU64,
+    pub(crate) rejected_completions: AtomicU64,
+    pub(crate) malformed_packets: AtomicU64,
+}
+
+/// A channel's counters, read at one moment (`Channel::counters`). Each is
+/// counted since the channel was allocated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Data packets delivered to ProcessPacket.
+    pub packets_received: u64,
+    /// Packets written to the ring (sends, in-band replies).
+    pub packets_sent: u64,
+    /// Completion packets received for this channel's transactions.
+    pub completions_received: u64,
+    /// Completion packets sent for the peer's transactions.
+    pub completions_sent: u64,
+    /// Signals sent to the peer.
+    pub signals_sent: u64,
+    /// Interrupts from the peer.
+    pub interrupts: u64,
+    /// Times delivery stalled on the quota or on incoming slots.
+    pub quota_stalls: u64,
+    /// Times a write found the ring full.
+    pub ring_full: u64,
+    /// Completions refused as unknown, stale or duplicate.
+    pub rejected_completions: u64,
+    /// Packets from the peer refused as malformed (each stops the queue).
+    pub malformed_packets: u64,
+}
+
+impl Channel {
+    /// The channel's counters.
+    ///
+    /// Context: any context, ProcessPacket and completion context included.
+    pub fn counters(&self) -> Counters {
+        let c = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counters {
+            packets_received: get(&c.packets_received),
+            packets_sent: get(&c.packets_sent),
+            completions_received: get(&c.completions_received),
+            completions_sent: get(&c.completions_sent),
+            signals_sent: get(&c.signals_sent),
+            interrupts: get(&c.interrupts),
+            quota_stalls: get(&c.quota_stalls),
+            ring_full: get(&c.ring_full),
+            rejected_completions: get(&c.rejected_completions),
+            malformed_packets: get(&c.malformed_packets),
+        }
+    }
+}
+
+/// Status of the channel for observability; see [`StatusFile`].
+fn attach_status(handle: &mut ChannelHandle) {
+    if handle.status.is_none() {
+        *handle.status = StatusFile::new(Arc::clone(&handle.chan));
+    }
+}
+
+impl ChannelHandle {
+    /// Enables the channel and publishes its debugfs status, see
+    /// [`Channel::enable`].
+    ///
+    /// Context: process context only, as [`Channel::enable`], whose refusals it
+    /// shares; it also creates the debugfs file.
+    #[doc(alias = "VmbChannelEnable")]
+    pub fn enable(&mut self) -> Result {
+        self.chan.enable()?;
+        attach_status(self);
         Ok(())
     }
 }
