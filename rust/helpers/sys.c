@@ -89,7 +89,9 @@ bool kmcl_sys_queue_bh_on(int cpu, struct work_struct *work)
 	/*
 	 * Work on a BH workqueue runs in softirq context on the CPU it was
 	 * queued on. A CPU that is not online, or none (-1), stands for the
-	 * caller's own.
+	 * caller's own. Work queued on a CPU that goes offline right after the
+	 * check still runs: a dying CPU's pending BH work is run when its
+	 * softirqs are taken over.
 	 */
 	if (cpu < 0 || cpu >= nr_cpu_ids || !cpu_online(cpu))
 		cpu = WORK_CPU_UNBOUND;
