@@ -134,7 +134,7 @@ pub struct IncomingPacket {
     pub(super) ctx_size: usize,
     /// The receive buffer a transfer-page packet points into, held until
     /// the packet is finished. Dropped by hand, under the receive lock
-    /// (`finish_as`, `Drop`), so the drop glue that a driver's module
+    /// (`finish_slow`, `Drop`), so the drop glue that a driver's module
     /// instantiates for a packet reaches no internal of kmcl.
     pub(super) xfer: ManuallyDrop<Option<super::xfer::XferHold>>,
 }
@@ -233,7 +233,13 @@ impl IncomingPacket {
     #[doc(alias = "VmbChannelPacketComplete")]
     #[inline]
     pub fn complete(mut self, response: &[u8]) -> Result {
-        let r = self.finish_with(Some(response));
+        // Inline in the driver's module up to the hand-back; the rest of
+        // the finish is one exported call.
+        let r = if self.completion_requested || !self.hand_back() {
+            self.complete_slow(response)
+        } else {
+            Ok(())
+        };
         if self.buf.is_none() && self.xfer.is_none() {
             // Finished: the drop would find nothing to do.
             core::mem::forget(self);
@@ -301,53 +307,70 @@ impl IncomingPacket {
 
     /// Sends the completion if requested (with `response`, or none for a
     /// failed packet), returns the buffer, and updates the accounting.
-    #[inline(always)]
     fn finish_with(&mut self, response: Option<&[u8]>) -> Result {
-        let response = if self.completion_requested {
+        self.finish_as(packet::TYPE_COMPLETION, self.requested(response))
+    }
+
+    /// `response`, if the peer asked for a completion; `None` otherwise.
+    fn requested<'a>(&self, response: Option<&'a [u8]>) -> Option<&'a [u8]> {
+        if self.completion_requested {
             response
         } else {
             None
-        };
-        self.finish_as(packet::TYPE_COMPLETION, response)
+        }
     }
 
     /// Finishes the packet; with `response`, first sends it as a packet of
     /// type `ty` that carries the packet's transaction id: into the ring
     /// straight from `response`, or, behind earlier sends or a full ring,
     /// copied into the packet's own buffer and queued.
-    #[inline(always)]
     fn finish_as(&mut self, ty: u16, response: Option<&[u8]>) -> Result {
-        // The common case first, without a call: finished inside the
-        // drain's ProcessPacket, with nothing to send, the packet's buffer
-        // and accounting go back to the drain that delivered it, which
-        // returns the buffer and lowers the outstanding count itself, and
-        // wakes the waiters when it leaves.
-        if response.is_none() && self.xfer.is_none() && self.seq != 0 && self.buf.is_some() {
-            let seq = self.seq;
-            if self
-                .chan
-                .inline
-                .compare_exchange(
-                    seq,
-                    seq | super::receive::INLINE_DONE,
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                // The buffer belongs to the drain now; it is not freed.
-                core::mem::forget(self.buf.take());
-                return Ok(());
-            }
+        if response.is_none() && self.hand_back() {
+            return Ok(());
         }
         self.finish_slow(ty, response)
     }
 
-    /// The rest of [`IncomingPacket::finish_as`]. Exported: the finishes
-    /// that a driver inlines call it.
+    /// The common finish, without a call: a packet finished inside the
+    /// drain's ProcessPacket, with nothing to send, goes back to the drain
+    /// that delivered it, which returns the buffer and lowers the
+    /// outstanding count itself, and wakes the waiters when it leaves.
+    /// `false`, with nothing done, for any other packet.
+    #[inline(always)]
+    fn hand_back(&mut self) -> bool {
+        if self.xfer.is_some() || self.seq == 0 || self.buf.is_none() {
+            return false;
+        }
+        let seq = self.seq;
+        let done = self
+            .chan
+            .inline
+            .compare_exchange(
+                seq,
+                seq | super::receive::INLINE_DONE,
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if done {
+            // The buffer belongs to the drain now; it is not freed.
+            core::mem::forget(self.buf.take());
+        }
+        done
+    }
+
+    /// The rest of [`IncomingPacket::complete`], past the hand-back that
+    /// runs inline in the driver's module: the same finish, with the packet
+    /// left finished. Exported for that inlined code; a driver calls
+    /// `complete`.
     #[inline(never)]
     #[doc(hidden)]
-    pub fn finish_slow(&mut self, ty: u16, response: Option<&[u8]>) -> Result {
+    pub fn complete_slow(&mut self, response: &[u8]) -> Result {
+        self.finish_slow(packet::TYPE_COMPLETION, self.requested(Some(response)))
+    }
+
+    /// The rest of [`IncomingPacket::finish_as`].
+    fn finish_slow(&mut self, ty: u16, response: Option<&[u8]>) -> Result {
         let Some(buf) = self.buf.take() else {
             return Ok(());
         };
