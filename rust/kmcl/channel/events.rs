@@ -52,11 +52,7 @@ impl Channel {
     /// The channel's interrupt: the peer wrote to the ring, or freed space.
     pub(crate) fn interrupt(&self) {
         self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
-        let cpu = match self.irq_cpu.load(Ordering::Relaxed) {
-            u32::MAX => None,
-            c => Some(c),
-        };
-        let _ = sys::enqueue_bh_on::<Arc<Channel>, 0>(cpu, self.arc());
+        let _ = sys::enqueue_bh_on::<Arc<Channel>, 0>(self.set_cpu(), self.arc());
     }
 
     /// Queues incoming delivery in the context the channel is set up for.

@@ -308,8 +308,9 @@ pub struct Channel {
     /// process context), 0 when none: only that work item sets it, around
     /// its run, and a work item never runs twice at once.
     passive_task: AtomicUsize,
-    /// The CPU set with `set_target_cpu`, `u32::MAX` for none: where a
-    /// loopback signal runs the channel's receive work.
+    /// The CPU set with `set_target_cpu`, `u32::MAX` for none
+    /// (`Channel::set_cpu`): reported by `target_cpu`, and where a loopback
+    /// signal runs the channel's receive work.
     pub(crate) irq_cpu: AtomicU32,
     pointer: AtomicUsize,
 }

@@ -70,9 +70,7 @@ impl RxCounters {
     /// Whether the drain may deliver one more packet now.
     #[inline]
     pub(crate) fn may_deliver(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
-            && !self.failed.load(Ordering::Relaxed)
-            && self.outstanding.load(Ordering::Relaxed) < self.quota.load(Ordering::Relaxed)
+        self.enabled() && !self.failed() && self.below_quota()
     }
 
     #[inline]

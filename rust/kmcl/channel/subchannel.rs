@@ -72,8 +72,6 @@ pub(crate) struct Subchannels {
     armed: bool,
     /// The last index a server primary gave.
     last_index: u16,
-    /// The CPU set with `set_target_cpu`.
-    target_cpu: Option<u32>,
 }
 
 impl Subchannels {
@@ -85,7 +83,6 @@ impl Subchannels {
             offer: None,
             armed: false,
             last_index: 0,
-            target_cpu: None,
         }
     }
 }
@@ -371,7 +368,6 @@ impl Channel {
         {
             return Err(EOPNOTSUPP);
         }
-        self.subs.lock().target_cpu = Some(cpu);
         self.irq_cpu
             .store(cpu, core::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -384,6 +380,14 @@ impl Channel {
     /// Context: process context only: it takes a mutex.
     pub fn target_cpu(&self) -> Option<u32> {
         self.with_attachment(|a| a.and_then(|a| a.target_cpu()))
-            .or(self.subs.lock().target_cpu)
+            .or(self.set_cpu())
+    }
+
+    /// The CPU set with [`Channel::set_target_cpu`], if any.
+    pub(crate) fn set_cpu(&self) -> Option<u32> {
+        match self.irq_cpu.load(core::sync::atomic::Ordering::Relaxed) {
+            u32::MAX => None,
+            cpu => Some(cpu),
+        }
     }
 }
