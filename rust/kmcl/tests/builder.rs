@@ -221,6 +221,34 @@ fn data_addr(h: &ChannelHandle) -> usize {
         .unwrap_or(0)
 }
 
+/// A loopback pair whose server runs a [`Counted`] driver (tag 1) in
+/// place of its recorder, built and not enabled: the bus, the server's
+/// recorder, the server and the client.
+fn counted_pair(
+    tally: &Arc<Tally>,
+) -> Result<(
+    Arc<LoopbackBus>,
+    Arc<Recorder>,
+    ChannelHandle,
+    ChannelHandle,
+)> {
+    let bus = LoopbackBus::new()?;
+    let (srec, crec) = (Recorder::new()?, Recorder::new()?);
+    let server = harness::builder(&bus, Endpoint::Server, &srec)
+        .driver(Counted::new(tally.clone(), 1))
+        .build()?;
+    let client = harness::channel(&bus, Endpoint::Client, &crec)?;
+    Ok((bus, srec, server, client))
+}
+
+/// Enables both ends and waits until both are Started.
+fn start(server: &mut ChannelHandle, client: &mut ChannelHandle) -> Result {
+    server.enable()?;
+    client.enable()?;
+    client.wait_for_state(State::Started, Delta::from_millis(5000))?;
+    server.wait_for_state(State::Started, Delta::from_millis(5000))
+}
+
 /// A client primary's driver that builds each sub-channel offered with a
 /// [`Counted`] driver value and enables it.
 #[pin_data]
@@ -503,19 +531,11 @@ mod tests {
 
     #[test]
     fn callbacks_get_the_value_data_returns() -> Result {
-        let bus = LoopbackBus::new()?;
         let tally = Tally::new()?;
-        let (srec, crec) = (Recorder::new()?, Recorder::new()?);
-        let mut server = harness::builder(&bus, Endpoint::Server, &srec)
-            .driver(Counted::new(tally.clone(), 1))
-            .build()?;
-        let mut client = harness::channel(&bus, Endpoint::Client, &crec)?;
+        let (_bus, srec, mut server, mut client) = counted_pair(&tally)?;
         let addr = data_addr(&server);
         assert!(addr != 0);
-        server.enable()?;
-        client.enable()?;
-        client.wait_for_state(State::Started, Delta::from_millis(5000))?;
-        server.wait_for_state(State::Started, Delta::from_millis(5000))?;
+        start(&mut server, &mut client)?;
         // Opened got it.
         assert_eq!(tally.this.load(Ordering::Relaxed), addr);
         tally.this.store(0, Ordering::Relaxed);
@@ -531,16 +551,9 @@ mod tests {
 
     #[test]
     fn driver_is_dropped_once_after_the_handle_and_the_last_callback() -> Result {
-        let bus = LoopbackBus::new()?;
         let tally = Tally::new()?;
-        let (srec, crec) = (Recorder::new()?, Recorder::new()?);
-        let mut server = harness::builder(&bus, Endpoint::Server, &srec)
-            .driver(Counted::new(tally.clone(), 1))
-            .build()?;
-        let mut client = harness::channel(&bus, Endpoint::Client, &crec)?;
-        server.enable()?;
-        client.enable()?;
-        client.wait_for_state(State::Started, Delta::from_millis(5000))?;
+        let (_bus, _srec, mut server, mut client) = counted_pair(&tally)?;
+        start(&mut server, &mut client)?;
         for i in 0..3u64 {
             harness::send(&client, &i.to_le_bytes(), false)?;
         }
@@ -551,9 +564,7 @@ mod tests {
         assert_eq!(tally.drops.load(Ordering::Relaxed), 0);
         assert!(data_addr(&server) != 0);
         assert!(wait_for(2000, || client.state() == State::Disabled));
-        server.enable()?;
-        client.enable()?;
-        client.wait_for_state(State::Started, Delta::from_millis(5000))?;
+        start(&mut server, &mut client)?;
         // A callback sleeping at passive level while the handle is
         // dropped: the value outlives it.
         tally.slow.store(true, Ordering::Relaxed);
