@@ -11,39 +11,20 @@
 
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
-# The benchmark kernel: the test VM without the debug checkers.
-export KMCL_KCONFIG=kmcl-bench.config
-"$top/tools/setup/install-deps.sh"
-. "$top/tools/setup/env.sh"
-"$top/tools/setup/build-kernel.sh"
+. "$top/tools/bench/setup.sh"
 out="$top/build/bench"
-mods="$out/modules"
-mkdir -p "$mods"
-# Modules for that kernel, in a tree of their own.
-make -C "$KMCL_KBUILD" M="$top" MO="$mods" BINDGEN="$KMCL_BINDGEN" KBUILD_MODPOST_WARN= \
-	-j"$(nproc)" modules >/dev/null
-# The export list's stale-line check is make check's: at -O2 small functions
-# of the list are inlined away.
-KMCL_EXPORTS_STALE_OK=1 "$top/tools/testing/check-exports.sh" "$mods" >/dev/null
 
 echo "==> host: ring core against memcpy (cargo, release)"
 (cd "$top/tools/kmcl-wire" && cargo run -q --release --example ring_bench) | tee "$out/host.txt"
 
 # Plain TCG: every way, in one boot.
-check_log() {
-	grep -q 'kmcl-bench: done' "$1" || { echo "the benchmark did not finish: $1" >&2; exit 1; }
-	if grep -qE 'WARNING:|BUG:|Oops|KFENCE:' "$1"; then
-		echo "the kernel reported a problem during the benchmark: $1" >&2
-		exit 1
-	fi
-}
 bzimage="$KMCL_KBUILD/arch/x86/boot/bzImage"
 rm -f "$out"/console*.log
 echo "==> VM, plain TCG: (a) raw ring, (b) API softirq, (c) API passive, (d) C path, (e) API on hv; 5 runs each"
 KMCL_MODULE_PARAMS="kmcl_bench: runs=5" \
 	"$top/tools/vm/mkinitramfs.sh" "$out/initramfs-bench.cpio.gz" "$mods/kmcl.ko" "$mods/kmcl_bench.ko"
 "$top/tools/vm/run-vm.sh" "$bzimage" "$out/initramfs-bench.cpio.gz" "$out/console.log" bench 900 >/dev/null
-check_log "$out/console.log"
+bench_check_log "$out/console.log"
 
 # Deterministic mode: the single-thread ways (a), (d), (e) counted in guest
 # instructions (one virtual nanosecond each), on one vCPU, BENCH_BOOTS boots.
@@ -55,6 +36,6 @@ for i in $(seq 1 "$boots"); do
 	KMCL_VM_CPUS=1 KMCL_QEMU_ARGS="-icount shift=0,sleep=off" \
 		"$top/tools/vm/run-vm.sh" "$bzimage" "$out/initramfs-icount.cpio.gz" \
 		"$out/console-icount-$i.log" bench 900 >/dev/null
-	check_log "$out/console-icount-$i.log"
+	bench_check_log "$out/console-icount-$i.log"
 done
 python3 "$top/tools/bench/report.py" "$out"

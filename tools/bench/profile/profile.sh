@@ -28,19 +28,11 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../../.." && pwd)
 here="$top/tools/bench/profile"
-export KMCL_KCONFIG=kmcl-bench.config
-"$top/tools/setup/install-deps.sh"
-. "$top/tools/setup/env.sh"
-"$top/tools/setup/build-kernel.sh"
+# The kernel and modules of make bench (build/bench/modules).
+. "$top/tools/bench/setup.sh"
 out="$top/build/profile"
 plugin="$out/insn_profile.so"
 "$here/setup.sh" "$plugin"
-
-mods="$out/modules"
-mkdir -p "$mods"
-make -C "$KMCL_KBUILD" M="$top" MO="$mods" BINDGEN="$KMCL_BINDGEN" KBUILD_MODPOST_WARN= \
-	-j"$(nproc)" modules >/dev/null
-KMCL_EXPORTS_STALE_OK=1 "$top/tools/testing/check-exports.sh" "$mods" >/dev/null
 
 mode=${PROFILE_MODE:-tb}
 [ -z "${PROFILE_FUNC:-}" ] || mode=insn
@@ -75,12 +67,7 @@ print(json.dumps(dict(zip(("params", "mode", "vmlinux", "busybox"), sys.argv[1:]
 	KMCL_QEMU_ARGS="-icount shift=0,sleep=off -plugin $plugin,out=$run/counts.txt,mode=$mode" \
 		"$top/tools/vm/run-vm.sh" "$KMCL_KBUILD/arch/x86/boot/bzImage" "$run/initramfs.cpio.gz" \
 		"$run/console.log" bench 1800 >/dev/null
-	grep -q 'kmcl-bench: done' "$run/console.log" ||
-		{ echo "profile: the benchmark did not finish: $run/console.log" >&2; exit 1; }
-	if grep -qE 'WARNING:|BUG:|Oops|KFENCE:' "$run/console.log"; then
-		echo "profile: the kernel reported a problem: $run/console.log" >&2
-		exit 1
-	fi
+	bench_check_log "$run/console.log"
 	python3 "$here/report.py" "$run" --top "${PROFILE_TOP:-40}" >"$run/report.txt"
 }
 
